@@ -1,0 +1,97 @@
+"""The lm-eval model `qk_ablated`: HFLM with an intervention attached inside attention.
+
+Every HFLM argument keeps working; our keys (SPEC section 3) are taken out of model_args
+first, validated into an `InterventionSpec`, attached once after loading, and recorded in the
+results JSON under `config.qk_ablate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lm_eval.models  # noqa: F401  (fill lm-eval's registry first, or `--model hf` stops resolving)
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from qk_ablate import __version__
+from qk_ablate.attachment import Attachment
+from qk_ablate.embedded import resolve_pretrained
+from qk_ablate.spec import InterventionSpec, split_model_args
+
+
+@register_model("qk_ablated")
+class QKAblatedLM(HFLM):
+    """HFLM whose attention destroys or quantizes Q/K/V dims as its `InterventionSpec` says."""
+
+    def __init__(self, pretrained: Any = "smollm2-135m", gguf_file: str | None = None, **kwargs: Any) -> None:
+        ours, rest = split_model_args(kwargs)
+        self.spec = InterventionSpec.from_args(ours)
+        if isinstance(pretrained, str):
+            self._requested_model = pretrained
+            pretrained, gguf_file = resolve_pretrained(pretrained, gguf_file)
+        else:
+            self._requested_model = type(pretrained).__name__
+        super().__init__(pretrained=pretrained, gguf_file=gguf_file, **rest)
+        self.attachment = Attachment(self.model, self.spec).attach()
+        self._context_lengths: dict[tuple[int, ...], int] | None = None
+
+    # ------------------------------------------------------------ loglikelihood prompts
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):  # type: ignore[override]
+        """Remember each request's context length, so only context positions count as the prompt.
+
+        HFLM feeds context + continuation in one forward; the continuation plays the part of
+        generated tokens, which `stage=prefill` must leave untouched.
+        """
+        window = self.max_length + 1
+        lengths: dict[tuple[int, ...], int] = {}
+        for _, context, continuation in requests:
+            inp = tuple((context + continuation)[-window:][:-1])
+            lengths[inp] = max(1, len(inp) - (len(continuation) - 1))
+        self._context_lengths = lengths
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        finally:
+            self._context_lengths = None
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:  # type: ignore[override]
+        if self._context_lengths is None or attn_mask is not None or self.spec.is_noop:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        prompt, tokens = _positions(inps, self._context_lengths)
+        with self.attachment.positions(prompt, tokens):
+            return super()._model_call(inps)
+
+    # ------------------------------------------------------------ reporting
+    def get_model_info(self) -> dict:
+        """HFLM's info plus the validated intervention spec, so results say what produced them."""
+        info = super().get_model_info()
+        info["qk_ablate"] = {"model": self._requested_model, "version": __version__, **self.spec.to_dict()}
+        return info
+
+
+def _positions(inps: torch.Tensor, context_lengths: dict[tuple[int, ...], int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a right-padded batch: prompt (context) positions and real-token positions.
+
+    HFLM pads with token 0, so a row is matched to its request by trying it with trailing
+    zeros stripped one at a time (a real input may itself end in token 0).
+    """
+    rows = inps.tolist()
+    width = inps.shape[1]
+    prompt_len, token_len = [], []
+    for row in rows:
+        length = width
+        while length > 0 and tuple(row[:length]) not in context_lengths:
+            if row[length - 1] != 0:
+                length = 0
+                break
+            length -= 1
+        if length == 0:  # not one of our requests (e.g. batch-size probing): treat all as prompt
+            length = width
+            prompt_len.append(width)
+        else:
+            prompt_len.append(context_lengths[tuple(row[:length])])
+        token_len.append(length)
+    arange = torch.arange(width, device=inps.device)
+    prompt = arange[None, :] < torch.tensor(prompt_len, device=inps.device)[:, None]
+    tokens = arange[None, :] < torch.tensor(token_len, device=inps.device)[:, None]
+    return prompt, tokens

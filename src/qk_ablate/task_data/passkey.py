@@ -1,0 +1,174 @@
+"""Passkey retrieval documents (Mohtashami & Jaggi, "Landmark Attention", 2023), at exact lengths.
+
+Prompt layout (lines joined by "\\n", as in the authors' script)::
+
+    There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. ...
+    The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. The ...
+    The pass key is 12345. Remember it. 12345 is the pass key.
+    ... grass is green. The sky is blue. ...
+    What is the pass key? The pass key is
+
+The filler is cut at word boundaries (the authors cut at characters), so the prompt can be sized
+to within a token or two of its budget. The needle's depth is the fraction of filler words before
+it. Lengths count the evaluated model's tokens, special tokens included: every prompt has at most
+`length - gen_budget` tokens and, for any sane tokenizer, at least 99% of that.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from functools import lru_cache
+from typing import Any
+
+from qk_ablate.errors import QKAblateError
+from qk_ablate.task_data.tokens import check_tokenizer, fit_units, spread_fractions, token_counter
+
+INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. "
+    "Find it and memorize them. I will quiz you about the important information there."
+)
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+QUESTION = "What is the pass key? The pass key is"
+
+LENGTHS: dict[str, int] = {
+    "1k": 1024,
+    "2k": 2048,
+    "4k": 4096,
+    "8k": 8192,
+    "16k": 16384,
+    "32k": 32768,
+    "64k": 65536,
+    "128k": 131072,
+}
+DEFAULT_NUM_DOCS = 100
+DEFAULT_GEN_BUDGET = 8
+MIN_FILL = 0.99  # every prompt has at least this fraction of its token budget
+
+_WORDS = tuple(FILLER.split(" "))
+_CYCLE_CHARS = len(FILLER) + 1  # one cycle of the filler plus the joining space
+_WORD_OFFSETS = tuple(sum(len(w) + 1 for w in _WORDS[:i]) for i in range(len(_WORDS)))
+
+
+def needle(passkey: str | int) -> str:
+    return f"The pass key is {passkey}. Remember it. {passkey} is the pass key."
+
+
+@lru_cache(maxsize=8)
+def _filler_string(cycles: int) -> str:
+    return " ".join([FILLER] * cycles)
+
+
+def _word_start(i: int) -> int:
+    return (i // len(_WORDS)) * _CYCLE_CHARS + _WORD_OFFSETS[i % len(_WORDS)]
+
+
+def filler_text(start: int, stop: int) -> str:
+    """Filler words `[start, stop)` of the endless filler, joined by single spaces."""
+    if stop <= start:
+        return ""
+    last = stop - 1
+    end = _word_start(last) + len(_WORDS[last % len(_WORDS)])
+    cycles = 1 << max(4, math.ceil(math.log2(last // len(_WORDS) + 2)))  # few distinct cache keys
+    return _filler_string(cycles)[_word_start(start) : end]
+
+
+def render(passkey: str | int, filler_words: int, needle_at: int) -> str:
+    """The prompt with `filler_words` filler words, the needle after the first `needle_at` of them."""
+    needle_at = min(max(needle_at, 0), filler_words)
+    parts = [INTRO, filler_text(0, needle_at), needle(passkey), filler_text(needle_at, filler_words), QUESTION]
+    return "\n".join(part for part in parts if part)
+
+
+def _doc_rng(seed: int, length: int, index: int) -> random.Random:
+    # Seeding with a string is stable across processes (it does not use hash()).
+    return random.Random(f"qk-ablate/passkey/{seed}/{length}/{index}")
+
+
+def build_passkey_docs(
+    tokenizer: Any,
+    length: int,
+    num_docs: int = DEFAULT_NUM_DOCS,
+    seed: int = 0,
+    gen_budget: int = DEFAULT_GEN_BUDGET,
+) -> list[dict[str, Any]]:
+    """`num_docs` passkey prompts of at most `length - gen_budget` tokens of `tokenizer`.
+
+    Deterministic in (tokenizer, length, num_docs, seed, gen_budget). Pass keys are seeded
+    5-digit numbers; needle depths cover [0, 1) evenly across the documents (and across any
+    prefix of them). Each document: input, passkey (str), depth, needle_word, filler_words,
+    n_tokens, length, index.
+    """
+    length, num_docs, gen_budget = int(length), int(num_docs), int(gen_budget)
+    if num_docs < 1:
+        raise QKAblateError(f"num_docs must be at least 1, got {num_docs}")
+    if gen_budget < 0 or gen_budget >= length:
+        raise QKAblateError(f"the generation budget ({gen_budget}) must be between 0 and the length ({length})")
+    target = length - gen_budget
+    tolerance = max(1, int(target * 0.002))
+
+    rngs = [_doc_rng(seed, length, i) for i in range(num_docs)]
+    passkeys = [str(rng.randint(10000, 99999)) for rng in rngs]
+    depths = spread_fractions([rng.random() for rng in rngs])
+
+    count = token_counter(tokenizer, probe=render(passkeys[0], 40, 20))
+    check_tokenizer(count)
+    sample_words = 20 * len(_WORDS)
+    fixed, with_sample = count([render(passkeys[0], 0, 0), render(passkeys[0], sample_words, 0)])
+    per_word = max((with_sample - fixed) / sample_words, 1e-3)
+
+    def fit(index: int, guess: int) -> tuple[int, str, int]:
+        return fit_units(
+            lambda n: render(passkeys[index], n, round(depths[index] * n)),
+            count,
+            target,
+            guess,
+            per_word,
+            tolerance,
+        )
+
+    # Calibrate on the first document, then try its word count for all others in parallel
+    # batches; only documents that miss the tolerance band are searched again on their own.
+    n_ref, _, _ = fit(0, math.floor((target - fixed) / per_word))
+    fitted: list[tuple[int, str, int] | None] = [None] * num_docs
+    texts = [render(passkeys[i], n_ref, round(depths[i] * n_ref)) for i in range(num_docs)]
+    for i, tokens in enumerate(count(texts)):
+        if target - tolerance <= tokens <= target:
+            fitted[i] = (n_ref, texts[i], tokens)
+        else:
+            fitted[i] = fit(i, n_ref + math.floor((target - tokens) / per_word))
+    del texts
+
+    docs = []
+    for i, (n_words, text, tokens) in enumerate(fitted):  # type: ignore[misc]
+        if tokens > target or tokens < MIN_FILL * target:
+            raise QKAblateError(
+                f"could not size passkey document {i} to {target} tokens (got {tokens}); "
+                "the tokenizer spends too many tokens per filler word for this length"
+            )
+        at = round(depths[i] * n_words)
+        docs.append(
+            {
+                "input": text,
+                "passkey": passkeys[i],
+                "depth": round(at / n_words, 4) if n_words else 0.0,
+                "needle_word": at,
+                "filler_words": n_words,
+                "n_tokens": tokens,
+                "length": length,
+                "index": i,
+            }
+        )
+    return docs
+
+
+def parse_length(name: str | int) -> int:
+    """`"4k"` -> 4096; an int (or digit string) is taken as a token count."""
+    if isinstance(name, int):
+        return name
+    text = str(name).strip().lower()
+    if text in LENGTHS:
+        return LENGTHS[text]
+    if text.isdigit():
+        return int(text)
+    raise QKAblateError(f"unknown length '{name}'; use one of {', '.join(LENGTHS)} or a token count")

@@ -1,0 +1,73 @@
+"""Scoring of free-form generations: plain functions, strict on purpose, unit-tested on outputs.
+
+* `passkey_correct`: the first number in the output must be the pass key, as a whole number
+  ("123456" does not contain a hit for 12345; "12,345" is the same number as "12345").
+* `country_correct`: the first line of the output, normalised, must equal one of the accepted
+  names of the country ("Japan." is right; "Not Japan", "Japan or China", "Tokyo, Japan" are not).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+# A number as a model writes it: optional sign, digits with optional thousands separators, an
+# optional decimal part. The look-behind keeps us from starting inside a longer digit run.
+_NUMBER = re.compile(r"(?<![\d])-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def first_number(text: str) -> str | None:
+    """The first number in `text` as written, with thousands separators removed; None if none."""
+    match = _NUMBER.search(text or "")
+    if match is None:
+        return None
+    return match.group(0).replace(",", "")
+
+
+def passkey_correct(output: str, passkey: str | int) -> bool:
+    """True when the first number in `output` is exactly the pass key (a whole number, no sign)."""
+    found = first_number(output)
+    return found is not None and found == str(passkey).strip()
+
+
+def normalize_name(text: str) -> str:
+    """Normalise a place name for comparison.
+
+    Accents are removed (Côte -> cote), case folded, "&" read as "and", apostrophes and dots
+    dropped (U.S.A. -> usa, d'Ivoire -> divoire), every other non-alphanumeric character is a
+    space, spaces collapsed, and one leading article "the" dropped (The Netherlands -> netherlands).
+    """
+    text = unicodedata.normalize("NFKD", text or "")
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    text = text.casefold().replace("&", " and ")
+    text = re.sub(r"['’‘`´.]", "", text)
+    text = re.sub(r"[^0-9a-z]+", " ", text).strip()
+    if text.startswith("the "):
+        text = text[4:]
+    return text
+
+
+# A sentence end inside the first line: a period after two lower-case letters, then a space
+# ("Japan. It is..." splits; "U.S. city" does not).
+_SENTENCE_END = re.compile(r"(?<=[a-z]{2})\.\s")
+
+
+def answer_candidates(output: str) -> list[str]:
+    """What a free-form answer may be read as: its first line, and that line's first sentence."""
+    lines = [line for line in (output or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return []
+    first = lines[0].strip()
+    candidates = [first]
+    split = _SENTENCE_END.split(first, maxsplit=1)
+    if len(split) > 1 and split[0].strip():
+        candidates.append(split[0].strip())
+    return candidates
+
+
+def country_correct(output: str, aliases: Iterable[str]) -> bool:
+    """True when the answer (first line, or its first sentence) is one of the country's names."""
+    accepted = {normalize_name(alias) for alias in aliases}
+    accepted.discard("")
+    return any(normalize_name(candidate) in accepted for candidate in answer_candidates(output))

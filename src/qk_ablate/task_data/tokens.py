@@ -1,0 +1,137 @@
+"""Token counting and exact-length fitting, shared by every synthetic long-context builder.
+
+Lengths are always counted in the evaluated model's own tokens, *with* the tokenizer's special
+tokens (BOS, ...), which is what lm-eval's HFLM sends at most: a prompt that fits here fits there.
+
+`fit_units` finds the largest number of filler units whose rendered prompt fits a token budget
+with a handful of tokenizations: a secant step on the measured tokens-per-unit rate, then
+bisection once the answer is bracketed. No arithmetic result is trusted without an exact count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qk_ablate.errors import QKAblateError
+
+Counter = Callable[[Sequence[str]], list[int]]
+
+_BATCH = 16  # documents per batched tokenizer call (bounds memory at 128k tokens each)
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _wrapper_count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def token_counter(tokenizer: Any, probe: str | None = None) -> Counter:
+    """A function counting tokens of many texts at once, as `tokenizer(text)` would.
+
+    Uses the Rust backend's parallel batch encoder when the tokenizer has one and it agrees with
+    the Python wrapper on `probe` (a sample of the text to be counted); the wrapper otherwise.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+
+        def fast(texts: Sequence[str]) -> list[int]:
+            counts: list[int] = []
+            for start in range(0, len(texts), _BATCH):
+                chunk = list(texts[start : start + _BATCH])
+                counts.extend(len(e.ids) for e in backend.encode_batch_fast(chunk, add_special_tokens=True))
+            return counts
+
+        sample = probe if probe is not None else "Probe text: The grass is green. 12345\nWhat is it?"
+        if fast([sample])[0] == _wrapper_count(tokenizer, sample):
+            return fast
+
+    def slow(texts: Sequence[str]) -> list[int]:
+        return [_wrapper_count(tokenizer, text) for text in texts]
+
+    return slow
+
+
+def check_tokenizer(count: Counter, name: str = "the tokenizer") -> None:
+    """Reject a tokenizer that cannot measure length (encodes text to no tokens)."""
+    if count(["The quick brown fox jumps over the lazy dog."])[0] == 0:
+        raise QKAblateError(
+            f"{name} encodes text to 0 tokens, so prompt lengths cannot be measured; "
+            "pass a tokenizer that ships its vocabulary with --metadata '{\"tokenizer\": \"<name or path>\"}'"
+        )
+
+
+def fit_units(
+    render: Callable[[int], str],
+    count: Counter,
+    target: int,
+    guess: int,
+    per_unit: float,
+    tolerance: int = 0,
+    max_steps: int = 64,
+) -> tuple[int, str, int]:
+    """Largest `n` (or one within `tolerance` tokens of the target) with `count(render(n)) <= target`.
+
+    Returns `(n, text, tokens)`. `guess` and `per_unit` (tokens added per unit) only steer the
+    search; every returned length is an exact count. Raises QKAblateError when even `n = 0`
+    does not fit.
+    """
+    best: tuple[int, str, int] | None = None  # largest n known to fit
+    over: int | None = None  # smallest n known not to fit
+    rate = max(per_unit, 1e-6)
+    previous: tuple[int, int] | None = None
+    n = max(0, int(guess))
+    for step in range(max_steps):
+        text = render(n)
+        tokens = count([text])[0]
+        if previous is not None and previous[0] != n:
+            measured = (tokens - previous[1]) / (n - previous[0])
+            if measured > 0:
+                rate = measured
+        previous = (n, tokens)
+        if tokens <= target:
+            if best is None or n > best[0]:
+                best = (n, text, tokens)
+            if target - tokens <= tolerance:
+                return best
+        elif over is None or n < over:
+            over = n
+        low = best[0] if best is not None else -1
+        if over is not None and over - low <= 1:
+            break
+        if over is not None and (step >= 8 or low < 0 and over == 0):
+            nxt = (low + over) // 2 if low >= 0 else over // 2
+        else:
+            nxt = n + math.floor((target - tokens) / rate)
+            if tokens <= target and nxt <= n:
+                nxt = n + 1
+        if nxt <= low:
+            nxt = low + 1
+        if over is not None and nxt >= over:
+            nxt = over - 1
+        if nxt < 0:
+            nxt = 0
+        if nxt == n:  # no progress possible
+            break
+        n = nxt
+    if best is None:
+        raise QKAblateError(
+            f"a prompt of {target} tokens is too short for this task's fixed text; choose a longer length"
+        )
+    return best
+
+
+def spread_fractions(jitters: Sequence[float]) -> list[float]:
+    """One fraction in [0, 1) per document, spread evenly over the interval.
+
+    With `num = len(jitters)` equal cells, document i gets cell `rank_i` plus `jitters[i]` (a
+    seeded number in [0, 1)) of a cell, where the ranks follow the golden-ratio sequence: the
+    whole set covers every cell exactly once, and any prefix (lm-eval's --limit takes the first
+    N documents) is spread over the interval as well.
+    """
+    num = len(jitters)
+    keys = [(i * _GOLDEN) % 1.0 for i in range(num)]
+    rank = [0] * num
+    for position, index in enumerate(sorted(range(num), key=lambda i: keys[i])):
+        rank[index] = position
+    return [(rank[i] + min(max(float(jitters[i]), 0.0), 0.999999)) / num for i in range(num)]

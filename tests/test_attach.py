@@ -1,0 +1,278 @@
+"""Attachment on tiny random models of every architecture: no-op exactness, what exactly changes,
+padding and batch invariance, and the KV-cache semantics of `stage=prefill`."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from conftest import HEAD_DIM, MASSIVE_DIMS, build, prompts
+from qk_ablate import InterventionSpec, QKAblateError, attach
+from qk_ablate.arch import find_layout
+from qk_ablate.destroy import fill_values
+from qk_ablate.selection import column_norms, massive_mask_threshold
+
+
+def spec(**kwargs) -> InterventionSpec:
+    return InterventionSpec.from_args(kwargs)
+
+
+@torch.no_grad()
+def logits(model, ids, mask=None):
+    """Logits; with a padding mask, positions count from each row's first real token (as generate does).
+
+    That matters: destroying single dims of rotary pairs post-RoPE is not shift-invariant.
+    """
+    positions = None if mask is None else (mask.cumsum(-1) - 1).clamp_min(0)
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+
+
+@pytest.fixture
+def record_post(monkeypatch):
+    """Call with a model: records (layer, query, key) as its attention kernel receives them."""
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def install(model):
+        implementation = model.config._attn_implementation
+        if implementation == "eager":
+            modeling = sys.modules[type(find_layout(model).sites[0].module).__module__]
+            kernel = modeling.eager_attention_forward
+        else:
+            kernel = ALL_ATTENTION_FUNCTIONS[implementation]
+
+        def recorder(module, query, key, value, attention_mask, **kwargs):
+            seen.append((module.layer_idx, query.detach().clone(), key.detach().clone()))
+            return kernel(module, query, key, value, attention_mask, **kwargs)
+
+        if implementation == "eager":
+            monkeypatch.setattr(modeling, "eager_attention_forward", recorder)
+        else:
+            monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, implementation, recorder)
+        return seen
+
+    return install
+
+
+def test_noop_is_bit_identical_with_hooks_installed_and_after_removal(rope_arch):
+    model = build(rope_arch)
+    ids = prompts()
+    plain = logits(model, ids)
+    implementation = model.config._attn_implementation
+    seen = []
+    # An observer forces both the pre-RoPE hooks and the post-RoPE attention wrapper to be installed.
+    with attach(model, spec(), observer=lambda *a: seen.append(a[:3]), observe=("pre", "post")):
+        assert model.config._attn_implementation.startswith("qk_ablate:")
+        assert torch.equal(logits(model, ids), plain)
+    assert len(seen) == 2 * 3 * len(find_layout(model).sites)  # q, k, v at pre and post, per layer
+    assert model.config._attn_implementation == implementation
+    assert torch.equal(logits(model, ids), plain)
+    assert not model._forward_pre_hooks and all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("arch,attn", [("llama", "eager"), ("llama", "sdpa"), ("gemma2", "eager")])
+def test_noop_exact_for_each_kernel(arch, attn):
+    model = build(arch, attn=attn)  # gemma2 is eager-only, with its own softcapping eager function
+    ids = prompts()
+    plain = logits(model, ids)
+    with attach(model, spec(), observer=lambda *a: None, observe=("post",)):
+        assert torch.equal(logits(model, ids), plain)
+
+
+def test_massive_changes_exactly_the_selected_post_rope_columns(rope_arch, record_post):
+    model = build(rope_arch)
+    record_post = record_post(model)
+    ids = prompts()
+    logits(model, ids)
+    base = {layer: (q, k) for layer, q, k in record_post}
+    record_post.clear()
+    with attach(model, spec(ablate="massive", layers="1")):
+        logits(model, ids)
+    edited = {layer: (q, k) for layer, q, k in record_post}
+    assert torch.equal(edited[0][0], base[0][0]) and torch.equal(edited[0][1], base[0][1])  # layer 0 untouched
+    for before, after in zip(base[1], edited[1]):
+        columns = massive_mask_threshold(column_norms(before), 5.0)
+        assert columns.any(), "the planted massive pair should be found"
+        changed = (before != after).any(dim=2)  # [B, H, D]
+        assert torch.equal(changed, columns)
+        fill = fill_values(before, None, "mean").expand_as(before)
+        where = columns[:, :, None, :].expand_as(before)
+        torch.testing.assert_close(after[where], fill[where])
+        assert torch.equal(after[~where], before[~where])
+
+
+@pytest.mark.parametrize("fill", ["zero", "tensor_mean"])
+def test_fill_values(fill, record_post):
+    model = build("llama")
+    record_post = record_post(model)
+    ids = prompts()
+    logits(model, ids)
+    before = {layer: k for layer, _, k in record_post}[0]
+    record_post.clear()
+    with attach(model, spec(ablate="massive", layers="0", targets="k", fill=fill)):
+        logits(model, ids)
+    after = {layer: k for layer, _, k in record_post}[0]
+    columns = massive_mask_threshold(column_norms(before), 5.0)[:, :, None, :].expand_as(before)
+    expected = torch.zeros(()) if fill == "zero" else before.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(after[columns], expected.expand_as(before)[columns])
+
+
+def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_arch):
+    model = build(rope_arch)
+    ids = prompts()
+    site = find_layout(model).sites[0]
+    source = site.sources["k"]
+    outputs = []
+    handle = source.module.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
+    logits(model, ids)
+    handle.remove()
+    with attach(model, spec(ablate="massive", rope="pre", targets="k", layers="0")):
+        handle = source.module.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
+        logits(model, ids)
+        handle.remove()
+    def heads(out):
+        flat = out.reshape(*out.shape[:2], -1)[..., source.start : source.stop]
+        return flat.unflatten(-1, (source.num_heads, source.head_dim)).transpose(1, 2)
+    before, after = heads(outputs[0]), heads(outputs[1])
+    columns = massive_mask_threshold(column_norms(before), 5.0)
+    assert torch.equal((before != after).any(dim=2), columns)
+    if source.module is not getattr(site.module, "qkv_proj", None):
+        return
+    q_and_v = torch.cat([outputs[0][..., : source.start], outputs[0][..., source.stop :]], -1)
+    assert torch.equal(q_and_v, torch.cat([outputs[1][..., : source.start], outputs[1][..., source.stop :]], -1))
+
+
+def test_planted_dims_are_the_ones_found():
+    model = build("llama")
+    seen = {}
+    with attach(model, spec(), observer=lambda layer, name, where, x, p: seen.setdefault((layer, name), x), observe=("post",)):
+        logits(model, prompts())
+    for name in "qk":
+        columns = massive_mask_threshold(column_norms(seen[(0, name)]), 5.0)
+        assert columns[..., list(MASSIVE_DIMS)].all()
+        assert columns.sum(-1).eq(len(MASSIVE_DIMS)).all()
+
+
+def left_pad(rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = row
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        dict(ablate="massive"),
+        dict(ablate="nonmassive"),
+        dict(ablate="massive", rope="pre"),
+        dict(quant="int4", quant_axis="channel", quant_targets="kv", protect="massive"),
+    ],
+)
+def test_batch_of_left_padded_prompts_matches_each_alone(args):
+    model = build("qwen2")
+    long, short = prompts(1, 24, seed=3)[0], prompts(1, 15, seed=4)[0]
+    ids, mask = left_pad([long, short])
+    masks: list[torch.Tensor] = []
+
+    def observe(layer, name, where, x, prompt):
+        masks.append(massive_mask_threshold(column_norms(x, prompt), 5.0))
+
+    with attach(model, spec(**args), observer=observe, observe=("post",)):
+        batched = logits(model, ids, mask)[:, -1]
+        batched_masks, masks[:] = list(masks), []
+        alone, alone_masks = [], []
+        for row in (long, short):
+            alone.append(logits(model, row[None], torch.ones(1, len(row), dtype=torch.long))[0, -1])
+            alone_masks.append(list(masks))
+            masks.clear()
+        generated = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)[:, -6:]
+        generated_alone = [model.generate(row[None], max_new_tokens=6, do_sample=False)[0, -6:] for row in (long, short)]
+    for i in range(2):
+        torch.testing.assert_close(batched[i], alone[i], rtol=1e-4, atol=1e-4)
+        assert torch.equal(generated[i], generated_alone[i])
+        for in_batch, single in zip(batched_masks, alone_masks[i]):
+            assert torch.equal(in_batch[i], single[0])
+
+
+@pytest.mark.parametrize("rope", ["post", "pre"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_prefill_stage_with_cache_equals_cache_free_recomputation(arch, rope):
+    model = build(arch)
+    prompt = prompts(1, 20, seed=5)
+    intervention = spec(ablate="massive", rope=rope)
+    with attach(model, intervention) as attachment:
+        cached = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, 20:]
+        sequence = prompt[0]
+        for _ in range(8):  # no cache: the whole sequence again, only the first 20 positions are prompt
+            is_prompt = (torch.arange(len(sequence)) < 20)[None]
+            with attachment.positions(is_prompt):
+                step = logits(model, sequence[None])[0, -1].argmax()
+            sequence = torch.cat([sequence, step[None]])
+    assert torch.equal(cached, sequence[20:])
+    with torch.no_grad():
+        plain = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, 20:]
+    assert not torch.equal(plain, cached), "the planted massive values should matter for this check to mean anything"
+
+
+def test_decode_steps_leave_new_queries_and_keys_untouched(record_post):
+    model = build("llama")
+    record_post = record_post(model)
+    prompt = prompts(1, 20, seed=5)
+    with attach(model, spec(ablate="massive")):
+        model.generate(prompt, max_new_tokens=3, do_sample=False)
+    decode = [(layer, q, k) for layer, q, k in record_post if q.shape[2] == 1]
+    assert decode
+    for layer, q, k in decode:
+        # the new token's planted pair is still massive in value: no fill was applied to it
+        assert q[..., list(MASSIVE_DIMS)].abs().mean() > 3 * q.abs().mean()
+        prompt_keys, new_key = k[:, :, :20], k[:, :, -1]
+        # destroyed prompt keys stayed destroyed in the cache: each massive column is constant over the prompt
+        assert torch.allclose(prompt_keys[..., list(MASSIVE_DIMS)].std(dim=2), torch.zeros(()), atol=1e-5)
+        assert new_key[..., list(MASSIVE_DIMS)].abs().mean() > 3 * new_key.abs().mean()
+
+
+def test_stage_all_also_changes_generated_tokens():
+    model = build("llama")
+    prompt = prompts(1, 20, seed=5)
+    outs = {}
+    for stage in ("prefill", "all"):
+        with attach(model, spec(ablate="massive", stage=stage)):
+            outs[stage] = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert not torch.equal(outs["prefill"], outs["all"])
+
+
+def test_control_is_reproducible_from_seed_and_differs_across_seeds():
+    model = build("llama")
+    ids = prompts()
+    runs = {}
+    for seed in (0, 0, 1):
+        with attach(model, spec(ablate="nonmassive", seed=seed)):
+            runs.setdefault(seed, []).append(logits(model, ids))
+    assert torch.equal(runs[0][0], runs[0][1])
+    assert not torch.equal(runs[0][0], runs[1][0])
+
+
+def test_layers_out_of_range_is_a_readable_error():
+    with pytest.raises(QKAblateError, match="has 2 layers"):
+        attach(build("llama"), spec(ablate="massive", layers="0-5"))
+
+
+def test_non_rope_models_give_statistics_and_refuse_post_rope(non_rope_arch):
+    model = build(non_rope_arch)
+    ids = prompts()
+    seen = {}
+    with attach(model, spec(), observer=lambda layer, name, where, x, p: seen.setdefault((layer, name), x.shape), observe=("pre",)):
+        logits(model, ids)
+    assert seen[(0, "q")] == (2, 4, 24, HEAD_DIM) and seen[(1, "v")] == (2, 4, 24, HEAD_DIM)
+    with pytest.raises(QKAblateError, match="no rotary embedding.*rope=pre"):
+        attach(model, spec(ablate="massive"))
+    plain = logits(model, ids)
+    with attach(model, spec(ablate="massive", rope="pre")):
+        assert not torch.equal(logits(model, ids), plain)
+    assert torch.equal(logits(model, ids), plain)
