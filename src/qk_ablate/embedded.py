@@ -69,11 +69,13 @@ def resolve_pretrained(pretrained: str, gguf_file: str | None = None) -> tuple[s
     return pretrained, gguf_file
 
 
-@lru_cache(maxsize=4)
 def load_tokenizer(pretrained: str, gguf_file: str | None = None):  # -> PreTrainedTokenizerBase
     """Load (and memoise) the tokenizer of `pretrained`, accepting the embedded alias."""
+    return _tokenizer(*resolve_pretrained(pretrained, gguf_file))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str, gguf_file: str | None):
     from transformers import AutoTokenizer
 
-    path, gguf = resolve_pretrained(pretrained, gguf_file)
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    return AutoTokenizer.from_pretrained(path, **kwargs)
+    return AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))

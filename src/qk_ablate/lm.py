@@ -36,6 +36,12 @@ class QKAblatedLM(HFLM):
         self.attachment = Attachment(self.model, self.spec).attach()
         self._context_lengths: dict[tuple[int, ...], int] | None = None
 
+    def use(self, spec: InterventionSpec) -> None:
+        """Swap the intervention without reloading the model (the demo and sweeps run several)."""
+        self.attachment.remove()
+        self.spec = spec
+        self.attachment = Attachment(self.model, spec).attach()
+
     # ------------------------------------------------------------ loglikelihood prompts
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):  # type: ignore[override]
         """Remember each request's context length, so only context positions count as the prompt.

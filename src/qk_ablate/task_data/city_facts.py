@@ -10,7 +10,9 @@ Selection (no hand-typed facts; every city and country comes from GeoNames):
 * *unambiguous*: no same-named city (after accent/case normalisation) in another country with
   `AMBIGUITY_RATIO` of its population or more (drops Córdoba, Valencia, Tripoli, Barcelona;
   keeps London and Paris, whose namesakes are tiny);
-* the name contains no country name (drops Mexico City, Singapore, Benin City, Port Sudan);
+* the name contains no country name and is not part of one (drops Mexico City, Singapore,
+  Benin City, Port Sudan, and Salvador, which a reader takes for El Salvador);
+* not a city whose country is disputed internationally (`CONTESTED_CITIES`: Jerusalem);
 * at most `MAX_PER_COUNTRY` per country, most populous first (so China does not fill the set);
 * the cities used in the few-shot prefixes (`RECALL_FEWSHOT`, `TF_FEWSHOT`) are held out.
 
@@ -40,6 +42,7 @@ RECALL_FEWSHOT = ("Tokyo", "Toronto", "Nairobi")
 # (city, city whose country the statement claims): True, False, False, True.
 TF_FEWSHOT = (("Tokyo", "Tokyo"), ("Toronto", "Lima"), ("Lima", "Nairobi"), ("Nairobi", "Nairobi"))
 HELD_OUT = frozenset({"Tokyo", "Toronto", "Nairobi", "Lima"})
+CONTESTED_CITIES = frozenset({"Jerusalem"})
 
 RECALL_TEMPLATE = "Q: In which country is the city of {city}?\nA:"
 TF_TEMPLATE = "Statement: {city} is a city in {country}.\nTrue or false? Answer:"
@@ -174,7 +177,7 @@ def city_pool() -> tuple[CityFact, ...]:
     pool = []
     for record in ranked:
         code = record["countrycode"]
-        if code not in countries or code in NON_SOVEREIGN or record["name"] in HELD_OUT:
+        if code not in countries or code in NON_SOVEREIGN or record["name"] in HELD_OUT | CONTESTED_CITIES:
             continue
         if len(record.get("alternatenames") or ()) < MIN_ALTERNATE_NAMES:
             continue
@@ -188,7 +191,7 @@ def city_pool() -> tuple[CityFact, ...]:
         if rival >= AMBIGUITY_RATIO * record["population"]:
             continue
         padded = f" {key} "
-        if any(f" {country} " in padded for country in country_names):
+        if any(f" {country} " in padded or padded in f" {country} " for country in country_names):
             continue
         per_country[code] += 1
         pool.append(_fact(record))
@@ -250,13 +253,18 @@ def wrong_country(fact: CityFact, candidates: list[CityFact], rng: random.Random
 def build_tf_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[str, Any]]:
     """Balanced true/false statements "X is a city in Y." (label 0 = True, 1 = False).
 
-    Exactly half (rounded down) of the statements are false; their wrong country is a seeded
-    pick among the pool's countries, from the city's own continent where possible.
+    Exactly half (rounded down) of the statements are false, and every even-length prefix is
+    balanced too (lm-eval's --limit takes a prefix): each consecutive pair holds one true and one
+    false statement, in seeded order. The wrong country is a seeded pick among the pool's
+    countries, from the city's own continent where possible.
     """
     facts = select_cities(num_docs, seed)
     rng = random.Random(f"qk-ablate/city_facts_tf/{seed}")
-    truth = [True] * (len(facts) - len(facts) // 2) + [False] * (len(facts) // 2)
-    rng.shuffle(truth)
+    truth: list[bool] = []
+    for _ in range(len(facts) // 2):  # each consecutive pair holds one true and one false statement
+        truth.extend((True, False) if rng.random() < 0.5 else (False, True))
+    if len(facts) % 2:
+        truth.append(True)
     pool = list(city_pool())
     prefix = tf_prefix()
     docs = []

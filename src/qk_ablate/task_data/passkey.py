@@ -8,9 +8,9 @@ Prompt layout (lines joined by "\\n", as in the authors' script)::
     ... grass is green. The sky is blue. ...
     What is the pass key? The pass key is
 
-The filler is cut at word boundaries (the authors cut at characters), so the prompt can be sized
-to within a token or two of its budget. The needle's depth is the fraction of filler words before
-it. Lengths count the evaluated model's tokens, special tokens included: every prompt has at most
+The filler's end is cut at a word boundary (the authors cut at characters), so the prompt can be
+sized to within a token or two of its budget; the needle goes in at the sentence boundary nearest
+its depth, the fraction of filler words before it. Lengths count the evaluated model's tokens, special tokens included: every prompt has at most
 `length - gen_budget` tokens and, for any sane tokenizer, at least 99% of that.
 """
 
@@ -48,6 +48,8 @@ MIN_FILL = 0.99  # every prompt has at least this fraction of its token budget
 _WORDS = tuple(FILLER.split(" "))
 _CYCLE_CHARS = len(FILLER) + 1  # one cycle of the filler plus the joining space
 _WORD_OFFSETS = tuple(sum(len(w) + 1 for w in _WORDS[:i]) for i in range(len(_WORDS)))
+# Word indices (within one cycle of the filler) that start a sentence: 0, 4, 8, 12, 15.
+_SENTENCE_STARTS = tuple(i for i in range(len(_WORDS)) if i == 0 or _WORDS[i - 1].endswith("."))
 
 
 def needle(passkey: str | int) -> str:
@@ -78,6 +80,19 @@ def render(passkey: str | int, filler_words: int, needle_at: int) -> str:
     needle_at = min(max(needle_at, 0), filler_words)
     parts = [INTRO, filler_text(0, needle_at), needle(passkey), filler_text(needle_at, filler_words), QUESTION]
     return "\n".join(part for part in parts if part)
+
+
+def needle_position(depth: float, filler_words: int) -> int:
+    """The sentence start nearest to `depth * filler_words` (the needle never splits a sentence)."""
+    want = depth * filler_words
+    cycle = int(want // len(_WORDS))
+    starts = [
+        c * len(_WORDS) + s
+        for c in (cycle - 1, cycle, cycle + 1)
+        for s in _SENTENCE_STARTS
+        if 0 <= c * len(_WORDS) + s <= filler_words
+    ]
+    return min(starts, key=lambda s: (abs(s - want), s)) if starts else 0
 
 
 def _doc_rng(seed: int, length: int, index: int) -> random.Random:
@@ -119,7 +134,7 @@ def build_passkey_docs(
 
     def fit(index: int, guess: int) -> tuple[int, str, int]:
         return fit_units(
-            lambda n: render(passkeys[index], n, round(depths[index] * n)),
+            lambda n: render(passkeys[index], n, needle_position(depths[index], n)),
             count,
             target,
             guess,
@@ -131,7 +146,7 @@ def build_passkey_docs(
     # batches; only documents that miss the tolerance band are searched again on their own.
     n_ref, _, _ = fit(0, math.floor((target - fixed) / per_word))
     fitted: list[tuple[int, str, int] | None] = [None] * num_docs
-    texts = [render(passkeys[i], n_ref, round(depths[i] * n_ref)) for i in range(num_docs)]
+    texts = [render(passkeys[i], n_ref, needle_position(depths[i], n_ref)) for i in range(num_docs)]
     for i, tokens in enumerate(count(texts)):
         if target - tolerance <= tokens <= target:
             fitted[i] = (n_ref, texts[i], tokens)
@@ -146,7 +161,7 @@ def build_passkey_docs(
                 f"could not size passkey document {i} to {target} tokens (got {tokens}); "
                 "the tokenizer spends too many tokens per filler word for this length"
             )
-        at = round(depths[i] * n_words)
+        at = needle_position(depths[i], n_words)
         docs.append(
             {
                 "input": text,

@@ -99,8 +99,8 @@ def fit_units(
         low = best[0] if best is not None else -1
         if over is not None and over - low <= 1:
             break
-        if over is not None and (step >= 8 or low < 0 and over == 0):
-            nxt = (low + over) // 2 if low >= 0 else over // 2
+        if over is not None and step >= 8:  # secant steps stalled: bisect the bracket
+            nxt = (max(low, 0) + over) // 2
         else:
             nxt = n + math.floor((target - tokens) / rate)
             if tokens <= target and nxt <= n:

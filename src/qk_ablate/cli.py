@@ -1,0 +1,149 @@
+"""The `qk-ablate` command line: the demo comparison and massive-value statistics.
+
+Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qk_ablate.errors import QKAblateError
+
+VARIANTS = {
+    "baseline": "ablate=none",
+    "massive": "ablate=massive",
+    "nonmassive": "ablate=nonmassive",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qk-ablate", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="baseline vs massive vs non-massive destruction through lm-eval")
+    demo.add_argument("--model", default="smollm2-135m", help="pretrained= value (default: the embedded SmolLM2-135M)")
+    demo.add_argument("--tasks", default="passkey_1k", help="comma-separated lm-eval tasks (default: passkey_1k)")
+    demo.add_argument("--limit", type=int, default=30, help="documents per task (default: 30)")
+    demo.add_argument("--batch-size", type=int, default=4)
+    demo.add_argument("--model-args", default="", help="extra model_args, e.g. dtype=bfloat16,rope=pre")
+    demo.add_argument("--output", default="runs/demo", help="folder for the results JSON files")
+
+    stats = commands.add_parser("stats", help="count massive dims of Q, K, V per layer on a passkey prompt")
+    stats.add_argument("--model", default="smollm2-135m")
+    stats.add_argument("--length", type=int, default=1024, help="prompt length in tokens")
+    stats.add_argument("--samples", type=int, default=2)
+    stats.add_argument("--lam", type=float, default=5.0)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        return _stats(args)
+    except QKAblateError as error:
+        print(f"qk-ablate: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.paths import tasks_dir
+    from qk_ablate.spec import InterventionSpec
+    from lm_eval.utils import simple_parse_args_string
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    extra = simple_parse_args_string(args.model_args)
+    lm = QKAblatedLM(pretrained=args.model, batch_size=args.batch_size, device="cpu", **_hflm_only(extra))
+    tasks = [t for t in args.tasks.split(",") if t]
+    # simple_evaluate merges model_args into task metadata only when it builds the TaskManager itself
+    manager = TaskManager(include_path=tasks_dir(), metadata={"pretrained": args.model, **_hflm_only(extra)})
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for name, variant in VARIANTS.items():
+        started = time.time()
+        ours = {**_ours_only(extra), **simple_parse_args_string(variant)}
+        lm.use(InterventionSpec.from_args(ours))
+        results = simple_evaluate(model=lm, tasks=tasks, limit=args.limit, task_manager=manager, log_samples=False)
+        path = output / f"{name}.json"
+        path.write_text(json.dumps(results, indent=2, default=str))
+        rows.append((name, results["results"]))
+        print(f"[{name}] done in {time.time() - started:.0f}s -> {path}", file=sys.stderr)
+    print(_table(rows, tasks, args.limit))
+    return 0
+
+
+def _hflm_only(args: dict[str, Any]) -> dict[str, Any]:
+    from qk_ablate.spec import split_model_args
+
+    return split_model_args(args)[1]
+
+
+def _ours_only(args: dict[str, Any]) -> dict[str, Any]:
+    from qk_ablate.spec import split_model_args
+
+    return split_model_args(args)[0]
+
+
+def _table(rows: list[tuple[str, dict[str, Any]]], tasks: list[str], limit: int) -> str:
+    """Markdown: one row per variant, accuracy (%) +- standard error, and the change vs baseline."""
+    lines = [f"| variant | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
+    baseline = {t: _score(rows[0][1].get(t, {}))[0] for t in tasks}
+    for name, results in rows:
+        cells = []
+        for task in tasks:
+            score, stderr = _score(results.get(task, {}))
+            delta = "" if name == rows[0][0] else f" ({score - baseline[task]:+.1f})"
+            cells.append(f"{score:.1f} ± {stderr:.1f}{delta}")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines.append(f"\naccuracy in %, ± standard error, {limit} documents per task; (change vs baseline in points)")
+    return "\n".join(lines)
+
+
+def _score(task_results: dict[str, Any]) -> tuple[float, float]:
+    for key, value in task_results.items():
+        if key.startswith(("acc,", "exact_match,", "passkey_acc,")) and isinstance(value, (int, float)):
+            metric = key.split(",")[0]
+            filt = key.split(",", 1)[1]
+            stderr = task_results.get(f"{metric}_stderr,{filt}", 0.0)
+            return 100 * value, 100 * (stderr if isinstance(stderr, (int, float)) else 0.0)
+    return float("nan"), float("nan")
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qk_ablate.embedded import load_tokenizer, resolve_pretrained
+    from qk_ablate.profile import collect_massive_stats
+
+    path, gguf = resolve_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(path, **({"gguf_file": gguf} if gguf else {})).eval()
+    tokenizer = load_tokenizer(args.model)
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+    ids = tokenizer(filler * (args.length // 10), return_tensors="pt").input_ids[:, : args.length]
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(args.samples):
+        shuffled = ids[:, torch.randperm(ids.shape[1], generator=generator)]
+        batches.append({"input_ids": shuffled})
+    from qk_ablate.arch import find_layout
+
+    where = ("pre", "post") if find_layout(model).has_rope else ("pre",)
+    stats = collect_massive_stats(model, batches, where=where, lam=args.lam)
+    print("layer | " + " | ".join(f"{w}-{n}" for w in where for n in "qkv"))
+    for layer in stats.layers():
+        counts = [stats.massive_count(layer, n, w) for w in where for n in "qkv"]
+        print(f"{layer:5d} | " + " | ".join(f"{c:5.1f}" for c in counts))
+    print(f"mean massive (head, dim) columns per sample at lam={args.lam}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
