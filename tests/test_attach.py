@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from conftest import HEAD_DIM, MASSIVE_DIMS, build, prompts
+from conftest import HEAD_DIM, KV_HEADS, MASSIVE_DIMS, build, prompts
 from qk_ablate import InterventionSpec, QKAblateError, attach
 from qk_ablate.arch import find_layout
 from qk_ablate.destroy import fill_values
@@ -119,9 +119,10 @@ def test_fill_values(fill, record_post):
     torch.testing.assert_close(after[columns], expected.expand_as(before)[columns])
 
 
-def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_arch):
+@pytest.mark.parametrize("length", [24, KV_HEADS])  # S == H_kv: a per-head k_norm's layout is ambiguous by shape
+def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_arch, length):
     model = build(rope_arch)
-    ids = prompts()
+    ids = prompts(length=length)
     site = find_layout(model).sites[0]
     source = site.sources["k"]
     outputs = []
@@ -132,8 +133,10 @@ def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_a
         handle = source.module.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
         logits(model, ids)
         handle.remove()
-    def heads(out):
-        flat = out.reshape(*out.shape[:2], -1)[..., source.start : source.stop]
+    def heads(out):  # -> [B, H, S, D]
+        if out.ndim == 4:  # per-head k_norm: Gemma3 runs it on [B, H, S, D], Qwen3 on [B, S, H, D]
+            return out if rope_arch == "gemma3_text" else out.transpose(1, 2)
+        flat = out[..., source.start : source.stop]
         return flat.unflatten(-1, (source.num_heads, source.head_dim)).transpose(1, 2)
     before, after = heads(outputs[0]), heads(outputs[1])
     columns = massive_mask_threshold(column_norms(before), 5.0)

@@ -27,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="baseline vs massive vs non-massive destruction through lm-eval")
     demo.add_argument("--model", default="smollm2-135m", help="pretrained= value (default: the embedded SmolLM2-135M)")
-    demo.add_argument("--tasks", default="passkey_1k", help="comma-separated lm-eval tasks (default: passkey_1k)")
+    demo.add_argument("--tasks", default="passkey_1k,city_facts", help="comma-separated lm-eval tasks (default: passkey_1k,city_facts)")
     demo.add_argument("--limit", type=int, default=30, help="documents per task (default: 30)")
     demo.add_argument("--batch-size", type=int, default=4)
     demo.add_argument("--model-args", default="", help="extra model_args, e.g. dtype=bfloat16,rope=pre")
     demo.add_argument("--output", default="runs/demo", help="folder for the results JSON files")
 
-    stats = commands.add_parser("stats", help="count massive dims of Q, K, V per layer on a passkey prompt")
+    stats = commands.add_parser("stats", help="count massive dims of Q, K, V per layer on passkey prompts")
     stats.add_argument("--model", default="smollm2-135m")
     stats.add_argument("--length", type=int, default=1024, help="prompt length in tokens")
     stats.add_argument("--samples", type=int, default=2)
@@ -117,24 +117,18 @@ def _score(task_results: dict[str, Any]) -> tuple[float, float]:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    import torch
     from transformers import AutoModelForCausalLM
 
+    from qk_ablate.arch import find_layout
     from qk_ablate.embedded import load_tokenizer, resolve_pretrained
     from qk_ablate.profile import collect_massive_stats
+    from qk_ablate.task_data.passkey import build_passkey_docs
 
     path, gguf = resolve_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(path, **({"gguf_file": gguf} if gguf else {})).eval()
     tokenizer = load_tokenizer(args.model)
-    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-    ids = tokenizer(filler * (args.length // 10), return_tensors="pt").input_ids[:, : args.length]
-    generator = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(args.samples):
-        shuffled = ids[:, torch.randperm(ids.shape[1], generator=generator)]
-        batches.append({"input_ids": shuffled})
-    from qk_ablate.arch import find_layout
-
+    docs = build_passkey_docs(tokenizer, args.length, num_docs=args.samples, gen_budget=0)
+    batches = [{"input_ids": tokenizer(doc["input"], return_tensors="pt").input_ids} for doc in docs]
     where = ("pre", "post") if find_layout(model).has_rope else ("pre",)
     stats = collect_massive_stats(model, batches, where=where, lam=args.lam)
     print("layer | " + " | ".join(f"{w}-{n}" for w in where for n in "qkv"))
