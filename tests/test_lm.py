@@ -67,3 +67,49 @@ def test_other_models_pass_through_unchanged():
 
     assert resolve_pretrained("Qwen/Qwen2.5-7B-Instruct") == ("Qwen/Qwen2.5-7B-Instruct", None)
     assert resolve_pretrained("/models/x", "x.Q4.gguf") == ("/models/x", "x.Q4.gguf")
+
+
+def test_cli_rejects_bad_model_args_before_loading_anything(capsys):
+    from qk_ablate.cli import main
+
+    assert main(["demo", "--model-args", "fill=median"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "qk-ablate: error: fill='median' is not valid; choose one of: mean, tensor_mean, zero"
+
+
+def _word_tokenizer():
+    """A tiny offline word-level tokenizer whose ids fit the tiny models' vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(120)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def test_loglikelihood_continuation_is_not_prompt():
+    """A multi-token continuation is scored as generated text: not destroyed, not in the statistics."""
+    from conftest import build
+
+    from qk_ablate.lm import QKAblatedLM
+
+    model = build("llama")
+    lm = QKAblatedLM(pretrained=model, tokenizer=_word_tokenizer(), ablate="massive", device="cpu", batch_size=2)
+    context = " ".join(f"w{i}" for i in range(10, 30))
+    requests = [(context, " w40 w41 w42"), (context + " w5", " w7")]
+    from lm_eval.api.instance import Instance
+
+    got = [lp for lp, _ in lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)])]
+
+    def manual(ctx: str, cont: str, treat_all_as_prompt: bool) -> float:
+        ctx_ids, cont_ids = lm.tok_encode(ctx), lm.tok_encode(cont)
+        ids = torch.tensor([ctx_ids + cont_ids])[:, :-1]
+        prompt = torch.arange(ids.shape[1])[None] < (ids.shape[1] if treat_all_as_prompt else len(ctx_ids))
+        with lm.attachment.positions(prompt), torch.no_grad():
+            logprobs = model(ids).logits.log_softmax(-1)[0, -len(cont_ids):]
+        return logprobs.gather(-1, torch.tensor(cont_ids)[:, None]).sum().item()
+
+    for (ctx, cont), value in zip(requests, got):
+        assert value == pytest.approx(manual(ctx, cont, treat_all_as_prompt=False), abs=1e-4)
+    assert got[0] != pytest.approx(manual(*requests[0], treat_all_as_prompt=True), abs=1e-4)

@@ -58,18 +58,19 @@ def _demo(args: argparse.Namespace) -> int:
     from qk_ablate.spec import InterventionSpec
     from lm_eval.utils import simple_parse_args_string
 
+    extra = simple_parse_args_string(args.model_args)
+    specs = {name: InterventionSpec.from_args({**_ours_only(extra), **simple_parse_args_string(variant)})
+             for name, variant in VARIANTS.items()}  # validated before the model loads
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    extra = simple_parse_args_string(args.model_args)
     lm = QKAblatedLM(pretrained=args.model, batch_size=args.batch_size, device="cpu", **_hflm_only(extra))
     tasks = [t for t in args.tasks.split(",") if t]
     # simple_evaluate merges model_args into task metadata only when it builds the TaskManager itself
     manager = TaskManager(include_path=tasks_dir(), metadata={"pretrained": args.model, **_hflm_only(extra)})
     rows: list[tuple[str, dict[str, Any]]] = []
-    for name, variant in VARIANTS.items():
+    for name, spec in specs.items():
         started = time.time()
-        ours = {**_ours_only(extra), **simple_parse_args_string(variant)}
-        lm.use(InterventionSpec.from_args(ours))
+        lm.use(spec)
         results = simple_evaluate(model=lm, tasks=tasks, limit=args.limit, task_manager=manager, log_samples=False)
         path = output / f"{name}.json"
         path.write_text(json.dumps(results, indent=2, default=str))
