@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--tasks", default="passkey_1k,city_facts", help="comma-separated lm-eval tasks (default: passkey_1k,city_facts)")
     demo.add_argument("--limit", type=int, default=30, help="documents per task (default: 30)")
     demo.add_argument("--batch-size", type=int, default=4)
+    demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     demo.add_argument("--model-args", default="", help="extra model_args, e.g. dtype=bfloat16,rope=pre")
     demo.add_argument("--output", default="runs/demo", help="folder for the results JSON files")
 
@@ -55,18 +56,19 @@ def _demo(args: argparse.Namespace) -> int:
 
     from qk_ablate.lm import QKAblatedLM
     from qk_ablate.paths import tasks_dir
-    from qk_ablate.spec import InterventionSpec
     from lm_eval.utils import simple_parse_args_string
 
-    extra = simple_parse_args_string(args.model_args)
-    specs = {name: InterventionSpec.from_args({**_ours_only(extra), **simple_parse_args_string(variant)})
+    from qk_ablate.spec import InterventionSpec, split_model_args
+
+    ours, hflm = split_model_args(simple_parse_args_string(args.model_args))
+    specs = {name: InterventionSpec.from_args({**ours, **simple_parse_args_string(variant)})
              for name, variant in VARIANTS.items()}  # validated before the model loads
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    lm = QKAblatedLM(pretrained=args.model, batch_size=args.batch_size, device="cpu", **_hflm_only(extra))
+    lm = QKAblatedLM(pretrained=args.model, batch_size=args.batch_size, device=args.device, **hflm)
     tasks = [t for t in args.tasks.split(",") if t]
     # simple_evaluate merges model_args into task metadata only when it builds the TaskManager itself
-    manager = TaskManager(include_path=tasks_dir(), metadata={"pretrained": args.model, **_hflm_only(extra)})
+    manager = TaskManager(include_path=tasks_dir(), metadata={"pretrained": args.model, **hflm})
     rows: list[tuple[str, dict[str, Any]]] = []
     for name, spec in specs.items():
         started = time.time()
@@ -78,18 +80,6 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"[{name}] done in {time.time() - started:.0f}s -> {path}", file=sys.stderr)
     print(_table(rows, tasks, args.limit))
     return 0
-
-
-def _hflm_only(args: dict[str, Any]) -> dict[str, Any]:
-    from qk_ablate.spec import split_model_args
-
-    return split_model_args(args)[1]
-
-
-def _ours_only(args: dict[str, Any]) -> dict[str, Any]:
-    from qk_ablate.spec import split_model_args
-
-    return split_model_args(args)[0]
 
 
 def _table(rows: list[tuple[str, dict[str, Any]]], tasks: list[str], limit: int) -> str:
