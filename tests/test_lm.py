@@ -113,3 +113,24 @@ def test_loglikelihood_continuation_is_not_prompt():
     for (ctx, cont), value in zip(requests, got):
         assert value == pytest.approx(manual(ctx, cont, treat_all_as_prompt=False), abs=1e-4)
     assert got[0] != pytest.approx(manual(*requests[0], treat_all_as_prompt=True), abs=1e-4)
+
+
+def test_demo_runs_end_to_end_on_a_tiny_local_model(tmp_path, capsys):
+    """The README's main job, on a tiny saved model: three variants, results files, one table."""
+    from conftest import build
+
+    from qk_ablate.cli import main
+
+    build("llama").save_pretrained(tmp_path / "tiny")
+    _word_tokenizer().save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "runs"
+    code = main(["demo", "--model", str(tmp_path / "tiny"), "--tasks", "passkey_1k", "--limit", "2",
+                 "--batch-size", "2", "--output", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| baseline |" in table and "| massive |" in table and "| nonmassive |" in table
+    assert sorted(p.name for p in out.iterdir()) == ["baseline.json", "massive.json", "nonmassive.json"]
+    import json
+
+    recorded = json.loads((out / "nonmassive.json").read_text())["config"]["qk_ablate"]
+    assert recorded["ablate"] == "nonmassive"

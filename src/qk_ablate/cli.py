@@ -65,7 +65,10 @@ def _demo(args: argparse.Namespace) -> int:
              for name, variant in VARIANTS.items()}  # validated before the model loads
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    lm = QKAblatedLM(pretrained=args.model, batch_size=args.batch_size, device=args.device, **hflm)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = QKAblatedLM(pretrained=args.model, batch_size=args.batch_size, device=device, **hflm)
     tasks = [t for t in args.tasks.split(",") if t]
     # simple_evaluate merges model_args into task metadata only when it builds the TaskManager itself
     manager = TaskManager(include_path=tasks_dir(), metadata={"pretrained": args.model, **hflm})
