@@ -1,0 +1,232 @@
+"""RULER-style needle-in-a-haystack documents (Hsieh et al., "RULER", 2024), at exact lengths.
+
+`niah_{len}` follows RULER's niah_single_1 (noise haystack, a word key, a 7-digit value);
+`niah_multikey_{len}` hides distractor needles (other keys, other values) next to the target.
+Prompt layout (RULER's template; the haystack's sentences and the needles joined by spaces)::
+
+    Some special magic numbers are hidden within the following text. Make sure to memorize it. ...
+    The grass is green. The sky is blue. ... One of the special magic numbers for brave-lantern is: 4817263. The ...
+    What is the special magic number for brave-lantern mentioned in the provided text? The special magic number for brave-lantern mentioned in the provided text is
+
+Keys are adjective-noun pairs from small fixed word lists (no `wonderwords`), values seeded
+7-digit numbers; within a document all keys and all values are distinct. The target needle's
+depth is spread over the whole context across documents (`tokens.spread_fractions`); distractor
+depths are seeded uniform draws. Needles go in at sentence starts of the haystack. Lengths count
+the evaluated model's tokens, special tokens included: every prompt has at most
+`length - gen_budget` tokens and at least 99% of that.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from typing import Any
+
+from qk_ablate.errors import QKAblateError
+from qk_ablate.task_data import hooks
+from qk_ablate.task_data.passkey import LENGTHS, filler_text, needle_position, parse_length
+from qk_ablate.task_data.scoring import _NUMBER
+from qk_ablate.task_data.tokens import check_tokenizer, fit_units, spread_fractions, token_counter
+
+__all__ = ["LENGTHS", "build_niah_docs", "niah_correct", "first_magic_number"]
+
+INTRO = (
+    "Some special magic numbers are hidden within the following text. "
+    "Make sure to memorize it. I will quiz you about the numbers afterwards."
+)
+QUESTION = (
+    "What is the special magic number for {key} mentioned in the provided text? "
+    "The special magic number for {key} mentioned in the provided text is"
+)
+DEFAULT_NUM_DOCS = 100
+DEFAULT_GEN_BUDGET = 12
+DEFAULT_NUM_DISTRACTORS = 3  # RULER's niah_multikey uses 4 needles in all
+MIN_FILL = 0.99
+
+# Small fixed word lists: 40 x 40 = 1600 keys. No noun is a prefix of another, so a key never
+# occurs inside another key.
+ADJECTIVES = (
+    "ancient", "bitter", "brave", "bright", "calm", "clever", "cold", "crimson", "curious", "dusty",
+    "eager", "early", "fancy", "fierce", "gentle", "golden", "grumpy", "hidden", "hollow", "humble",
+    "icy", "jolly", "kind", "lazy", "lively", "lonely", "lucky", "misty", "noble", "odd",
+    "proud", "quiet", "rapid", "rusty", "silent", "silver", "sleepy", "tiny", "wild", "witty",
+)
+NOUNS = (
+    "anchor", "badger", "banjo", "beacon", "canyon", "castle", "comet", "copper", "dragon", "falcon",
+    "feather", "garden", "glacier", "harbor", "helmet", "island", "jacket", "kettle", "lantern", "ledger",
+    "magnet", "meadow", "mirror", "needle", "orchard", "otter", "parrot", "pebble", "pillow", "quarry",
+    "raven", "saddle", "spider", "teapot", "thistle", "tunnel", "violin", "walrus", "window", "zephyr",
+)
+
+
+def needle(key: str, value: str | int) -> str:
+    return f"One of the special magic numbers for {key} is: {value}."
+
+
+def question(key: str) -> str:
+    return QUESTION.format(key=key)
+
+
+def render(needles: list[tuple[str, str]], target_key: str, filler_words: int, positions: list[int]) -> str:
+    """The prompt: `filler_words` haystack words, needle j after the first `positions[j]` of them."""
+    order = sorted(range(len(needles)), key=lambda j: (positions[j], j))
+    parts: list[str] = []
+    at = 0
+    for j in order:
+        pos = min(max(positions[j], 0), filler_words)
+        parts.append(filler_text(at, pos))
+        parts.append(needle(*needles[j]))
+        at = pos
+    parts.append(filler_text(at, filler_words))
+    context = " ".join(part for part in parts if part)
+    return "\n".join([INTRO, context, question(target_key)])
+
+
+def _doc_rng(variant: str, seed: int, length: int, index: int) -> random.Random:
+    return random.Random(f"qk-ablate/{variant}/{seed}/{length}/{index}")
+
+
+def _draw_needles(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    keys: list[str] = []
+    values: list[str] = []
+    while len(keys) < count:
+        key = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+        if key not in keys:
+            keys.append(key)
+    while len(values) < count:
+        value = str(rng.randint(1_000_000, 9_999_999))
+        if value not in values:
+            values.append(value)
+    return list(zip(keys, values))
+
+
+def build_niah_docs(
+    tokenizer: Any,
+    length: int,
+    num_docs: int = DEFAULT_NUM_DOCS,
+    seed: int = 0,
+    gen_budget: int = DEFAULT_GEN_BUDGET,
+    num_distractors: int = 0,
+) -> list[dict[str, Any]]:
+    """`num_docs` NIAH prompts of at most `length - gen_budget` tokens of `tokenizer`.
+
+    `num_distractors` = 0 is niah_single_1; more gives the multikey variant. Deterministic in all
+    arguments. Each document: input, key, value, depth (of the target), distractors (list of
+    {key, value, depth}), filler_words, n_tokens, length, index.
+    """
+    length, num_docs, gen_budget, num_distractors = int(length), int(num_docs), int(gen_budget), int(num_distractors)
+    if num_docs < 1:
+        raise QKAblateError(f"num_docs must be at least 1, got {num_docs}")
+    if gen_budget < 0 or gen_budget >= length:
+        raise QKAblateError(f"the generation budget ({gen_budget}) must be between 0 and the length ({length})")
+    if num_distractors < 0 or num_distractors > 50:
+        raise QKAblateError(f"num_distractors must be between 0 and 50, got {num_distractors}")
+    target = length - gen_budget
+    tolerance = max(1, int(target * 0.002))
+    variant = "niah" if num_distractors == 0 else f"niah_multikey{num_distractors}"
+
+    rngs = [_doc_rng(variant, seed, length, i) for i in range(num_docs)]
+    needles = [_draw_needles(rng, 1 + num_distractors) for rng in rngs]  # needle 0 is the target
+    jitters = [rng.random() for rng in rngs]
+    other_depths = [[rng.random() for _ in range(num_distractors)] for rng in rngs]
+    target_depths = spread_fractions(jitters)
+    depths = [[target_depths[i], *other_depths[i]] for i in range(num_docs)]
+
+    def text(i: int, n: int) -> str:
+        return render(needles[i], needles[i][0][0], n, [needle_position(d, n) for d in depths[i]])
+
+    count = token_counter(tokenizer, probe=text(0, 40))
+    check_tokenizer(count)
+    sample_words = 20 * 17  # twenty cycles of the 17-word haystack
+    fixed, with_sample = count([text(0, 0), text(0, sample_words)])
+    per_word = max((with_sample - fixed) / sample_words, 1e-3)
+
+    def fit(i: int, guess: int) -> tuple[int, str, int]:
+        return fit_units(lambda n: text(i, n), count, target, guess, per_word, tolerance)
+
+    n_ref, _, _ = fit(0, math.floor((target - fixed) / per_word))
+    fitted: list[tuple[int, str, int]] = []
+    for start in range(0, num_docs, 16):  # bounded memory at 128k tokens per prompt
+        batch = [text(i, n_ref) for i in range(start, min(start + 16, num_docs))]
+        for offset, tokens in enumerate(count(batch)):
+            i = start + offset
+            if target - tolerance <= tokens <= target:
+                fitted.append((n_ref, batch[offset], tokens))
+            else:
+                fitted.append(fit(i, n_ref + math.floor((target - tokens) / per_word)))
+
+    docs = []
+    for i, (n_words, prompt, tokens) in enumerate(fitted):
+        if tokens > target or tokens < MIN_FILL * target:
+            raise QKAblateError(
+                f"could not size NIAH document {i} to {target} tokens (got {tokens}); "
+                "the tokenizer spends too many tokens per haystack word for this length"
+            )
+        placed = [needle_position(d, n_words) / n_words if n_words else 0.0 for d in depths[i]]
+        docs.append(
+            {
+                "input": prompt,
+                "key": needles[i][0][0],
+                "value": needles[i][0][1],
+                "depth": round(placed[0], 4),
+                "distractors": [
+                    {"key": k, "value": v, "depth": round(placed[j + 1], 4)} for j, (k, v) in enumerate(needles[i][1:])
+                ],
+                "filler_words": n_words,
+                "n_tokens": tokens,
+                "length": length,
+                "index": i,
+            }
+        )
+    return docs
+
+
+# --- scoring --------------------------------------------------------------------------------
+
+_SEVEN = re.compile(r"^\d{7}$")
+
+
+def first_magic_number(output: str) -> str | None:
+    """The first 7-digit number in `output` as written (thousands separators removed, sign and
+    decimal part kept, so "-1234567" and "1234567.5" never equal a value); None if none.
+
+    Numbers are read whole: "12345678" is an 8-digit number, not a 7-digit hit.
+    """
+    for match in _NUMBER.finditer(output or ""):
+        number = match.group(0).replace(",", "")
+        digits = number.lstrip("-").split(".")[0]
+        if _SEVEN.match(digits):
+            return number
+    return None
+
+
+def niah_correct(output: str, value: str | int) -> bool:
+    """True when the first 7-digit whole number in `output` is exactly `value`."""
+    found = first_magic_number(output)
+    return found is not None and found == str(value).strip()
+
+
+# --- lm-eval hooks (named by tasks/niah/*.yaml with !function) --------------------------------
+
+
+def niah_dataset(
+    niah_length: int | str,
+    niah_gen_budget: int = DEFAULT_GEN_BUDGET,
+    niah_distractors: int = 0,
+    **metadata,
+):
+    """custom_dataset for niah_{len} / niah_multikey_{len}; constants come from dataset_kwargs."""
+    docs = build_niah_docs(
+        hooks.resolve_tokenizer(metadata),
+        parse_length(niah_length),
+        num_docs=hooks.num_docs(metadata, DEFAULT_NUM_DOCS),
+        seed=hooks.task_seed(metadata),
+        gen_budget=int(niah_gen_budget),
+        num_distractors=int(niah_distractors),
+    )
+    return hooks._dataset(docs)
+
+
+def niah_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    return {"acc": float(niah_correct(hooks._first(results), doc["value"]))}
