@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 import transformers
@@ -92,3 +95,43 @@ def non_rope_arch(request) -> str:
 def prompts(batch: int = 2, length: int = 24, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded SmolLM2 tokenizer (loaded once per test session)."""
+    from qk_ablate.embedded import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """A second, different tokenizer: a SentencePiece-like BPE (Metaspace, small vocab, adds a BOS) trained here, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [
+        "A quick brown fox jumps over the lazy dog near the green river bank.",
+        "Grass grows in spring; the sky turns blue and yellow flowers open.",
+        "Numbers like 12345 and 67890 appear in tables, keys and passwords.",
+        "One of the special magic numbers for brave-lantern is: 1234567.",
+        "What is the answer? Remember it, then go there and come back again.",
+    ] * 20
+    alphabet = [chr(c) for c in range(32, 127)] + ["\n"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet)
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def token_count(tokenizer, text: str) -> int:
+    """Tokens as lm-eval's tokenizer wrapper counts them, independent of the builders' own counter."""
+    return len(tokenizer(text)["input_ids"])
+
+
+def docs_digest(docs) -> str:
+    return hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()

@@ -3,8 +3,6 @@ and the lm-eval wiring (TaskManager loading, metadata reaching the builder, grou
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from pathlib import Path
@@ -23,45 +21,11 @@ from qk_ablate.task_data.passkey import (
 )
 from qk_ablate.task_data.scoring import first_number, passkey_correct
 
+from conftest import docs_digest as _digest
+from conftest import token_count as _count
+
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 GEN_BUDGET = 8
-
-
-@pytest.fixture(scope="module")
-def smol():
-    from qk_ablate.embedded import load_tokenizer
-
-    return load_tokenizer("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
-def toy():
-    """A SentencePiece-like BPE (Metaspace, small vocab, adds a BOS) trained here, offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [
-        "A quick brown fox jumps over the lazy dog near the green river bank.",
-        "Grass grows in spring; the sky turns blue and yellow flowers open.",
-        "Numbers like 12345 and 67890 appear in tables, keys and passwords.",
-        "What is the answer? Remember it, then go there and come back again.",
-    ] * 20
-    alphabet = [chr(c) for c in range(32, 127)] + ["\n"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet)
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def _count(tokenizer, text: str) -> int:
-    return len(tokenizer(text)["input_ids"])  # the wrapper lm-eval uses, independent of our counter
-
-
-def _digest(docs) -> str:
-    return hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()
 
 
 def test_toy_tokenizer_differs_and_adds_bos(smol, toy):
