@@ -1,0 +1,144 @@
+"""country_capital: deterministic GeoNames selection, held-out few-shot, strict scoring, lm-eval."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from qk_ablate.errors import QKAblateError
+from qk_ablate.task_data import country_capital as cc
+from qk_ablate.task_data.city_facts import NON_SOVEREIGN
+from qk_ablate.task_data.scoring import normalize_name
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+
+
+def _digest(docs) -> str:
+    return hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return cc.build_docs()
+
+
+def test_pool_rules():
+    pool = cc.country_pool()
+    assert len(pool) >= cc.DEFAULT_NUM_DOCS
+    assert len(set(pool)) == len(pool)
+    assert not set(pool) & NON_SOVEREIGN
+    assert not set(pool) & cc.UNCLEAR_CAPITAL
+    assert not set(pool) & set(cc.FEWSHOT)
+    # the question never gives the answer away
+    assert {"SG", "DJ", "LU", "MC", "SM", "KW", "MX", "GT", "PA", "VA"}.isdisjoint(pool)
+    assert {"FR", "DE", "US", "CN", "IN", "UA", "GB"} <= set(pool)
+    for code in pool:
+        record = cc._countries()[code]
+        assert record["capital"].strip()
+        assert normalize_name(record["name"]) not in normalize_name(record["capital"])
+    populations = [cc._countries()[c]["population"] for c in pool]
+    assert populations == sorted(populations, reverse=True)
+
+
+def test_docs(docs):
+    assert len(docs) == cc.DEFAULT_NUM_DOCS == 150
+    assert len({d["country_code"] for d in docs}) == 150
+    assert len({d["country"] for d in docs}) == 150
+    assert {d["country_code"] for d in docs} == set(cc.country_pool()[:150])
+    doc = docs[0]
+    assert doc["input"].startswith(
+        "Q: What is the capital of Japan?\nA: Tokyo\n\nQ: What is the capital of Canada?\nA: Ottawa\n\n"
+        "Q: What is the capital of Kenya?\nA: Nairobi\n\n"
+    )
+    for doc in docs:
+        assert doc["input"].endswith(f"Q: What is the capital of {doc['country']}?\nA:")
+        assert doc["input"].count("Q: ") == 4
+        assert doc["aliases"][0] == doc["capital"]
+    france = next(d for d in docs if d["country_code"] == "FR")
+    assert (france["country"], france["capital"]) == ("France", "Paris")
+
+
+def test_fewshot_held_out(docs):
+    shots = {cc._countries()[code]["name"] for code in cc.FEWSHOT}
+    shot_capitals = {cc._countries()[code]["capital"] for code in cc.FEWSHOT}
+    assert shots == {"Japan", "Canada", "Kenya"}
+    everything = cc.build_docs(num_docs=10_000)
+    assert not shots & {d["country"] for d in everything}
+    assert not shot_capitals & {d["capital"] for d in everything}
+
+
+def test_determinism(docs):
+    assert _digest(cc.build_docs()) == _digest(docs)
+    other = cc.build_docs(seed=1)
+    assert _digest(other) != _digest(docs)
+    assert {d["country"] for d in other} == {d["country"] for d in docs}
+    assert len(cc.build_docs(num_docs=10_000)) == len(cc.country_pool())  # all eligible when fewer
+    assert {d["country_code"] for d in cc.build_docs(num_docs=10)} == set(cc.country_pool()[:10])
+    via_metadata = cc.country_capital_dataset(num_docs=12, task_seed=3)["test"].to_list()
+    assert _digest(via_metadata) == _digest(cc.build_docs(12, seed=3))
+    with pytest.raises(QKAblateError):
+        cc.build_docs(num_docs=0)
+
+
+FR = cc.capital_aliases("FR")
+UA = cc.capital_aliases("UA")
+US = cc.capital_aliases("US")
+IN = cc.capital_aliases("IN")
+MM = cc.capital_aliases("MM")
+
+
+@pytest.mark.parametrize(
+    ("output", "aliases", "expected"),
+    [
+        (" Paris", FR, True),
+        ("Paris.", FR, True),
+        (" paris\n\nQ: What is the capital of Spain?", FR, True),
+        (" Paris. It is on the Seine.", FR, True),
+        (" Not Paris", FR, False),
+        (" Paris, France", FR, False),
+        (" Paris or Lyon", FR, False),
+        (" Lyon", FR, False),
+        ("", FR, False),
+        (" Kyiv", UA, True),
+        (" Kiev", UA, True),
+        (" Moscow", UA, False),
+        (" Washington", US, True),
+        (" Washington, D.C.", US, True),
+        (" Washington DC", US, True),
+        (" New York", US, False),
+        (" New Delhi", IN, True),
+        (" Delhi", IN, False),
+        (" Naypyidaw", MM, True),
+        (" Nay Pyi Taw", MM, True),
+        (" Yangon", MM, False),
+        (" Brasília", cc.capital_aliases("BR"), True),
+        (" Port-of-Spain", cc.capital_aliases("TT"), True),
+        (" Ndjamena", cc.capital_aliases("TD"), True),
+    ],
+)
+def test_capital_scoring(output, aliases, expected):
+    assert cc.capital_correct(output, aliases) is expected
+
+
+def test_process_results(docs):
+    doc = docs[0]
+    assert cc.country_capital_process_results(doc, [f" {doc['capital']}"]) == {"acc": 1.0}
+    assert cc.country_capital_process_results(doc, [" Atlantis"]) == {"acc": 0.0}
+
+
+def test_task_manager_loads_country_capital():
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"num_docs": 10, "task_seed": 2})
+    task = tm.load(["country_capital"])["tasks"]["country_capital"]
+    assert task.config.output_type == "generate_until"
+    task_docs = list(task.test_docs())
+    assert [d["country"] for d in task_docs] == [d["country"] for d in cc.build_docs(10, seed=2)]
+    doc = task_docs[0]
+    assert task.doc_to_text(doc) == doc["input"]
+    assert task.doc_to_target(doc) == doc["capital"]
+    assert task.config.generation_kwargs["until"] == ["\n"]
+    assert task.process_results(doc, [f" {doc['capital']}."]) == {"acc": 1.0}
