@@ -12,13 +12,7 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import imdb
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb" / "test_200.csv"
-
-
-
-def _need_csv() -> None:
-    if not SHARED_CSV.is_file():
-        pytest.skip("shared/data/imdb/test_200.csv not present")
+SHARED_CSV = Path(__file__).resolve().parent / "data" / "imdb_test_200.csv"  # copy of shared/data/imdb/test_200.csv
 
 
 def _digest(docs) -> str:
@@ -27,13 +21,11 @@ def _digest(docs) -> str:
 
 @pytest.fixture(scope="module")
 def rows():
-    _need_csv()
     return imdb.load_csv(SHARED_CSV)
 
 
 @pytest.fixture(scope="module")
 def docs():
-    _need_csv()
     return imdb.imdb_dataset(imdb_path=str(SHARED_CSV))["test"].to_list()
 
 
@@ -65,7 +57,6 @@ def test_determinism_per_seed(rows, docs):
 
 
 def test_prompt_and_br_handling(docs):
-    _need_csv()
     assert any("<br" in review for review, _ in imdb.load_csv(SHARED_CSV))
     for doc in docs:
         assert "<br" not in doc["input"].lower()
@@ -138,7 +129,6 @@ def test_hub_failure_is_one_line(monkeypatch):
 
 
 def test_task_manager_loads_imdb():
-    _need_csv()
     from lm_eval.tasks import TaskManager
 
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"imdb_path": str(SHARED_CSV)})
