@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
+from conftest import docs_digest as _digest
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_capital as cc
@@ -15,9 +14,6 @@ from qk_ablate.task_data.scoring import normalize_name
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
-
-def _digest(docs) -> str:
-    return hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")

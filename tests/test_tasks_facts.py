@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import docs_digest as _digest
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import city_facts as cf
@@ -16,9 +15,6 @@ from qk_ablate.task_data.scoring import country_correct, normalize_name
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
-
-def _digest(docs) -> str:
-    return hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")

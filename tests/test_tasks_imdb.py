@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
+from conftest import docs_digest as _digest
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import imdb
@@ -14,9 +13,6 @@ from qk_ablate.task_data import imdb
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 SHARED_CSV = Path(__file__).resolve().parent / "data" / "imdb_test_200.csv"  # copy of shared/data/imdb/test_200.csv
 
-
-def _digest(docs) -> str:
-    return hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")

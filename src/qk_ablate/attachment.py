@@ -81,6 +81,7 @@ class Attachment:
         self.spec = spec
         self.layout: ModelLayout = find_layout(model)
         self.layers = spec.layer_indices(self.layout.num_layers)
+        self._destroyed, self._quantized = spec.ablate_targets(), spec.quant_target_set()
         self.observer = observer
         self.observe = frozenset(observe)
         acts = not spec.is_noop
@@ -170,8 +171,8 @@ class Attachment:
             self.observer(layer, name, where, x, step.prompt)
         if spec.is_noop or where != spec.rope or layer not in self.layers:
             return None
-        destroy = name in spec.ablate_targets()
-        quantize = name in spec.quant_target_set()
+        destroy = name in self._destroyed
+        quantize = name in self._quantized
         if not (destroy or quantize):
             return None
         if step.prefill:

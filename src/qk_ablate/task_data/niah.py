@@ -27,7 +27,7 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import hooks
 from qk_ablate.task_data.passkey import LENGTHS, filler_text, needle_position, parse_length
 from qk_ablate.task_data.scoring import _NUMBER
-from qk_ablate.task_data.tokens import check_tokenizer, fit_units, spread_fractions, token_counter
+from qk_ablate.task_data.tokens import check_length_args, check_tokenizer, fit_units, spread_fractions, token_counter
 
 __all__ = ["LENGTHS", "build_niah_docs", "niah_correct", "first_magic_number"]
 
@@ -116,10 +116,7 @@ def build_niah_docs(
     {key, value, depth}), filler_words, n_tokens, length, index.
     """
     length, num_docs, gen_budget, num_distractors = int(length), int(num_docs), int(gen_budget), int(num_distractors)
-    if num_docs < 1:
-        raise QKAblateError(f"num_docs must be at least 1, got {num_docs}")
-    if gen_budget < 0 or gen_budget >= length:
-        raise QKAblateError(f"the generation budget ({gen_budget}) must be between 0 and the length ({length})")
+    check_length_args(length, num_docs, gen_budget)
     if num_distractors < 0 or num_distractors > 50:
         raise QKAblateError(f"num_distractors must be between 0 and 50, got {num_distractors}")
     target = length - gen_budget

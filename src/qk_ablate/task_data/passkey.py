@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.tokens import check_tokenizer, fit_units, spread_fractions, token_counter
+from qk_ablate.task_data.tokens import check_length_args, check_tokenizer, fit_units, spread_fractions, token_counter
 
 INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. "
@@ -115,10 +115,7 @@ def build_passkey_docs(
     n_tokens, length, index.
     """
     length, num_docs, gen_budget = int(length), int(num_docs), int(gen_budget)
-    if num_docs < 1:
-        raise QKAblateError(f"num_docs must be at least 1, got {num_docs}")
-    if gen_budget < 0 or gen_budget >= length:
-        raise QKAblateError(f"the generation budget ({gen_budget}) must be between 0 and the length ({length})")
+    check_length_args(length, num_docs, gen_budget)
     target = length - gen_budget
     tolerance = max(1, int(target * 0.002))
 

@@ -52,6 +52,14 @@ def token_counter(tokenizer: Any, probe: str | None = None) -> Counter:
     return slow
 
 
+def check_length_args(length: int, num_docs: int, gen_budget: int) -> None:
+    """Readable errors for the settings every exact-length task shares."""
+    if num_docs < 1:
+        raise QKAblateError(f"num_docs must be at least 1, got {num_docs}")
+    if gen_budget < 0 or gen_budget >= length:
+        raise QKAblateError(f"the generation budget ({gen_budget}) must be between 0 and the length ({length})")
+
+
 def check_tokenizer(count: Counter, name: str = "the tokenizer") -> None:
     """Reject a tokenizer that cannot measure length (encodes text to no tokens)."""
     if count(["The quick brown fox jumps over the lazy dog."])[0] == 0:
