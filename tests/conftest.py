@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,7 +126,13 @@ def toy():
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet)
     tok.train_from_iterator(corpus, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    # A chat template unlike SmolLM2's (no default system turn), for the chat-template length tests.
+    fast.chat_template = (
+        "{% for m in messages %}[{{ m['role'] | upper }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[ASSISTANT] {% endif %}"
+    )
+    return fast
 
 
 def token_count(tokenizer, text: str) -> int:
@@ -135,3 +142,15 @@ def token_count(tokenizer, text: str) -> int:
 
 def docs_digest(docs) -> str:
     return hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def essay_dir(tmp_path_factory):
+    """A folder of .txt essays (real prose: the 200 committed IMDB reviews, one file each)."""
+    import csv
+
+    folder = tmp_path_factory.mktemp("essays")
+    with open(Path(__file__).parent / "data" / "imdb_test_200.csv", newline="", encoding="utf-8") as handle:
+        for i, row in enumerate(csv.DictReader(handle)):
+            (folder / f"essay_{i:03d}.txt").write_text(row["review"].replace("<br />", " "), encoding="utf-8")
+    return folder

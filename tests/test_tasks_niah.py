@@ -4,7 +4,6 @@ needle placement, distinct distractors, strict scoring, and the lm-eval wiring."
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -23,27 +22,6 @@ GEN_BUDGET = 12
 def test_toy_tokenizer_differs(smol, toy):
     text = "One of the special magic numbers for brave-lantern is: 1234567."
     assert _count(toy, text) != _count(smol, text)
-
-
-@pytest.mark.parametrize("distractors", [0, 3], ids=["single", "multikey"])
-@pytest.mark.parametrize("name", list(LENGTHS))
-@pytest.mark.parametrize("which", ["smol", "toy"])
-def test_lengths_are_exact(name, which, distractors, request):
-    tokenizer = request.getfixturevalue(which)
-    length = LENGTHS[name]
-    target = length - GEN_BUDGET
-    num = 3 if length <= 8192 else 2
-    start = time.perf_counter()
-    docs = build_niah_docs(tokenizer, length, num_docs=num, seed=0, gen_budget=GEN_BUDGET, num_distractors=distractors)
-    elapsed = time.perf_counter() - start
-    assert len(docs) == num
-    for doc in docs:
-        tokens = _count(tokenizer, doc["input"])
-        assert tokens == doc["n_tokens"]
-        assert 0.99 * target <= tokens <= target, (name, which, tokens, target)
-        assert doc["length"] == length
-    if length == 131072:
-        assert elapsed < 30, f"building {num} 128k documents took {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize("distractors", [0, 3])

@@ -4,7 +4,6 @@ and the lm-eval wiring (TaskManager loading, metadata reaching the builder, grou
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -32,26 +31,6 @@ def test_toy_tokenizer_differs_and_adds_bos(smol, toy):
     text = "The grass is green. The pass key is 12345."
     assert toy(text)["input_ids"][0] == toy.convert_tokens_to_ids("<s>")
     assert _count(toy, text) != _count(smol, text)
-
-
-@pytest.mark.parametrize("name", list(LENGTHS))
-@pytest.mark.parametrize("which", ["smol", "toy"])
-def test_lengths_are_exact(name, which, request):
-    tokenizer = request.getfixturevalue(which)
-    length = LENGTHS[name]
-    target = length - GEN_BUDGET
-    num = 3 if length <= 8192 else 2
-    start = time.perf_counter()
-    docs = build_passkey_docs(tokenizer, length, num_docs=num, seed=0, gen_budget=GEN_BUDGET)
-    elapsed = time.perf_counter() - start
-    assert len(docs) == num
-    for doc in docs:
-        tokens = _count(tokenizer, doc["input"])
-        assert tokens == doc["n_tokens"]
-        assert 0.99 * target <= tokens <= target, (name, which, tokens, target)
-        assert doc["length"] == length
-    if length == 131072:
-        assert elapsed < 30, f"building {num} 128k documents took {elapsed:.1f} s"
 
 
 def test_prompt_layout(smol):
@@ -168,9 +147,9 @@ def test_metadata_reaches_the_builder(task_manager, smol):
 
 
 def test_group_loads_its_lengths(task_manager):
-    loaded = task_manager.load(["qk_contextual"])
-    assert set(loaded["tasks"]) == {"passkey_1k", "passkey_2k", "passkey_4k", "passkey_8k"}
-    assert "qk_contextual" in loaded["groups"]
+    loaded = task_manager.load(["qk_passkey"])
+    assert set(loaded["tasks"]) == {f"passkey_{n}" for n in LENGTHS}
+    assert "qk_passkey" in loaded["groups"]
 
 
 def test_tokenizer_resolution(smol, toy):
@@ -210,17 +189,25 @@ class _Oracle:
         return Oracle()
 
 
-def test_end_to_end_group_aggregation(task_manager):
+def test_end_to_end_group_aggregation(smol):
+    """Groups pool their tasks weighted by size and report a standard error."""
     from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
 
-    results = simple_evaluate(model=_Oracle.make(), tasks=["qk_knowledge"], task_manager=task_manager)
+    imdb_csv = Path(__file__).parent / "data" / "imdb_test_200.csv"
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+                          metadata={"pretrained": "smollm2-135m", "num_docs": 4, "imdb_path": str(imdb_csv)})
+    results = simple_evaluate(model=_Oracle.make(), tasks=["qk_knowledge"], task_manager=manager)
     res = results["results"]
-    assert res["passkey_1k"]["acc,none"] == 1.0
-    assert res["qk_contextual"]["acc,none"] == 1.0
-    assert res["city_facts"]["acc,none"] == 0.0
+    assert res["passkey_1k"]["acc,none"] == 1.0 and res["niah_1k"]["acc,none"] == 0.0
+    assert res["imdb"]["acc,none"] == 0.5  # balanced; equal log-likelihoods pick the first label
+    # 16 synthetic tasks x 4 docs (4 passkey tasks right) + imdb (2 of 4 right)
+    assert res["qk_contextual"]["acc,none"] == pytest.approx((16 + 2) / 68)
     assert res["city_facts_tf"]["acc,none"] == 0.5  # balanced: always-True gets half
-    assert res["qk_parametric"]["acc,none"] == pytest.approx(0.25)
-    assert res["qk_knowledge"]["acc,none"] == pytest.approx((16 * 1.0 + 4 * 0.0 + 4 * 0.5) / 24)
+    assert res["qk_parametric"]["acc,none"] == pytest.approx(2 / 16)
+    assert res["qk_knowledge"]["acc,none"] == pytest.approx(20 / 84)
+    for group in ("qk_contextual", "qk_parametric", "qk_knowledge"):
+        assert 0 < float(res[group]["acc_stderr,none"]) < 0.1
 
 
 def test_fit_units_on_a_synthetic_counter():

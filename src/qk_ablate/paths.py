@@ -12,3 +12,18 @@ def tasks_dir() -> str:
         if candidate.is_dir():
             return str(candidate)
     raise FileNotFoundError("qk-ablate's task folder is missing from this installation; reinstall qk-ablate")
+
+
+TEMPLATE_PREFIX = "qk_ablate:"
+
+
+def template_path(name: str) -> Path:
+    """The file behind `include: qk_ablate:<name>` in a user's task YAML."""
+    from qk_ablate.errors import QKAblateError
+
+    folder = Path(tasks_dir()) / "templates"
+    path = folder / name
+    if not name or "/" in name or not path.is_file():
+        known = ", ".join(sorted(TEMPLATE_PREFIX + p.name for p in folder.iterdir() if p.is_file()))
+        raise QKAblateError(f"unknown task template '{TEMPLATE_PREFIX}{name}'; qk-ablate ships {known}")
+    return path

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (lm-eval's own models are registered before ours)
-from lm_eval.tasks import TaskManager
+from lm_eval.tasks import TaskManager, _yaml_loader
 
 import qk_ablate.lm  # noqa: F401  (registers `qk_ablated`)
 from qk_ablate.errors import QKAblateError
-from qk_ablate.paths import tasks_dir
+from qk_ablate.paths import TEMPLATE_PREFIX, tasks_dir, template_path
 
 
 def _with_our_tasks(init):
@@ -31,6 +32,51 @@ def _with_our_tasks(init):
 
 if not getattr(TaskManager.__init__, "__qk_ablate__", False):
     TaskManager.__init__ = _with_our_tasks(TaskManager.__init__)
+
+
+def _with_prompt_frame(process_tasks):
+    """Hand `--apply_chat_template` / `--system_instruction` to the tasks, which size prompts inside them."""
+
+    @functools.wraps(process_tasks)
+    def wrapper(self, metadata=None):
+        extra = {}
+        if getattr(self, "apply_chat_template", False):
+            extra["apply_chat_template"] = self.apply_chat_template
+        if getattr(self, "system_instruction", None):
+            extra["system_instruction"] = self.system_instruction
+        if extra:
+            metadata = {**extra, **(metadata or self.metadata or {})}
+        return process_tasks(self, metadata)
+
+    wrapper.__qk_ablate__ = True
+    return wrapper
+
+
+try:
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+except ImportError:  # an lm-eval without the CLI config: Python callers pass the metadata themselves
+    EvaluatorConfig = None
+if EvaluatorConfig is not None and not getattr(EvaluatorConfig.process_tasks, "__qk_ablate__", False):
+    EvaluatorConfig.process_tasks = _with_prompt_frame(EvaluatorConfig.process_tasks)
+
+
+def _with_our_templates(load_yaml):
+    """Let a user's task YAML say `include: qk_ablate:<template>` (lm-eval resolves includes as paths)."""
+
+    @functools.wraps(load_yaml)
+    def wrapper(path, **kwargs):
+        name = Path(path).name
+        if name.startswith(TEMPLATE_PREFIX):
+            path = template_path(name[len(TEMPLATE_PREFIX) :])
+        return load_yaml(path, **kwargs)
+
+    wrapper.__qk_ablate__ = True
+    return wrapper
+
+
+# Includes are loaded by the module's own (global) `load_yaml`, so patching the module is enough.
+if not getattr(_yaml_loader.load_yaml, "__qk_ablate__", False):
+    _yaml_loader.load_yaml = _with_our_templates(_yaml_loader.load_yaml)
 
 
 def _one_line_errors(hook):

@@ -23,6 +23,7 @@ from typing import Any
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import city_facts, passkey
 from qk_ablate.task_data.scoring import country_correct, passkey_correct
+from qk_ablate.task_data.tokens import prompt_frame
 
 TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")
 
@@ -93,12 +94,14 @@ def _dataset(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def passkey_dataset(passkey_length: int | str, passkey_gen_budget: int = passkey.DEFAULT_GEN_BUDGET, **metadata):
     """custom_dataset for passkey_{len}: `passkey_length` and the budget come from dataset_kwargs."""
+    tokenizer = resolve_tokenizer(metadata)
     docs = passkey.build_passkey_docs(
-        resolve_tokenizer(metadata),
+        tokenizer,
         passkey.parse_length(passkey_length),
         num_docs=num_docs(metadata, passkey.DEFAULT_NUM_DOCS),
         seed=task_seed(metadata),
         gen_budget=int(passkey_gen_budget),
+        frame=prompt_frame(tokenizer, metadata),
     )
     return _dataset(docs)
 

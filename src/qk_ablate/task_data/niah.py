@@ -18,16 +18,25 @@ the evaluated model's tokens, special tokens included: every prompt has at most
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import hooks
-from qk_ablate.task_data.passkey import LENGTHS, filler_text, needle_position, parse_length
+from qk_ablate.task_data.haystack import DEFAULT_ESSAY_COLUMN, DEFAULT_ESSAY_HUB, Haystack, NoiseHaystack, essay_haystack
+from qk_ablate.task_data.passkey import LENGTHS, PLAIN, parse_length
 from qk_ablate.task_data.scoring import _NUMBER
-from qk_ablate.task_data.tokens import check_length_args, check_tokenizer, fit_units, spread_fractions, token_counter
+from qk_ablate.task_data.tokens import (
+    PromptFrame,
+    check_length_args,
+    check_tokenizer,
+    fit_documents,
+    framed_counter,
+    prompt_frame,
+    spread_fractions,
+    token_counter,
+)
 
 __all__ = ["LENGTHS", "build_niah_docs", "niah_correct", "first_magic_number"]
 
@@ -39,10 +48,10 @@ QUESTION = (
     "What is the special magic number for {key} mentioned in the provided text? "
     "The special magic number for {key} mentioned in the provided text is"
 )
+NOISE = NoiseHaystack()
 DEFAULT_NUM_DOCS = 100
 DEFAULT_GEN_BUDGET = 12
 DEFAULT_NUM_DISTRACTORS = 3  # RULER's niah_multikey uses 4 needles in all
-MIN_FILL = 0.99
 
 # Small fixed word lists: 40 x 40 = 1600 keys. No noun is a prefix of another, so a key never
 # occurs inside another key.
@@ -68,17 +77,23 @@ def question(key: str) -> str:
     return QUESTION.format(key=key)
 
 
-def render(needles: list[tuple[str, str]], target_key: str, filler_words: int, positions: list[int]) -> str:
+def render(
+    needles: list[tuple[str, str]],
+    target_key: str,
+    filler_words: int,
+    positions: list[int],
+    haystack: Haystack = NOISE,
+) -> str:
     """The prompt: `filler_words` haystack words, needle j after the first `positions[j]` of them."""
     order = sorted(range(len(needles)), key=lambda j: (positions[j], j))
     parts: list[str] = []
     at = 0
     for j in order:
         pos = min(max(positions[j], 0), filler_words)
-        parts.append(filler_text(at, pos))
+        parts.append(haystack.text(at, pos))
         parts.append(needle(*needles[j]))
         at = pos
-    parts.append(filler_text(at, filler_words))
+    parts.append(haystack.text(at, filler_words))
     context = " ".join(part for part in parts if part)
     return "\n".join([INTRO, context, question(target_key)])
 
@@ -108,20 +123,22 @@ def build_niah_docs(
     seed: int = 0,
     gen_budget: int = DEFAULT_GEN_BUDGET,
     num_distractors: int = 0,
+    frame: PromptFrame = PLAIN,
+    haystack: Haystack = NOISE,
 ) -> list[dict[str, Any]]:
-    """`num_docs` NIAH prompts of at most `length - gen_budget` tokens of `tokenizer`.
+    """`num_docs` NIAH prompts of at most `length - gen_budget` tokens of `tokenizer` (inside `frame`).
 
-    `num_distractors` = 0 is niah_single_1; more gives the multikey variant. Deterministic in all
-    arguments. Each document: input, key, value, depth (of the target), distractors (list of
+    `num_distractors` = 0 is niah_single_1; more gives the multikey variant. `haystack` is RULER's
+    noise (default) or an `EssayHaystack` (niah_essay). Deterministic in all arguments. Each document: input, key, value, depth (of the target), distractors (list of
     {key, value, depth}), filler_words, n_tokens, length, index.
     """
     length, num_docs, gen_budget, num_distractors = int(length), int(num_docs), int(gen_budget), int(num_distractors)
     check_length_args(length, num_docs, gen_budget)
     if num_distractors < 0 or num_distractors > 50:
         raise QKAblateError(f"num_distractors must be between 0 and 50, got {num_distractors}")
-    target = length - gen_budget
-    tolerance = max(1, int(target * 0.002))
     variant = "niah" if num_distractors == 0 else f"niah_multikey{num_distractors}"
+    if haystack.name != "noise":
+        variant += "_essay"
 
     rngs = [_doc_rng(variant, seed, length, i) for i in range(num_docs)]
     needles = [_draw_needles(rng, 1 + num_distractors) for rng in rngs]  # needle 0 is the target
@@ -131,36 +148,14 @@ def build_niah_docs(
     depths = [[target_depths[i], *other_depths[i]] for i in range(num_docs)]
 
     def text(i: int, n: int) -> str:
-        return render(needles[i], needles[i][0][0], n, [needle_position(d, n) for d in depths[i]])
+        return render(needles[i], needles[i][0][0], n, [haystack.place(d, n) for d in depths[i]], haystack)
 
-    count = token_counter(tokenizer, probe=text(0, 40))
+    count = framed_counter(token_counter(tokenizer, probe=text(0, 40)), frame)
     check_tokenizer(count)
-    sample_words = 20 * 17  # twenty cycles of the 17-word haystack
-    fixed, with_sample = count([text(0, 0), text(0, sample_words)])
-    per_word = max((with_sample - fixed) / sample_words, 1e-3)
-
-    def fit(i: int, guess: int) -> tuple[int, str, int]:
-        return fit_units(lambda n: text(i, n), count, target, guess, per_word, tolerance)
-
-    n_ref, _, _ = fit(0, math.floor((target - fixed) / per_word))
-    fitted: list[tuple[int, str, int]] = []
-    for start in range(0, num_docs, 16):  # bounded memory at 128k tokens per prompt
-        batch = [text(i, n_ref) for i in range(start, min(start + 16, num_docs))]
-        for offset, tokens in enumerate(count(batch)):
-            i = start + offset
-            if target - tolerance <= tokens <= target:
-                fitted.append((n_ref, batch[offset], tokens))
-            else:
-                fitted.append(fit(i, n_ref + math.floor((target - tokens) / per_word)))
-
+    fitted = fit_documents(text, num_docs, count, length - gen_budget, 20 * 17, "NIAH document")
     docs = []
     for i, (n_words, prompt, tokens) in enumerate(fitted):
-        if tokens > target or tokens < MIN_FILL * target:
-            raise QKAblateError(
-                f"could not size NIAH document {i} to {target} tokens (got {tokens}); "
-                "the tokenizer spends too many tokens per haystack word for this length"
-            )
-        placed = [needle_position(d, n_words) / n_words if n_words else 0.0 for d in depths[i]]
+        placed = [haystack.place(d, n_words) / n_words if n_words else 0.0 for d in depths[i]]
         docs.append(
             {
                 "input": prompt,
@@ -211,16 +206,39 @@ def niah_dataset(
     niah_length: int | str,
     niah_gen_budget: int = DEFAULT_GEN_BUDGET,
     niah_distractors: int = 0,
+    niah_haystack: str | None = None,
+    niah_essay_dir: str | None = None,
     **metadata,
 ):
-    """custom_dataset for niah_{len} / niah_multikey_{len}; constants come from dataset_kwargs."""
+    """custom_dataset for niah_{len}, niah_multikey_{len} and niah_essay_{len}.
+
+    Per-task constants come from dataset_kwargs. The essay haystack is the folder
+    `niah_essay_dir` (dataset_kwargs, for a user's own task) or `essay_dir` (run metadata), else
+    the Hub dataset `essay_hub` (column `essay_column`). `niah_haystack` defaults to "essay" when
+    `niah_essay_dir` is given, to "noise" otherwise.
+    """
+    if niah_haystack is None:
+        niah_haystack = "essay" if niah_essay_dir else "noise"
+    if niah_haystack == "noise":
+        haystack: Haystack = NOISE
+    elif niah_haystack == "essay":
+        haystack = essay_haystack(
+            niah_essay_dir or metadata.get("essay_dir") or None,
+            str(metadata.get("essay_hub") or DEFAULT_ESSAY_HUB),
+            str(metadata.get("essay_column") or DEFAULT_ESSAY_COLUMN),
+        )
+    else:
+        raise QKAblateError(f"niah_haystack must be 'noise' or 'essay', got {niah_haystack!r}")
+    tokenizer = hooks.resolve_tokenizer(metadata)
     docs = build_niah_docs(
-        hooks.resolve_tokenizer(metadata),
+        tokenizer,
         parse_length(niah_length),
         num_docs=hooks.num_docs(metadata, DEFAULT_NUM_DOCS),
         seed=hooks.task_seed(metadata),
         gen_budget=int(niah_gen_budget),
         num_distractors=int(niah_distractors),
+        frame=prompt_frame(tokenizer, metadata),
+        haystack=haystack,
     )
     return hooks._dataset(docs)
 

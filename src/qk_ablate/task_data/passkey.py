@@ -22,7 +22,15 @@ from functools import lru_cache
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.tokens import check_length_args, check_tokenizer, fit_units, spread_fractions, token_counter
+from qk_ablate.task_data.tokens import (
+    PromptFrame,
+    check_length_args,
+    check_tokenizer,
+    fit_documents,
+    framed_counter,
+    spread_fractions,
+    token_counter,
+)
 
 INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. "
@@ -43,7 +51,7 @@ LENGTHS: dict[str, int] = {
 }
 DEFAULT_NUM_DOCS = 100
 DEFAULT_GEN_BUDGET = 8
-MIN_FILL = 0.99  # every prompt has at least this fraction of its token budget
+PLAIN = PromptFrame()  # the prompt exactly as written (no chat template)
 
 _WORDS = tuple(FILLER.split(" "))
 _CYCLE_CHARS = len(FILLER) + 1  # one cycle of the filler plus the joining space
@@ -106,62 +114,34 @@ def build_passkey_docs(
     num_docs: int = DEFAULT_NUM_DOCS,
     seed: int = 0,
     gen_budget: int = DEFAULT_GEN_BUDGET,
+    frame: PromptFrame = PLAIN,
 ) -> list[dict[str, Any]]:
     """`num_docs` passkey prompts of at most `length - gen_budget` tokens of `tokenizer`.
 
-    Deterministic in (tokenizer, length, num_docs, seed, gen_budget). Pass keys are seeded
+    Deterministic in (tokenizer, length, num_docs, seed, gen_budget, frame). Pass keys are seeded
     5-digit numbers; needle depths cover [0, 1) evenly across the documents (and across any
-    prefix of them). Each document: input, passkey (str), depth, needle_word, filler_words,
-    n_tokens, length, index.
+    prefix of them). `frame` is the chat template (if any) the prompt will be sent in; its tokens
+    count. Each document: input, passkey (str), depth, needle_word, filler_words, n_tokens
+    (framed), length, index.
     """
     length, num_docs, gen_budget = int(length), int(num_docs), int(gen_budget)
     check_length_args(length, num_docs, gen_budget)
-    target = length - gen_budget
-    tolerance = max(1, int(target * 0.002))
-
     rngs = [_doc_rng(seed, length, i) for i in range(num_docs)]
     passkeys = [str(rng.randint(10000, 99999)) for rng in rngs]
     depths = spread_fractions([rng.random() for rng in rngs])
 
-    count = token_counter(tokenizer, probe=render(passkeys[0], 40, 20))
+    def text(i: int, n: int) -> str:
+        return render(passkeys[i], n, needle_position(depths[i], n))
+
+    count = framed_counter(token_counter(tokenizer, probe=text(0, 40)), frame)
     check_tokenizer(count)
-    sample_words = 20 * len(_WORDS)
-    fixed, with_sample = count([render(passkeys[0], 0, 0), render(passkeys[0], sample_words, 0)])
-    per_word = max((with_sample - fixed) / sample_words, 1e-3)
-
-    def fit(index: int, guess: int) -> tuple[int, str, int]:
-        return fit_units(
-            lambda n: render(passkeys[index], n, needle_position(depths[index], n)),
-            count,
-            target,
-            guess,
-            per_word,
-            tolerance,
-        )
-
-    # Calibrate on the first document, then try its word count for all others in parallel
-    # batches; only documents that miss the tolerance band are searched again on their own.
-    n_ref, _, _ = fit(0, math.floor((target - fixed) / per_word))
-    fitted: list[tuple[int, str, int] | None] = [None] * num_docs
-    texts = [render(passkeys[i], n_ref, needle_position(depths[i], n_ref)) for i in range(num_docs)]
-    for i, tokens in enumerate(count(texts)):
-        if target - tolerance <= tokens <= target:
-            fitted[i] = (n_ref, texts[i], tokens)
-        else:
-            fitted[i] = fit(i, n_ref + math.floor((target - tokens) / per_word))
-    del texts
-
+    fitted = fit_documents(text, num_docs, count, length - gen_budget, 20 * len(_WORDS), "passkey document")
     docs = []
-    for i, (n_words, text, tokens) in enumerate(fitted):  # type: ignore[misc]
-        if tokens > target or tokens < MIN_FILL * target:
-            raise QKAblateError(
-                f"could not size passkey document {i} to {target} tokens (got {tokens}); "
-                "the tokenizer spends too many tokens per filler word for this length"
-            )
+    for i, (n_words, prompt, tokens) in enumerate(fitted):
         at = needle_position(depths[i], n_words)
         docs.append(
             {
-                "input": text,
+                "input": prompt,
                 "passkey": passkeys[i],
                 "depth": round(at / n_words, 4) if n_words else 0.0,
                 "needle_word": at,

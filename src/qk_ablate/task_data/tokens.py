@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
@@ -50,6 +51,67 @@ def token_counter(tokenizer: Any, probe: str | None = None) -> Counter:
         return [_wrapper_count(tokenizer, text) for text in texts]
 
     return slow
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """What lm-eval wraps around a document's text before the model sees it.
+
+    Without a chat template the text goes in as it is. With `--apply_chat_template`, lm-eval
+    (0.4.13, zero-shot, `ConfigurableTask.fewshot_context`) sends
+    `tokenizer.apply_chat_template([system?, user], add_generation_prompt=True)`, and the template's
+    tokens count against the length as much as the document's own.
+    """
+
+    tokenizer: Any = None
+    chat: bool = False
+    template: str | None = None  # a named template of a tokenizer that has several
+    system: str | None = None
+
+    def wrap(self, text: str) -> str:
+        if not self.chat:
+            return f"{self.system}{text}" if self.system else text  # lm-eval joins them with nothing
+        messages = [{"role": "user", "content": text}]
+        if self.system:
+            messages.insert(0, {"role": "system", "content": self.system})
+        kwargs = {"chat_template": self.template} if self.template else {}
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        except Exception:
+            if not self.system:
+                raise
+            # lm-eval drops the system turn when the template rejects it; so do we.
+            return self.tokenizer.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True, **kwargs)
+
+
+_FALSE = ("", "0", "false", "no", "none", "off")
+
+
+def prompt_frame(tokenizer: Any, metadata: dict[str, Any]) -> PromptFrame:
+    """The frame of a run: `apply_chat_template` (True or a template name) and `system_instruction`.
+
+    The `lm_eval` CLI puts both into the task metadata (qk_ablate.plugin); Python callers of
+    `simple_evaluate(apply_chat_template=True)` pass `metadata={"apply_chat_template": True}` too.
+    """
+    value = metadata.get("apply_chat_template")
+    system = metadata.get("system_instruction") or None
+    chat = value is not None and value is not False and str(value).strip().lower() not in _FALSE
+    if not chat:
+        return PromptFrame(system=str(system) if system else None)
+    if not getattr(tokenizer, "chat_template", None):
+        raise QKAblateError(
+            "apply_chat_template is set but the tokenizer has no chat template; "
+            "drop --apply_chat_template or evaluate a model whose tokenizer ships one"
+        )
+    template = str(value) if isinstance(value, str) and str(value).strip().lower() not in ("1", "true", "yes", "on") else None
+    return PromptFrame(tokenizer=tokenizer, chat=True, template=template, system=str(system) if system else None)
+
+
+def framed_counter(count: Counter, frame: PromptFrame) -> Counter:
+    """`count` of the texts as the model will see them inside `frame`."""
+    if not frame.chat and not frame.system:
+        return count
+    return lambda texts: count([frame.wrap(text) for text in texts])
 
 
 def check_length_args(length: int, num_docs: int, gen_budget: int) -> None:
@@ -143,3 +205,46 @@ def spread_fractions(jitters: Sequence[float]) -> list[float]:
     for position, index in enumerate(sorted(range(num), key=lambda i: keys[i])):
         rank[index] = position
     return [(rank[i] + min(max(float(jitters[i]), 0.0), 0.999999)) / num for i in range(num)]
+
+
+MIN_FILL = 0.99  # every exact-length prompt has at least this fraction of its token budget
+
+
+def fit_documents(
+    render: Callable[[int, int], str],
+    num_docs: int,
+    count: Counter,
+    target: int,
+    sample_units: int,
+    what: str = "document",
+) -> list[tuple[int, str, int]]:
+    """`(units, text, tokens)` for each document `i`, `render(i, units)` sized to fit `target` tokens.
+
+    Calibrates on document 0, tries its unit count for every other document in batches (most
+    fit at once, as only needles and numbers differ), and searches again only those that miss
+    the tolerance band (0.2% of the target). Every size returned is an exact count; a document
+    that cannot reach `MIN_FILL` of the target raises a readable error.
+    """
+    tolerance = max(1, int(target * 0.002))
+    fixed, with_sample = count([render(0, 0), render(0, sample_units)])
+    per_unit = max((with_sample - fixed) / sample_units, 1e-3)
+
+    def fit(i: int, guess: int) -> tuple[int, str, int]:
+        return fit_units(lambda n: render(i, n), count, target, guess, per_unit, tolerance)
+
+    n_ref, _, _ = fit(0, math.floor((target - fixed) / per_unit))
+    fitted: list[tuple[int, str, int]] = []
+    for start in range(0, num_docs, _BATCH):  # bounded memory at 128k tokens per prompt
+        batch = [render(i, n_ref) for i in range(start, min(start + _BATCH, num_docs))]
+        for offset, tokens in enumerate(count(batch)):
+            if target - tolerance <= tokens <= target:
+                fitted.append((n_ref, batch[offset], tokens))
+            else:
+                fitted.append(fit(start + offset, n_ref + math.floor((target - tokens) / per_unit)))
+    for i, (_, _, tokens) in enumerate(fitted):
+        if tokens > target or tokens < MIN_FILL * target:
+            raise QKAblateError(
+                f"could not size {what} {i} to {target} tokens (got {tokens}); "
+                "the tokenizer spends too many tokens per filler unit for this length"
+            )
+    return fitted
