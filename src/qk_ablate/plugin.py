@@ -67,7 +67,12 @@ def _with_our_templates(load_yaml):
     def wrapper(path, **kwargs):
         name = Path(path).name
         if name.startswith(TEMPLATE_PREFIX):
-            path = template_path(name[len(TEMPLATE_PREFIX) :])
+            try:
+                path = template_path(name[len(TEMPLATE_PREFIX) :])
+            except QKAblateError as exc:
+                # lm-eval's task index skips YAMLs that fail to load without a word; say why here.
+                print(f"qk-ablate: error: {exc}", file=sys.stderr)
+                raise
         return load_yaml(path, **kwargs)
 
     wrapper.__qk_ablate__ = True

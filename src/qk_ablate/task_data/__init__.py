@@ -1,11 +1,17 @@
 """Builders and scorers of qk-ablate's lm-eval tasks (the YAMLs live in the top-level `tasks/`).
 
-* `passkey`: Mohtashami & Jaggi passkey retrieval prompts at exact lengths in the evaluated
-  model's tokens (`build_passkey_docs`).
-* `city_facts`: city -> country facts from GeoNames (`build_recall_docs`, `build_tf_docs`).
-* `scoring`: strict answer checks (`passkey_correct`, `country_correct`).
-* `tokens`: token counting and exact-length fitting shared by synthetic long-context builders.
-* `hooks`: the `custom_dataset` / `process_results` functions the YAMLs name.
+Contextual (the answer is in the prompt):
+* `passkey`: Mohtashami & Jaggi passkey retrieval at exact lengths (`build_passkey_docs`).
+* `niah` + `haystack`: RULER-style needle in a haystack, noise or essays (`build_niah_docs`).
+* `ctxqa`: RULER-style QA over invented documents (`build_ctxqa_docs`).
+* `imdb`: balanced, seeded sample of the IMDB test split; `gsm8k`: local GSM8K for `qk_gsm8k`.
+
+Parametric (the answer is in the weights), all from GeoNames:
+* `city_facts` (city -> country), `country_capital`, `country_continent`; `user_facts` for a
+  user's own CSV through the `qk_ablate:facts_csv` template.
+
+Shared: `tokens` (token counting, chat-template frames, exact-length fitting), `scoring`
+(strict answer checks), `hooks` (the `custom_dataset` / `process_results` functions YAMLs name).
 """
 
 from qk_ablate.task_data.scoring import country_correct, normalize_name, passkey_correct

@@ -1,8 +1,9 @@
 """RULER-style needle-in-a-haystack documents (Hsieh et al., "RULER", 2024), at exact lengths.
 
 `niah_{len}` follows RULER's niah_single_1 (noise haystack, a word key, a 7-digit value);
-`niah_multikey_{len}` hides distractor needles (other keys, other values) next to the target.
-Prompt layout (RULER's template; the haystack's sentences and the needles joined by spaces)::
+`niah_multikey_{len}` hides distractor needles (other keys, other values) next to the target;
+`niah_essay_{len}` puts the needle in an essay haystack (haystack.EssayHaystack; RULER's
+niah_single_2). Prompt layout (RULER's template; the haystack's sentences and the needles joined by spaces)::
 
     Some special magic numbers are hidden within the following text. Make sure to memorize it. ...
     The grass is green. The sky is blue. ... One of the special magic numbers for brave-lantern is: 4817263. The ...
@@ -12,8 +13,8 @@ Keys are adjective-noun pairs from small fixed word lists (no `wonderwords`), va
 7-digit numbers; within a document all keys and all values are distinct. The target needle's
 depth is spread over the whole context across documents (`tokens.spread_fractions`); distractor
 depths are seeded uniform draws. Needles go in at sentence starts of the haystack. Lengths count
-the evaluated model's tokens, special tokens included: every prompt has at most
-`length - gen_budget` tokens and at least 99% of that.
+the evaluated model's tokens, special tokens and chat template (tokens.PromptFrame) included:
+every prompt has at most `length - gen_budget` tokens and at least 99% of that.
 """
 
 from __future__ import annotations

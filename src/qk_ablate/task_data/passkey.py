@@ -10,7 +10,8 @@ Prompt layout (lines joined by "\\n", as in the authors' script)::
 
 The filler's end is cut at a word boundary (the authors cut at characters), so the prompt can be
 sized to within a token or two of its budget; the needle goes in at the sentence boundary nearest
-its depth, the fraction of filler words before it. Lengths count the evaluated model's tokens, special tokens included: every prompt has at most
+its depth, the fraction of filler words before it. Lengths count the evaluated model's tokens,
+special tokens and chat template (tokens.PromptFrame) included: every prompt has at most
 `length - gen_budget` tokens and, for any sane tokenizer, at least 99% of that.
 """
 

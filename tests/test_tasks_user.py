@@ -1,0 +1,155 @@
+"""A user's own data as tasks without Python: `include: qk_ablate:facts_csv` and
+`include: qk_ablate:niah_documents`; the essay haystack of niah_essay_{len}; country_continent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import qk_ablate.plugin  # noqa: F401  (the include resolver)
+from qk_ablate.errors import QKAblateError
+from qk_ablate.task_data import country_continent as continent
+from qk_ablate.task_data import haystack, user_facts
+from qk_ablate.task_data.city_facts import NON_SOVEREIGN
+from qk_ablate.task_data.niah import build_niah_docs
+
+from conftest import docs_digest, token_count
+
+FACTS = """question,answer,aliases
+What is the capital of France?,Paris,
+What is the chemical symbol of gold?,Au,
+Who wrote Hamlet?,William Shakespeare,Shakespeare
+What is the largest planet?,Jupiter,
+In which country is Kyoto?,Japan,
+"""
+
+
+def _manager(folder: Path, **metadata):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(folder), metadata={"pretrained": "smollm2-135m", **metadata})
+
+
+def test_facts_csv_template(tmp_path):
+    (tmp_path / "facts.csv").write_text(FACTS, encoding="utf-8")
+    (tmp_path / "my_facts.yaml").write_text(
+        f"include: qk_ablate:facts_csv\ntask: my_facts\ndataset_kwargs:\n  facts_csv: {tmp_path / 'facts.csv'}\n  facts_fewshot: 2\n"
+    )
+    task = _manager(tmp_path).load(["my_facts"])["tasks"]["my_facts"]
+    docs = list(task.test_docs())
+    assert [d["answer"] for d in docs] == ["William Shakespeare", "Jupiter", "Japan"]
+    assert docs[0]["input"] == (
+        "Q: What is the capital of France?\nA: Paris\n\nQ: What is the chemical symbol of gold?\nA: Au\n\n"
+        "Q: Who wrote Hamlet?\nA:"
+    )
+    score = lambda out: user_facts.facts_process_results(docs[0], [out])["acc"]  # noqa: E731
+    assert score(" Shakespeare.") == score(" William Shakespeare") == 1.0
+    assert score(" Not Shakespeare") == score(" Marlowe") == 0.0
+
+
+def test_documents_template(tmp_path, essay_dir, smol):
+    (tmp_path / "mine.yaml").write_text(
+        f"include: qk_ablate:niah_documents\ntask: niah_mine_2k\ndataset_kwargs:\n"
+        f"  niah_length: 2048\n  niah_essay_dir: {essay_dir}\n"
+    )
+    task = _manager(tmp_path, num_docs=3).load(["niah_mine_2k"])["tasks"]["niah_mine_2k"]
+    docs = list(task.test_docs())
+    assert len(docs) == 3
+    first_words = " ".join((essay_dir / "essay_000.txt").read_text().split()[:8])
+    for doc in docs:
+        assert first_words in doc["input"]  # the haystack is the user's documents
+        assert 0.99 * 2048 <= token_count(smol, doc["input"]) + 12 <= 2048
+    assert task.config.generation_kwargs["max_gen_toks"] == 12
+
+
+def test_unknown_template_is_a_readable_error(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("include: qk_ablate:nope\ntask: bad_one\n")
+    with pytest.raises(KeyError, match="bad_one"):  # lm-eval's index skips the file...
+        _manager(tmp_path).load(["bad_one"])
+    # ... so the reason is printed as it is skipped
+    assert "qk-ablate: error: unknown task template 'qk_ablate:nope'; qk-ablate ships qk_ablate:facts_csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [("q,a\nx,y\n", "has columns"), ("question,answer\n,y\nx,z\n", "empty question"), (b"\xff\xfe", "UTF-8")],
+)
+def test_bad_facts_csv(tmp_path, content, match):
+    path = tmp_path / "f.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(QKAblateError, match=match):
+        user_facts.load_facts(path)
+    with pytest.raises(QKAblateError, match="more rows than few-shot"):
+        user_facts.build_docs([{"question": "q", "answer": "a", "aliases": ["a"]}], fewshot=1)
+    with pytest.raises(QKAblateError, match="needs dataset_kwargs"):
+        user_facts.facts_dataset()
+
+
+def test_niah_essay_task_reads_the_metadata_folder(essay_dir, smol):
+    from lm_eval.tasks import TaskManager
+
+    from qk_ablate.paths import tasks_dir
+
+    manager = TaskManager(include_path=tasks_dir(), include_defaults=False,
+                          metadata={"pretrained": "smollm2-135m", "num_docs": 2, "essay_dir": str(essay_dir)})
+    docs = list(manager.load(["niah_essay_1k"])["tasks"]["niah_essay_1k"].test_docs())
+    expected = build_niah_docs(smol, 1024, num_docs=2, haystack=haystack.essay_haystack(str(essay_dir)))
+    assert docs_digest(docs) == docs_digest(expected)
+    assert "The grass is green" not in docs[0]["input"]
+
+
+def test_essay_haystack_repeats_and_keeps_sentences(essay_dir):
+    stack = haystack.essay_haystack(str(essay_dir))
+    total = len(stack.words)
+    assert stack.text(0, 5) == " ".join(stack.words[:5])
+    assert stack.text(total - 2, total + 3) == " ".join(stack.words[-2:] + stack.words[:3])  # wraps around
+    for depth in (0.0, 0.3, 0.77, 1.0):
+        at = stack.place(depth, 5000)
+        assert at == 0 or stack.words[(at - 1) % total][-1] in ".!?\"'"
+
+
+def test_essay_errors(tmp_path, monkeypatch):
+    with pytest.raises(QKAblateError, match="does not exist"):
+        haystack.essay_haystack(str(tmp_path / "missing"))
+    with pytest.raises(QKAblateError, match="no .txt files"):
+        haystack.essay_haystack(str(tmp_path))
+    (tmp_path / "short.txt").write_text("Too short.")
+    with pytest.raises(QKAblateError, match="at least 200 words"):
+        haystack.essay_haystack(str(tmp_path))
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(QKAblateError, match="essay_dir"):
+        haystack._read_hub("someone/essays", "text")
+
+
+def test_country_continent_set():
+    docs = continent.build_docs()
+    assert len(docs) == continent.DEFAULT_NUM_DOCS
+    codes = {d["country_code"] for d in docs}
+    assert not codes & (NON_SOVEREIGN | continent.TRANSCONTINENTAL | set(continent.FEWSHOT))
+    by_code = {d["country_code"]: d["continent"] for d in docs}
+    assert by_code["FR"] == "Europe" and by_code["BR"] == "South America" and by_code["AU"] == "Oceania"
+    assert docs_digest(docs) == docs_digest(continent.build_docs())
+    assert docs_digest(docs) != docs_digest(continent.build_docs(seed=1))
+    assert {d["continent"] for d in docs} >= {"Africa", "Asia", "Europe", "North America", "South America", "Oceania"}
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [(" Europe", True), (" Europe.", True), (" europe\nAsia", True), (" Asia", False), (" Not Europe", False),
+     (" Europe or Asia", False), (" Eurasia", False), ("", False)],
+)
+def test_country_continent_scoring(output, expected):
+    doc = next(d for d in continent.build_docs() if d["country_code"] == "FR")
+    assert continent.country_continent_process_results(doc, [output]) == {"acc": float(expected)}
+
+
+def test_oceania_aliases():
+    doc = next(d for d in continent.build_docs() if d["country_code"] == "AU")
+    for answer in (" Oceania", " Australia and Oceania", " Australia/Oceania"):
+        assert continent.country_continent_process_results(doc, [answer]) == {"acc": 1.0}
