@@ -121,7 +121,9 @@ def test_demo_runs_end_to_end_on_a_tiny_local_model(tmp_path, capsys):
 
     from qk_ablate.cli import main
 
-    build("llama").save_pretrained(tmp_path / "tiny")
+    model = build("llama")
+    model.config.max_position_embeddings = 2048  # a 1k-token passkey prompt must fit the window
+    model.save_pretrained(tmp_path / "tiny")
     _word_tokenizer().save_pretrained(tmp_path / "tiny")
     out = tmp_path / "runs"
     code = main(["demo", "--model", str(tmp_path / "tiny"), "--tasks", "passkey_1k", "--limit", "2",
@@ -134,3 +136,19 @@ def test_demo_runs_end_to_end_on_a_tiny_local_model(tmp_path, capsys):
 
     recorded = json.loads((out / "nonmassive.json").read_text())["config"]["qk_ablate"]
     assert recorded["ablate"] == "nonmassive"
+
+
+def test_prompts_longer_than_the_window_are_refused_not_truncated():
+    from conftest import build
+    from lm_eval.api.instance import Instance
+
+    from qk_ablate.lm import QKAblatedLM
+
+    lm = QKAblatedLM(pretrained=build("llama"), tokenizer=_word_tokenizer(), device="cpu", batch_size=1, max_length=40)
+    short = Instance("generate_until", {}, (" ".join(["w5"] * 30), {"until": ["w9"], "max_gen_toks": 4}), 0,
+                     metadata=("passkey_1k", 0, 1))
+    long = Instance("generate_until", {}, (" ".join(["w5"] * 38), {"until": ["w9"], "max_gen_toks": 4}), 0,
+                    metadata=("passkey_2k", 0, 1))
+    assert len(lm.generate_until([short])) == 1
+    with pytest.raises(QKAblateError, match=r"task passkey_2k: a prompt of 38 tokens plus 4 to generate exceeds the model's window of 40"):
+        lm.generate_until([short, long])

@@ -144,7 +144,7 @@ def test_task_manager_loads_facts_and_group():
 
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"num_docs": 10, "task_seed": 2})
     loaded = tm.load(["qk_parametric"])
-    assert set(loaded["tasks"]) == {"city_facts", "city_facts_tf"}
+    assert set(loaded["tasks"]) == {"city_facts", "city_facts_tf", "country_capital", "country_continent"}
     assert "qk_parametric" in loaded["groups"]
     recall_task, tf_task = loaded["tasks"]["city_facts"], loaded["tasks"]["city_facts_tf"]
     docs = list(recall_task.test_docs())

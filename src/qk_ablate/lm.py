@@ -50,6 +50,32 @@ class QKAblatedLM(HFLM):
         self.spec = spec
         self.attachment = Attachment(self.model, spec).attach()
 
+    # ------------------------------------------------------------ window
+    def generate_until(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+        self._check_window(requests)
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def _check_window(self, requests, per_task: int = 4) -> None:
+        """Refuse prompts that HFLM would silently cut from the left (cutting the needle away too).
+
+        Checks the `per_task` longest contexts (by characters) of each task: the length tasks'
+        prompts all have nearly the same token count, so the longest ones decide.
+        """
+        by_task: dict[str, list] = {}
+        for request in requests:
+            by_task.setdefault(str(request.task_name), []).append(request)
+        for task, group in by_task.items():
+            for request in sorted(group, key=lambda r: len(r.args[0]), reverse=True)[:per_task]:
+                context, gen_kwargs = request.args
+                budget = int((gen_kwargs or {}).get("max_gen_toks", self.max_gen_toks))
+                tokens = len(self.tok_encode(context))
+                if tokens + budget > self.max_length:
+                    raise QKAblateError(
+                        f"task {task}: a prompt of {tokens} tokens plus {budget} to generate exceeds the model's "
+                        f"window of {self.max_length} tokens; run a shorter length of the task, or a model with "
+                        "a longer context (or set max_length, if the model supports more)"
+                    )
+
     # ------------------------------------------------------------ loglikelihood prompts
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):  # type: ignore[override]
         """Remember each request's context length, so only context positions count as the prompt.
