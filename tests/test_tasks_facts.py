@@ -155,3 +155,36 @@ def test_task_manager_loads_facts_and_group():
     tf_doc = next(iter(tf_task.test_docs()))
     assert tf_task.doc_to_choice(tf_doc) == ["True", "False"]
     assert tf_task.doc_to_target(tf_doc) == tf_doc["label"]
+
+
+@pytest.mark.parametrize(
+    ("output", "verdict"),
+    [
+        (" True", True), (" True.", True), (" yes, it is", True), (" Correct", True),
+        (" False", False), (" No, that is not correct.", False), (" Not true", False),
+        (" Incorrect.", False), (" no", False),
+        (" It is true", None), (" Maybe", None), ("", None), (" Truely", None),
+    ],
+)
+def test_read_verdict_never_skips_a_negation(output, verdict):
+    from qk_ablate.task_data.scoring import read_verdict
+
+    assert read_verdict(output) is verdict
+
+
+def test_generated_true_false_task():
+    from lm_eval.tasks import TaskManager
+
+    from qk_ablate.task_data.hooks import city_facts_tf_gen_process_results as score
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"num_docs": 4})
+    task = tm.load(["city_facts_tf_gen"])["tasks"]["city_facts_tf_gen"]
+    docs = list(task.test_docs())
+    assert [d["label"] for d in docs] == [d["label"] for d in cf.build_tf_docs(4)]
+    true_doc = next(d for d in docs if d["label"] == 0)
+    false_doc = next(d for d in docs if d["label"] == 1)
+    assert task.doc_to_target(true_doc) == "True"
+    assert score(true_doc, [" True"]) == {"acc": 1.0}
+    assert score(true_doc, [" No, that is not correct."]) == {"acc": 0.0}
+    assert score(false_doc, [" No, that is not correct."]) == {"acc": 1.0}
+    assert score(false_doc, [" It is true"]) == score(true_doc, [" It is true"]) == {"acc": 0.0}

@@ -17,7 +17,7 @@ from typing import Protocol
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data.passkey import filler_text, needle_position
 
-DEFAULT_ESSAY_HUB = "alessiodevoto/paul_graham_essays"
+DEFAULT_ESSAY_HUB = "emozilla/PaulGrahamEssays"  # 49 essays, column "text", split "train"
 DEFAULT_ESSAY_COLUMN = "text"
 _MIN_WORDS = 200
 

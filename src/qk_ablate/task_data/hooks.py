@@ -22,7 +22,7 @@ from typing import Any
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import city_facts, passkey
-from qk_ablate.task_data.scoring import country_correct, passkey_correct
+from qk_ablate.task_data.scoring import country_correct, passkey_correct, read_verdict
 from qk_ablate.task_data.tokens import prompt_frame
 
 TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")
@@ -128,3 +128,8 @@ def passkey_process_results(doc: dict[str, Any], results: list[str]) -> dict[str
 
 def city_facts_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     return {"acc": float(country_correct(_first(results), doc["aliases"]))}
+
+
+def city_facts_tf_gen_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """Generated true/false judgment of the statement (label 0 = true), read strictly."""
+    return {"acc": float(read_verdict(_first(results)) == (doc["label"] == 0))}

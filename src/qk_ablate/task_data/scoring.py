@@ -4,6 +4,8 @@
   ("123456" does not contain a hit for 12345; "12,345" is the same number as "12345").
 * `country_correct`: the first line of the output, normalised, must equal one of the accepted
   names of the country ("Japan." is right; "Not Japan", "Japan or China", "Tokyo, Japan" are not).
+* `read_verdict`: a generated true/false judgment, read from its first word only ("No, that is
+  not correct" is False: the parser Jin et al. used read "correct" in it as yes).
 """
 
 from __future__ import annotations
@@ -71,3 +73,20 @@ def country_correct(output: str, aliases: Iterable[str]) -> bool:
     accepted = {normalize_name(alias) for alias in aliases}
     accepted.discard("")
     return any(normalize_name(candidate) in accepted for candidate in answer_candidates(output))
+
+
+_VERDICT_WORDS = {
+    "true": True, "yes": True, "correct": True, "right": True,
+    "false": False, "no": False, "not": False, "incorrect": False, "wrong": False,
+}
+
+
+def read_verdict(output: str) -> bool | None:
+    """The verdict that the first word of the answer gives (True, False), or None if it gives none.
+
+    Only the first word counts, so a negation is never skipped over: "No, that is not correct",
+    "Not true" and "Incorrect." are False; "True." and "Yes, it is." are True; "It is true",
+    "Maybe" and an empty answer are None (scored wrong).
+    """
+    words = re.findall(r"[a-z]+", (output or "").strip().casefold())
+    return _VERDICT_WORDS.get(words[0]) if words else None
