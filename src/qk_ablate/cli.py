@@ -1,4 +1,4 @@
-"""The `qk-ablate` command line: the demo comparison and massive-value statistics.
+"""The `qk-ablate` command line: the demo comparison, massive-value statistics, report and gate.
 
 Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with exit status 2.
 """
@@ -40,14 +40,64 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--samples", type=int, default=2)
     stats.add_argument("--lam", type=float, default=5.0)
 
+    report = commands.add_parser("report", help="table of runs with 95% paired bootstrap intervals (md, csv, html, png)")
+    report.add_argument("runs", nargs="+", help="lm_eval --output_path folders (run with --log_samples)")
+    report.add_argument("--baseline", default=None, help="the run to compare against (default: each model's run without intervention)")
+    report.add_argument("--out", default=None, help="folder for report.md/.csv/.html and report_deltas.png (default: print only)")
+    report.add_argument("--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual")
+    report.add_argument("--iterations", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
+
+    gate = commands.add_parser("gate", help="exit 1 when the candidate loses more than its budget against the baseline")
+    gate.add_argument("--baseline", required=True, help="lm_eval --output_path folder of the reference run")
+    gate.add_argument("--candidate", required=True, help="lm_eval --output_path folder of the run to judge")
+    gate.add_argument("--max-drop", required=True, help="points, e.g. contextual=2,parametric=2,passkey_4k=5")
+    gate.add_argument("--junit", default=None, help="write a JUnit XML report here")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "gate":
+            return _gate(args)
         return _stats(args)
     except QKAblateError as error:
         print(f"qk-ablate: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `qk-ablate report ... | head`
+        sys.stderr.close()
+        return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from qk_ablate.report import build_report, to_markdown, write_report
+    from qk_ablate.runs import load_run
+
+    kinds = {}
+    for part in filter(None, (p.strip() for p in args.kinds.split(","))):
+        task, _, kind = part.partition("=")
+        if kind not in ("contextual", "parametric"):
+            raise QKAblateError(f"--kinds entry '{part}' must be TASK=contextual or TASK=parametric")
+        kinds[task] = kind
+    if args.iterations < 100:
+        raise QKAblateError(f"--iterations must be at least 100, got {args.iterations}")
+    runs = [load_run(path) for path in args.runs]
+    baseline = load_run(args.baseline) if args.baseline else None
+    report = build_report(runs, baseline=baseline, kinds=kinds, iterations=args.iterations)
+    print(to_markdown(report))
+    if args.out:
+        for path in write_report(report, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from qk_ablate.gate import run_gate
+
+    verdict = run_gate(args.baseline, args.candidate, args.max_drop, junit=args.junit)
+    print(verdict.reason, file=sys.stdout if verdict.code == 0 else sys.stderr)
+    return verdict.code
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,130 @@
+"""A regression gate for CI: does a candidate run (say, a quantized checkpoint) lose more than its
+budget against a baseline run?
+
+Budgets are drops in percentage points for `contextual`, `parametric` (pooled means) or any task
+name: `contextual=2,parametric=2,passkey_4k=5`. A budget is exceeded when the measured drop (the
+point estimate, baseline minus candidate) is larger than it; the 95% paired bootstrap interval is
+reported beside it. Exit codes: 0 every budget holds, 1 a budget is exceeded, 2 the runs could not
+be compared (missing, empty or corrupt files, a task missing from the candidate, unpaired documents,
+a budget naming something the baseline does not have). It never passes what it could not compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from qk_ablate.compare import KINDS, Comparison, Estimate, compare
+from qk_ablate.errors import QKAblateError
+from qk_ablate.runs import load_run
+
+PASS, FAIL, UNUSABLE = 0, 1, 2
+
+
+def parse_budgets(text: str) -> dict[str, float]:
+    """`contextual=2,parametric=2` -> {"contextual": 2.0, "parametric": 2.0} (points, >= 0)."""
+    budgets: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            points = float(value)
+        except ValueError:
+            points = -1.0
+        if not sep or not name.strip() or points < 0:
+            raise QKAblateError(
+                f"--max-drop entry '{part.strip()}' is not NAME=POINTS with POINTS >= 0; e.g. contextual=2,parametric=2"
+            )
+        budgets[name.strip()] = points
+    if not budgets:
+        raise QKAblateError("--max-drop names no budget; e.g. --max-drop contextual=2,parametric=2")
+    return budgets
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    budget: float  # points
+    drop: Estimate  # baseline - candidate, as fractions
+
+    @property
+    def passed(self) -> bool:
+        return 100 * self.drop.value <= self.budget + 1e-9
+
+    def sentence(self) -> str:
+        d = self.drop
+        verdict = "within" if self.passed else "exceeds"
+        return (
+            f"{self.name} dropped {100 * d.value:.1f} points (95% CI {100 * d.low:.1f} to {100 * d.high:.1f}), "
+            f"{verdict} its budget of {self.budget:g}"
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    code: int
+    reason: str
+    checks: list[Check]
+
+
+def _drop(delta: Estimate) -> Estimate:
+    return Estimate(-delta.value + 0.0, -delta.high + 0.0, -delta.low + 0.0)  # + 0.0: no "-0.0"
+
+
+def evaluate(comparison: Comparison, budgets: dict[str, float]) -> Verdict:
+    checks = []
+    for name, budget in budgets.items():
+        if name in KINDS:
+            if name not in comparison.deltas:
+                raise QKAblateError(f"--max-drop names {name} but the baseline has no {name} task")
+            delta = comparison.deltas[name]
+        elif name in comparison.tasks:
+            delta = comparison.tasks[name]
+        else:
+            raise QKAblateError(f"--max-drop names {name}, which is neither contextual, parametric nor a task of the baseline")
+        checks.append(Check(name, budget, _drop(delta)))
+    failed = [c for c in checks if not c.passed]
+    tasks = ", ".join(f"{t} ({n} docs)" for t, n in comparison.docs.items())
+    head = f"Candidate '{comparison.candidate.path}' against baseline '{comparison.baseline.path}' on {tasks}: "
+    if failed:
+        return Verdict(FAIL, head + "FAIL. " + "; ".join(c.sentence() for c in checks) + ".", checks)
+    return Verdict(PASS, head + "pass. " + "; ".join(c.sentence() for c in checks) + ".", checks)
+
+
+def run_gate(baseline: str | Path, candidate: str | Path, max_drop: str, junit: str | Path | None = None,
+             iterations: int = 10_000) -> Verdict:
+    """Load, compare and judge; an unusable input gives exit code 2 with its reason, never a pass."""
+    try:
+        budgets = parse_budgets(max_drop)
+        base, cand = load_run(baseline), load_run(candidate)
+        if not base.tasks:
+            raise QKAblateError(f"the baseline '{baseline}' holds no task results")
+        verdict = evaluate(compare(base, cand, iterations=iterations), budgets)
+    except QKAblateError as exc:
+        verdict = Verdict(UNUSABLE, f"could not compare the runs: {exc}", [])
+    if junit is not None:
+        write_junit(verdict, junit)
+    return verdict
+
+
+def write_junit(verdict: Verdict, path: str | Path) -> Path:
+    """A JUnit XML report: one test case per budget (or one error case when nothing was compared)."""
+    suite = ET.Element("testsuite", name="qk-ablate gate", tests=str(max(1, len(verdict.checks))))
+    if verdict.code == UNUSABLE:
+        suite.set("errors", "1")
+        case = ET.SubElement(suite, "testcase", classname="qk_ablate.gate", name="compare runs")
+        ET.SubElement(case, "error", message=verdict.reason).text = verdict.reason
+    else:
+        suite.set("failures", str(sum(not c.passed for c in verdict.checks)))
+        for check in verdict.checks:
+            case = ET.SubElement(suite, "testcase", classname="qk_ablate.gate", name=f"max drop {check.name}")
+            if not check.passed:
+                ET.SubElement(case, "failure", message=check.sentence()).text = verdict.reason
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
+    return out

@@ -1,0 +1,190 @@
+"""The results table of SPEC section 6: rows = model x intervention, columns = tasks, contextual and
+parametric means, their deltas to the baseline and the interaction, each with a 95% paired
+bootstrap interval; written as markdown, CSV and HTML, with a bar chart of the deltas as PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from qk_ablate.compare import DEFAULT_ITERATIONS, KINDS, Comparison, Estimate, compare, task_kind
+from qk_ablate.errors import QKAblateError
+from qk_ablate.runs import Run
+
+
+@dataclass(frozen=True)
+class Report:
+    tasks: list[str]
+    rows: list[tuple[Run, Comparison]]  # each run against its model's baseline (the baseline too)
+
+
+def build_report(
+    runs: list[Run],
+    baseline: Run | None = None,
+    kinds: dict[str, str] | None = None,
+    iterations: int = DEFAULT_ITERATIONS,
+) -> Report:
+    """Compare every run with the baseline of its model (`baseline`, or the model's run with no intervention)."""
+    if not runs:
+        raise QKAblateError("no runs to report; give one or more lm_eval --output_path folders")
+    baselines: dict[str, Run] = {}
+    if baseline is not None:
+        baselines = {run.model: baseline for run in runs}
+    else:
+        for run in runs:
+            if run.is_baseline:
+                if run.model in baselines:
+                    raise QKAblateError(
+                        f"two baseline runs of {run.model} ('{baselines[run.model].path}', '{run.path}'); "
+                        "name the one to compare against with --baseline"
+                    )
+                baselines[run.model] = run
+    missing = sorted({run.model for run in runs} - set(baselines))
+    if missing:
+        raise QKAblateError(
+            f"no baseline (ablate=none, quant=none) run for {', '.join(missing)}; add one, or name it with --baseline"
+        )
+    tasks = sorted({t for b in baselines.values() for t in b.tasks}, key=lambda t: (_kind_order(task_kind(t, kinds)), t))
+    rows = []
+    ordered = sorted(runs, key=lambda r: (r.model, not r.is_baseline))
+    if baseline is not None and all(r.path != baseline.path for r in runs):
+        ordered.insert(0, baseline)
+    for run in ordered:
+        base = baselines[run.model]
+        names = [t for t in tasks if t in base.tasks]
+        rows.append((run, compare(base, run, names, kinds=kinds, iterations=iterations)))
+    return Report(tasks=tasks, rows=rows)
+
+
+def _kind_order(kind: str | None) -> int:
+    return {"contextual": 0, "parametric": 1}.get(kind or "", 2)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _delta(e: Estimate) -> str:
+    return f"{100 * e.value:+.1f} [{100 * e.low:+.1f}, {100 * e.high:+.1f}]"
+
+
+def _cells(run: Run, comparison: Comparison, tasks: list[str]) -> list[str]:
+    base = run.is_baseline and comparison.baseline.path == run.path
+    cells = [run.model, run.label]
+    for task in tasks:
+        if task not in run.tasks or task not in comparison.tasks:
+            cells.append("n/a")
+            continue
+        score = _pct(run.tasks[task].mean)
+        cells.append(score if base else f"{score} ({_delta(comparison.tasks[task])})")
+    for kind in KINDS:
+        mean = comparison.means.get(kind)
+        cells.append("n/a" if mean is None else f"{_pct(mean.value)} [{_pct(mean.low)}, {_pct(mean.high)}]")
+        delta = comparison.deltas.get(kind)
+        cells.append("" if base or delta is None else _delta(delta))
+    inter = comparison.interaction
+    cells.append("" if base or inter is None else _delta(inter))
+    return cells
+
+
+def header(tasks: list[str]) -> list[str]:
+    return ["model", "intervention", *tasks, "contextual", "Δ contextual", "parametric", "Δ parametric", "interaction"]
+
+
+def to_markdown(report: Report) -> str:
+    head = header(report.tasks)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for run, comparison in report.rows:
+        lines.append("| " + " | ".join(_cells(run, comparison, report.tasks)) + " |")
+    docs = report.rows[0][1].docs
+    lines.append(
+        "\naccuracy in %; (change vs the model's baseline in points [95% paired bootstrap interval]); "
+        "means pool each kind's documents; interaction = Δ contextual − Δ parametric. Documents: "
+        + ", ".join(f"{t} {n}" for t, n in docs.items())
+    )
+    return "\n".join(lines)
+
+
+def to_html(report: Report) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header(report.tasks))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(run, cmp, report.tasks)) + "</tr>"
+        for run, cmp in report.rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>\n"
+
+
+def to_csv(report: Report) -> str:
+    """One row per run; numbers in %, each delta with its interval bounds in their own columns."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    columns = ["model", "intervention"]
+    for task in report.tasks:
+        columns += [task, f"{task}_delta", f"{task}_delta_low", f"{task}_delta_high"]
+    for kind in KINDS:
+        columns += [kind, f"{kind}_low", f"{kind}_high", f"{kind}_delta", f"{kind}_delta_low", f"{kind}_delta_high"]
+    columns += ["interaction", "interaction_low", "interaction_high"]
+    writer.writerow(columns)
+
+    def nums(e: Estimate | None) -> list[str]:
+        return ["", "", ""] if e is None else [f"{100 * e.value:.2f}", f"{100 * e.low:.2f}", f"{100 * e.high:.2f}"]
+
+    for run, cmp in report.rows:
+        row = [run.model, run.label]
+        for task in report.tasks:
+            row += [f"{100 * run.tasks[task].mean:.2f}" if task in run.tasks else "", *nums(cmp.tasks.get(task))]
+        for kind in KINDS:
+            row += nums(cmp.means.get(kind)) + nums(cmp.deltas.get(kind))
+        row += nums(cmp.interaction)
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def plot_deltas(report: Report, path: str | Path) -> Path:
+    """Bar chart: Δ contextual and Δ parametric of every non-baseline run, with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [(run, cmp) for run, cmp in report.rows if not (run.is_baseline and cmp.baseline.path == run.path)]
+    if not rows:
+        raise QKAblateError("the report has no run besides the baseline, so there are no deltas to plot")
+    labels = [f"{run.model}\n{run.label}" if len({r.model for r, _ in rows}) > 1 else run.label for run, _ in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows)), 4.2))
+    for offset, kind, colour in ((-0.2, "contextual", "#c0392b"), (0.2, "parametric", "#2471a3")):
+        est = [cmp.deltas.get(kind) for _, cmp in rows]
+        values = [100 * e.value if e else np.nan for e in est]
+        errors = [[100 * (e.value - e.low) if e else 0 for e in est], [100 * (e.high - e.value) if e else 0 for e in est]]
+        ax.bar(x + offset, values, 0.4, yerr=errors, capsize=4, color=colour, label=f"Δ {kind}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("change vs baseline (points)")
+    ax.set_title("Δ accuracy with 95% paired bootstrap intervals")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(report: Report, folder: str | Path, name: str = "report") -> list[Path]:
+    """report.md, report.csv, report.html and report_deltas.png (when there are deltas) in `folder`."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, text in (("md", to_markdown(report) + "\n"), ("csv", to_csv(report)), ("html", to_html(report))):
+        path = out / f"{name}.{suffix}"
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    if any(not (run.is_baseline and cmp.baseline.path == run.path) for run, cmp in report.rows):
+        written.append(plot_deltas(report, out / f"{name}_deltas.png"))
+    return written

@@ -1,0 +1,169 @@
+"""Reading lm-eval run folders: per-document scores from `--log_samples`, and what produced them.
+
+A run folder is what `lm_eval --output_path DIR --log_samples` writes (`DIR/<model>/results_<time>.json`
+and `samples_<task>_<time>.jsonl`), or any folder above it. Several results files in one folder
+(runs added later) are merged task by task, the newest file winning; each task's samples come
+from the file written with the results that report it. Anything unusable is a QKAblateError that
+names the file and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qk_ablate.errors import QKAblateError
+
+PREFERRED_FILTERS = ("none", "strict-match", "flexible-extract")
+
+
+@dataclass(frozen=True)
+class TaskScores:
+    """One task's per-document scores, in document order, with the hashes that pair documents."""
+
+    task: str
+    metric: str
+    doc_ids: tuple[int, ...]
+    doc_hashes: tuple[str, ...]
+    scores: np.ndarray  # float64 [n]
+
+    @property
+    def mean(self) -> float:
+        return float(self.scores.mean())
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one run folder holds: a label, the intervention, and per-task scores."""
+
+    path: Path
+    model: str
+    intervention: dict[str, Any]
+    tasks: dict[str, TaskScores] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return describe(self.intervention)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.label == "baseline"
+
+
+_DEFAULTS = {
+    "ablate": "none", "select": "threshold", "lam": 5.0, "topk": 1, "fill": "mean", "control": "random",
+    "seed": 0, "rope": "post", "stage": "prefill", "targets": "qk", "layers": "all", "quant": "none",
+    "quant_targets": "k", "quant_axis": "token", "group": 0, "sym": True, "protect": "none",
+}
+_ABLATION_KEYS = ("select", "lam", "topk", "fill", "control", "seed", "targets")
+_QUANT_KEYS = ("quant_targets", "quant_axis", "group", "sym", "protect")
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """A short name for an intervention: its arguments that differ from the defaults and matter."""
+    if spec.get("ablate", "none") == "none" and spec.get("quant", "none") == "none":
+        return "baseline"
+    keys = ["ablate", "quant", "rope", "stage", "layers"]
+    if spec.get("ablate", "none") != "none":
+        keys += list(_ABLATION_KEYS)
+    if spec.get("quant", "none") != "none":
+        keys += list(_QUANT_KEYS)
+    parts = [f"{k}={spec[k]}" for k in keys if k in spec and spec[k] != _DEFAULTS.get(k)]
+    return ",".join(parts)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QKAblateError(f"results file '{path}' is not readable JSON ({type(exc).__name__}); rerun lm_eval for it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise QKAblateError(f"results file '{path}' has no 'results' table; is it an lm_eval results_*.json?")
+    return data
+
+
+def _stamp(path: Path) -> str:
+    return path.stem[len("results_") :]
+
+
+def _task_scores(task: str, samples: Path) -> TaskScores:
+    by_filter: dict[str, list[tuple[int, str, float, str]]] = {}
+    try:
+        lines = samples.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QKAblateError(f"samples file '{samples}' is not readable ({type(exc).__name__})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            metric = record["metrics"][0]
+            value = float(record[metric])
+            row = (int(record["doc_id"]), str(record["doc_hash"]), value, metric)
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+            raise QKAblateError(f"samples file '{samples}' line {number} is not an lm_eval sample record") from None
+        by_filter.setdefault(str(record.get("filter", "none")), []).append(row)
+    if not by_filter:
+        raise QKAblateError(f"samples file '{samples}' is empty; rerun lm_eval with --log_samples")
+    chosen = next((f for f in PREFERRED_FILTERS if f in by_filter), sorted(by_filter)[0])
+    rows = sorted(by_filter[chosen])
+    ids = [r[0] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise QKAblateError(f"samples file '{samples}' lists a document twice (repeats > 1 is not supported)")
+    return TaskScores(
+        task=task,
+        metric=rows[0][3] if chosen == "none" else f"{rows[0][3]},{chosen}",
+        doc_ids=tuple(ids),
+        doc_hashes=tuple(r[1] for r in rows),
+        scores=np.array([r[2] for r in rows], dtype=np.float64),
+    )
+
+
+def load_run(path: str | Path) -> Run:
+    """The run in folder `path` (or a single results_*.json file and its samples beside it)."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(root.rglob("results_*.json"), key=_stamp)
+    else:
+        raise QKAblateError(f"run '{path}' does not exist; give the --output_path folder of an lm_eval run")
+    if not files:
+        raise QKAblateError(f"run '{path}' holds no results_*.json; give the --output_path folder of an lm_eval run")
+    sources: dict[str, Path] = {}
+    config: dict[str, Any] = {}
+    for file in files:  # oldest first, so newer files win
+        data = _read_json(file)
+        config = data.get("config") or config
+        groups = {name for name, members in (data.get("group_subtasks") or {}).items() if members}
+        for task in data["results"]:
+            if task not in groups:  # group means are recomputed from their members, not read
+                sources[task] = file
+    tasks = {}
+    for task, file in sources.items():
+        samples = file.parent / f"samples_{task}_{_stamp(file)}.jsonl"
+        if not samples.is_file():
+            raise QKAblateError(
+                f"run '{path}' has results for {task} but no samples file ({samples.name}); "
+                "rerun lm_eval with --log_samples, which the paired intervals need"
+            )
+        tasks[task] = _task_scores(task, samples)
+    spec = dict(config.get("qk_ablate") or {})
+    model = str(spec.pop("model", None) or _model_name(config))
+    spec.pop("version", None)
+    return Run(path=root, model=model, intervention=spec, tasks=tasks)
+
+
+def _model_name(config: dict[str, Any]) -> str:
+    args = config.get("model_args")
+    if isinstance(args, dict) and args.get("pretrained"):
+        return str(args["pretrained"])
+    if isinstance(args, str):
+        for part in args.split(","):
+            if part.startswith("pretrained="):
+                return part.split("=", 1)[1]
+    return str(config.get("model", "model"))

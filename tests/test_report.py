@@ -1,0 +1,169 @@
+"""Paired bootstrap, report and gate on synthetic lm_eval run folders with known answers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qk_ablate.cli import main
+from qk_ablate.compare import compare, task_kind
+from qk_ablate.errors import QKAblateError
+from qk_ablate.gate import FAIL, PASS, UNUSABLE, parse_budgets, run_gate
+from qk_ablate.report import build_report, to_csv, to_html, to_markdown, write_report
+from qk_ablate.runs import describe, load_run
+
+STAMP = "2026-01-01T00-00-00.000000"
+
+
+def write_run(folder: Path, scores: dict[str, list[float]], spec: dict | None = None, texts: str = "doc",
+              stamp: str = STAMP) -> Path:
+    """An lm_eval --output_path folder: results JSON and one samples file per task."""
+    sub = folder / "smollm2-135m"
+    sub.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for task, values in scores.items():
+        results[task] = {"acc,none": float(np.mean(values)), "acc_stderr,none": 0.0}
+        with (sub / f"samples_{task}_{stamp}.jsonl").open("w") as handle:
+            for i, value in enumerate(values):
+                doc_hash = hashlib.sha256(f"{texts}/{task}/{i}".encode()).hexdigest()
+                handle.write(json.dumps({"doc_id": i, "doc_hash": doc_hash, "filter": "none", "metrics": ["acc"], "acc": value}) + "\n")
+    config = {"model": "qk_ablated", "qk_ablate": {"model": "smollm2-135m", "version": "0", **(spec or {"ablate": "none"})}}
+    (sub / f"results_{stamp}.json").write_text(json.dumps({"results": results, "group_subtasks": {t: [] for t in scores}, "config": config}))
+    return folder
+
+
+def bernoulli(n: int, p: float, seed: int) -> list[float]:
+    return list((np.random.default_rng(seed).random(n) < p).astype(float))
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A baseline and a candidate that lost exactly 20 points on 200 paired passkey documents."""
+    base = bernoulli(200, 0.9, 1)
+    ones = [i for i, v in enumerate(base) if v == 1.0]
+    cand = list(base)
+    for i in ones[:40]:  # 40 of 200 documents flip from right to wrong: a 20-point drop
+        cand[i] = 0.0
+    facts = bernoulli(200, 0.7, 2)
+    a = write_run(tmp_path / "base", {"passkey_1k": base, "city_facts": facts})
+    b = write_run(tmp_path / "cand", {"passkey_1k": cand, "city_facts": facts}, {"ablate": "massive"})
+    return a, b
+
+
+def test_identical_runs_give_a_narrow_interval_around_zero(tmp_path):
+    scores = {"passkey_1k": bernoulli(200, 0.6, 3), "city_facts": bernoulli(200, 0.5, 4)}
+    a, b = write_run(tmp_path / "a", scores), write_run(tmp_path / "b", scores, {"ablate": "none"})
+    result = compare(load_run(a), load_run(b))
+    for estimate in [*result.tasks.values(), *result.deltas.values(), result.interaction]:
+        assert estimate.low <= 0 <= estimate.high
+        assert estimate.high - estimate.low < 1e-9  # paired: identical documents never differ
+
+
+def test_planted_twenty_point_drop_is_found_and_excludes_zero(pair):
+    result = compare(load_run(pair[0]), load_run(pair[1]))
+    drop = result.tasks["passkey_1k"]
+    assert drop.value == pytest.approx(-0.20)
+    assert drop.excludes_zero() and drop.high < -0.10 and drop.low > -0.30
+    assert result.deltas["contextual"].value == pytest.approx(-0.20)
+    assert result.deltas["parametric"].value == 0.0
+    assert result.interaction.value == pytest.approx(-0.20) and result.interaction.excludes_zero()
+
+
+def test_unpaired_documents_are_an_error(tmp_path):
+    a = write_run(tmp_path / "a", {"passkey_1k": [1.0] * 10})
+    fewer = write_run(tmp_path / "b", {"passkey_1k": [1.0] * 9})
+    other = write_run(tmp_path / "c", {"passkey_1k": [1.0] * 10}, texts="other seed")
+    with pytest.raises(QKAblateError, match="different documents"):
+        compare(load_run(a), load_run(fewer))
+    with pytest.raises(QKAblateError, match="cannot be paired"):
+        compare(load_run(a), load_run(other))
+
+
+def test_task_kinds():
+    assert task_kind("passkey_128k") == task_kind("niah_essay_4k") == task_kind("imdb") == "contextual"
+    assert task_kind("country_continent") == task_kind("city_facts_tf") == "parametric"
+    assert task_kind("my_facts") is None and task_kind("my_facts", {"my_facts": "parametric"}) == "parametric"
+
+
+def test_describe_names_only_what_matters():
+    assert describe({"ablate": "none", "quant": "none", "seed": 3}) == "baseline"
+    assert describe({"ablate": "nonmassive", "seed": 2, "quant": "none", "group": 32}) == "ablate=nonmassive,seed=2"
+    assert describe({"ablate": "none", "quant": "int4", "protect": "massive", "seed": 0}) == "quant=int4,protect=massive"
+
+
+def test_report_formats(pair, tmp_path):
+    report = build_report([load_run(pair[1]), load_run(pair[0])], iterations=2000)
+    md = to_markdown(report)
+    assert md.splitlines()[2].startswith("| smollm2-135m | baseline |")  # baseline first
+    candidate = 100 * load_run(pair[1]).tasks["passkey_1k"].mean
+    assert f"| smollm2-135m | ablate=massive | {candidate:.1f} (-20.0 [" in md
+    csv_text = to_csv(report)
+    assert csv_text.splitlines()[0].startswith("model,intervention,passkey_1k,passkey_1k_delta")
+    assert "<table>" in to_html(report)
+    written = write_report(report, tmp_path / "out")
+    assert sorted(p.name for p in written) == ["report.csv", "report.html", "report.md", "report_deltas.png"]
+    assert (tmp_path / "out" / "report_deltas.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_needs_a_baseline(pair):
+    with pytest.raises(QKAblateError, match="no baseline"):
+        build_report([load_run(pair[1])])
+
+
+def test_gate_passes_identical_runs_and_fails_a_planted_drop(pair, tmp_path):
+    same = run_gate(pair[0], pair[0], "contextual=2,parametric=2", junit=tmp_path / "pass.xml")
+    assert same.code == PASS and "pass." in same.reason
+    dropped = run_gate(pair[0], pair[1], "contextual=2,parametric=2", junit=tmp_path / "fail.xml")
+    assert dropped.code == FAIL
+    assert "contextual dropped 20.0 points" in dropped.reason and "exceeds its budget of 2" in dropped.reason
+    assert "parametric dropped 0.0 points" in dropped.reason
+    xml = (tmp_path / "fail.xml").read_text()
+    assert 'failures="1"' in xml and "<failure" in xml
+    assert run_gate(pair[0], pair[1], "contextual=25,parametric=2").code == PASS  # budget above the drop
+    assert run_gate(pair[0], pair[1], "passkey_1k=19").code == FAIL
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "corrupt", "no_samples", "task_missing", "bad_budget", "unknown_name"])
+def test_gate_exits_2_when_it_cannot_compare(pair, tmp_path, damage):
+    base, cand = pair
+    budgets = "contextual=2,parametric=2"
+    results = next(cand.rglob("results_*.json"))
+    if damage == "missing":
+        cand = tmp_path / "nowhere"
+    elif damage == "empty":
+        results.write_text("")
+    elif damage == "corrupt":
+        results.write_text('{"results": ')
+    elif damage == "no_samples":
+        next(cand.rglob("samples_city_facts_*.jsonl")).unlink()
+    elif damage == "task_missing":
+        cand = write_run(tmp_path / "partial", {"passkey_1k": [1.0] * 200}, {"ablate": "massive"})
+    elif damage == "bad_budget":
+        budgets = "contextual=two"
+    elif damage == "unknown_name":
+        budgets = "contextual=2,niah_1k=3"
+    verdict = run_gate(base, cand, budgets, junit=tmp_path / "gate.xml")
+    assert verdict.code == UNUSABLE, verdict.reason
+    assert verdict.reason.startswith("could not compare the runs:")
+    assert "<error" in (tmp_path / "gate.xml").read_text()
+
+
+def test_cli_report_and_gate(pair, tmp_path, capsys):
+    assert main(["report", str(pair[0]), str(pair[1]), "--out", str(tmp_path / "rep"), "--iterations", "500"]) == 0
+    assert "| smollm2-135m | baseline |" in capsys.readouterr().out
+    assert (tmp_path / "rep" / "report.md").is_file()
+    assert main(["gate", "--baseline", str(pair[0]), "--candidate", str(pair[1]), "--max-drop", "contextual=2"]) == 1
+    assert main(["gate", "--baseline", str(pair[0]), "--candidate", str(pair[0]), "--max-drop", "contextual=2"]) == 0
+    assert main(["report", str(pair[0]), "--kinds", "x=both"]) == 2
+    assert "must be TASK=contextual or TASK=parametric" in capsys.readouterr().err
+
+
+def test_parse_budgets():
+    assert parse_budgets("contextual=2, parametric=0.5") == {"contextual": 2.0, "parametric": 0.5}
+    for bad in ("", "contextual", "contextual=-1", "=2"):
+        with pytest.raises(QKAblateError):
+            parse_budgets(bad)
