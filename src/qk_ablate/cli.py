@@ -40,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--samples", type=int, default=2)
     stats.add_argument("--lam", type=float, default=5.0)
 
+    profile = commands.add_parser("profile", help="M matrices of Q/K/V pre and post RoPE at several lengths: npz, JSON, PNG")
+    profile.add_argument("--model", default="smollm2-135m", help="pretrained= value (default: the embedded SmolLM2-135M)")
+    profile.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in the model's tokens (default: 1k,2k,4k,8k)")
+    profile.add_argument("--samples", type=int, default=10, help="prompts per length (default: 10)")
+    profile.add_argument("--source", default="ctxqa", choices=("ctxqa", "passkey", "niah"), help="which task's prompts to read")
+    profile.add_argument("--lam", type=float, default=5.0, help="massive threshold: M >= lam x the head's mean")
+    profile.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    profile.add_argument("--out", default=None, help="output folder (default: results/profile/<model>)")
+
     report = commands.add_parser("report", help="table of runs with 95% paired bootstrap intervals (md, csv, html, png)")
     report.add_argument("runs", nargs="+", help="lm_eval --output_path folders (run with --log_samples)")
     report.add_argument("--baseline", default=None, help="the run to compare against (default: each model's run without intervention)")
@@ -59,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "profile":
+            return _profile(args)
         if args.command == "gate":
             return _gate(args)
         return _stats(args)
@@ -68,6 +79,69 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `qk-ablate report ... | head`
         sys.stderr.close()
         return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from qk_ablate.embedded import load_tokenizer, resolve_pretrained
+    from qk_ablate.profile import profile_model, save_profile
+    from qk_ablate.task_data.ctxqa import build_ctxqa_docs
+    from qk_ablate.task_data.niah import build_niah_docs
+    from qk_ablate.task_data.passkey import build_passkey_docs, parse_length
+
+    builders = {"ctxqa": build_ctxqa_docs, "passkey": build_passkey_docs, "niah": build_niah_docs}
+    lengths = sorted({parse_length(part) for part in args.lengths.split(",") if part.strip()})
+    if not lengths or args.samples < 1:
+        raise QKAblateError("give at least one length (--lengths 1k,2k) and --samples of at least 1")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path, gguf = resolve_pretrained(args.model)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **({"gguf_file": gguf} if gguf else {})).to(device).eval()
+    except OSError as error:
+        raise QKAblateError(f"could not load model {args.model!r} ({str(error).strip().splitlines()[0]})") from None
+    window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if window and max(lengths) > window:
+        raise QKAblateError(f"--lengths goes up to {max(lengths)} tokens but {args.model} has a window of {window}; use shorter lengths")
+    tokenizer = load_tokenizer(args.model)
+    documents = {}
+    for length in lengths:
+        docs = builders[args.source](tokenizer, length, num_docs=args.samples, gen_budget=0)
+        documents[length] = [
+            {"input_ids": tokenizer(doc["input"], return_tensors="pt").input_ids.to(device)}
+            for doc in tqdm(docs, desc=f"profile {length} tokens", leave=False)
+        ]
+    progress = tqdm(total=sum(len(b) for b in documents.values()), desc="profile forwards")
+
+    def counted(batches):
+        for batch in batches:
+            yield batch
+            progress.update(1)
+
+    profile = profile_model(model, {L: counted(b) for L, b in documents.items()}, args.model, args.source, args.lam)
+    progress.close()
+    out = Path(args.out or Path("results") / "profile" / Path(str(args.model)).name)
+    for written in save_profile(profile, out):
+        print(f"wrote {written}", file=sys.stderr)
+    print(_profile_headline(profile))
+    return 0
+
+
+def _profile_headline(profile) -> str:
+    from qk_ablate.profile import summarize
+
+    summary = summarize(profile)
+    lines = []
+    for length, per_length in summary["results"].items():
+        for where, per_where in per_length.items():
+            for name in ("q", "k"):
+                entry = per_where[name]
+                top = entry.get("pairs", [])[:3]
+                pairs = ", ".join(f"pair {p['pair']} ({p['band']}, {100 * p['share_of_heads']:.0f}% of heads)" for p in top)
+                lines.append(f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers; {pairs}")
+    return "\n".join(lines)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -1,20 +1,28 @@
 """What comes out of a profiling pass: M matrices and massive-dim masks, reduced as the forward runs.
 
 An `Attachment` observer receives each prefill tensor; only `[H, D]` summaries are kept, never
-the activations themselves.
+the activations themselves. `profile_model` runs that at several context lengths and
+`summarize` turns it into the JSON summary of `qk-ablate profile`: massive dims per layer and
+head, their counts, concentration, and each dim's RoPE pair, frequency, wavelength and band.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
 from qk_ablate.attachment import Attachment
 from qk_ablate.selection import column_norms, massive_mask_threshold
 from qk_ablate.spec import InterventionSpec
+
+if TYPE_CHECKING:
+    from qk_ablate.rope import RopeDims
 
 
 @dataclass
@@ -65,3 +73,138 @@ def collect_massive_stats(
         for batch in batches:
             model(**batch)
     return stats
+
+
+MOSTLY = 0.5  # a (head, dim) counts as massive when it is massive in at least half the samples
+
+
+@dataclass
+class Profile:
+    """Statistics at several lengths of one model: `stats[length]`, plus what they were taken on."""
+
+    model: str
+    lengths: list[int]
+    samples: int
+    lam: float
+    source: str
+    head_dims: dict[str, int]
+    rope: "RopeDims | None"
+    stats: dict[int, MassiveStats]
+    where: tuple[str, ...]
+
+    def array(self, length: int, where: str, name: str, kind: str = "M") -> np.ndarray:
+        """`[layers, H, D]`: mean column norms (`M`) or massive fractions (`massive`)."""
+        stats = self.stats[length]
+        get = stats.mean_norms if kind == "M" else stats.massive_fraction
+        return np.stack([get(layer, name, where).numpy() for layer in stats.layers()])
+
+
+def profile_model(
+    model: nn.Module,
+    documents: dict[int, list[dict[str, torch.Tensor]]],
+    model_name: str,
+    source: str,
+    lam: float = 5.0,
+) -> Profile:
+    """Reduce statistics for each length's batches (`documents[length]`), pre and post RoPE."""
+    from qk_ablate.arch import find_layout
+    from qk_ablate.rope import model_rope_dims
+
+    layout = find_layout(model)
+    where = ("pre", "post") if layout.has_rope else ("pre",)
+    site = layout.sites[0]
+    head_dims = {"q": site.head_dim, "k": site.head_dim, "v": site.head_dim}
+    rope = model_rope_dims(model, site.head_dim) if layout.has_rope else None
+    stats = {length: collect_massive_stats(model, batches, where=where, lam=lam) for length, batches in documents.items()}
+    samples = min(min(st.samples.values()) for st in stats.values())
+    return Profile(model_name, sorted(documents), samples, lam, source, head_dims, rope, stats, where)
+
+
+def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: "RopeDims | None") -> dict:
+    """One layer's `[H, D]` massive fractions and mean norms as JSON-ready facts."""
+    heads, dims = np.nonzero(massive >= MOSTLY)
+    mean = norms.mean(axis=1, keepdims=True)
+    top2 = np.sort(norms, axis=1)[:, -2:].sum(axis=1) / np.maximum(norms.sum(axis=1), 1e-12)
+    return {
+        "count": int(len(heads)),
+        "massive": [
+            {"head": int(h), "dim": int(d), "fraction": round(float(massive[h, d]), 3),
+             "ratio": round(float(norms[h, d] / max(mean[h, 0], 1e-12)), 2),
+             **({"pair": rope.pair[d]} if rope else {})}
+            for h, d in zip(heads, dims)
+        ],
+        "peak_to_mean": round(float((norms.max(axis=1) / np.maximum(mean[:, 0], 1e-12)).mean()), 2),
+        "top2_share": round(float(top2.mean()), 3),
+    }
+
+
+def _pair_agreement(massive: np.ndarray, rope: "RopeDims") -> list[dict]:
+    """For each rotary pair: the share of (layer, head) slots where one of its dims is massive."""
+    hit = massive >= MOSTLY  # [L, H, D]
+    slots = hit.shape[0] * hit.shape[1]
+    pairs: dict[int, np.ndarray] = {}
+    for dim, pair in enumerate(rope.pair):
+        if pair >= 0:
+            pairs[pair] = pairs.get(pair, np.zeros(hit.shape[:2], dtype=bool)) | hit[:, :, dim]
+    rows = []
+    for pair, mask in pairs.items():
+        share = float(mask.sum()) / slots
+        if share > 0:
+            dims = [d for d, p in enumerate(rope.pair) if p == pair]
+            rows.append({"pair": pair, "dims": dims, "share_of_heads": round(share, 3),
+                         "layers": int(mask.any(axis=1).sum()), **rope.as_dict(dims[0])})
+    return sorted(rows, key=lambda r: -r["share_of_heads"])
+
+
+def summarize(profile: Profile) -> dict:
+    """The JSON summary of a profile (see the module docstring)."""
+    out: dict = {
+        "model": profile.model, "lengths": profile.lengths, "samples_per_length": profile.samples,
+        "lam": profile.lam, "massive_when_in_fraction_of_samples": MOSTLY, "source": profile.source,
+        "rope": None if profile.rope is None else {
+            "context": profile.rope.context,
+            "dims": [{"dim": d, **profile.rope.as_dict(d)} for d in range(len(profile.rope.pair))],
+        },
+        "results": {},
+    }
+    for length in profile.lengths:
+        per_length: dict = {}
+        for where in profile.where:
+            per_where: dict = {}
+            for name in ("q", "k", "v"):
+                massive = profile.array(length, where, name, "massive")
+                norms = profile.array(length, where, name, "M")
+                layers = [{"layer": i, **_layer_summary(massive[i], norms[i], profile.rope if name != "v" else None)}
+                          for i in range(massive.shape[0])]
+                entry = {"layers_with_massive": sum(1 for l in layers if l["count"]), "layers": layers}
+                if profile.rope is not None and name != "v":
+                    entry["pairs"] = _pair_agreement(massive, profile.rope)
+                per_where[name] = entry
+            per_length[where] = per_where
+        out["results"][str(length)] = per_length
+    return out
+
+
+def save_profile(profile: Profile, folder: str | Path) -> list[Path]:
+    """profile.npz (M and massive fractions, `[layers, H, D]` per length/where/tensor),
+    profile.json (the summary) and PNG heatmaps (Q and K per layer, every tensor averaged)."""
+    import json
+
+    from qk_ablate.figures import averaged_heatmap, layer_heatmaps
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        f"L{length}_{where}_{name}_{kind}": profile.array(length, where, name, kind)
+        for length in profile.lengths for where in profile.where for name in "qkv" for kind in ("M", "massive")
+    }
+    np.savez_compressed(out / "profile.npz", **arrays)
+    (out / "profile.json").write_text(json.dumps(summarize(profile), indent=1) + "\n", encoding="utf-8")
+    written = [out / "profile.npz", out / "profile.json"]
+    for where in profile.where:
+        for name in "qkv":
+            written.append(averaged_heatmap(profile, where, name, out / f"heatmap_{where}_{name}.png"))
+        for name in "qk":
+            for length in profile.lengths:
+                written.append(layer_heatmaps(profile, length, where, name, out / f"layers_{where}_{name}_{length}.png"))
+    return written

@@ -1,0 +1,78 @@
+"""Heatmaps of a profile: head x dim of the mean column norm M, per layer and averaged over layers.
+
+Every figure uses one colour scale for all its panels, logarithmic (M spans orders of magnitude
+between ordinary and massive dims), and says so on its colour bar.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from qk_ablate.profile import Profile
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    return plt, LogNorm
+
+
+def _norm(arrays: list[np.ndarray]):
+    _, LogNorm = _pyplot()
+    values = np.concatenate([a.ravel() for a in arrays])
+    positive = values[values > 0]
+    low = float(positive.min()) if positive.size else 1e-6
+    return LogNorm(vmin=max(low, float(values.max()) * 1e-4), vmax=max(float(values.max()), low * 10))
+
+
+def averaged_heatmap(profile: Profile, where: str, name: str, path: Path) -> Path:
+    """One panel per length: M averaged over layers, `[heads, dims]`, shared log colour scale."""
+    plt, _ = _pyplot()
+    panels = [profile.array(length, where, name).mean(axis=0) for length in profile.lengths]
+    norm = _norm(panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.0), squeeze=False)
+    for ax, length, panel in zip(axes[0], profile.lengths, panels):
+        image = ax.imshow(panel, aspect="auto", norm=norm, cmap="magma", interpolation="nearest")
+        ax.set_title(f"{length} tokens")
+        ax.set_xlabel("dim")
+        ax.set_ylabel("head")
+    fig.colorbar(image, ax=axes[0].tolist(), label="M, mean over layers (one log scale for all panels)")
+    fig.suptitle(f"{profile.model}: {where}-RoPE {name.upper()}, {profile.samples} samples per length")
+    return _save(fig, path)
+
+
+def layer_heatmaps(profile: Profile, length: int, where: str, name: str, path: Path) -> Path:
+    """A grid with one head x dim panel per layer at one length, shared log colour scale."""
+    plt, _ = _pyplot()
+    layers = profile.array(length, where, name)
+    norm = _norm([layers])
+    cols = min(6, layers.shape[0])
+    rows = math.ceil(layers.shape[0] / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.5 * rows + 0.8), squeeze=False)
+    for index, ax in enumerate(axes.ravel()):
+        if index >= layers.shape[0]:
+            ax.axis("off")
+            continue
+        image = ax.imshow(layers[index], aspect="auto", norm=norm, cmap="magma", interpolation="nearest")
+        ax.set_title(f"layer {index}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="M (one log scale for all layers)")
+    fig.suptitle(f"{profile.model}: {where}-RoPE {name.upper()} per layer (head x dim), {length} tokens")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    plt, _ = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

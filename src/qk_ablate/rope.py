@@ -1,0 +1,82 @@
+"""Which rotary pair, frequency, wavelength and band each Q/K head dimension has, read from the
+model's own `inv_freq` buffer (so scaled RoPE variants such as llama3 are reported as they run).
+
+Hugging Face's `rotate_half` layout: with a rotary width R (= head_dim, or head_dim times the
+partial rotary factor), dim d < R belongs to pair d mod R/2 and turns at `inv_freq[d mod R/2]`
+radians per token; dims >= R are not rotated. Bands, by wavelength 2*pi/freq in tokens:
+
+* `high`: shorter than 64 tokens, many turns within any sentence;
+* `low`: longer than the model's context window (`max_position_embeddings`), less than one turn
+  over the whole context, so these dims carry position almost not at all;
+* `mid`: in between; `none`: not rotated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qk_ablate.errors import QKAblateError
+
+HIGH_BAND_TOKENS = 64.0
+
+
+@dataclass(frozen=True)
+class RopeDims:
+    """Per head dimension: rotary pair index (-1 when not rotated), frequency, wavelength, band."""
+
+    pair: tuple[int, ...]
+    frequency: tuple[float, ...]  # radians per token (0 when not rotated)
+    wavelength: tuple[float, ...]  # tokens (inf when not rotated)
+    band: tuple[str, ...]
+    context: int
+
+    def as_dict(self, dim: int) -> dict[str, object]:
+        return {
+            "pair": self.pair[dim],
+            "frequency": self.frequency[dim],
+            "wavelength": self.wavelength[dim] if math.isfinite(self.wavelength[dim]) else None,
+            "band": self.band[dim],
+        }
+
+
+def inv_freq_of(model: nn.Module) -> torch.Tensor:
+    """The model's rotary `inv_freq` (the first one when it has several, e.g. local and global)."""
+    for name, buffer in model.named_buffers():
+        if name.endswith("inv_freq") and not name.endswith("original_inv_freq"):
+            return buffer.detach().float().cpu()
+    raise QKAblateError("this model has no rotary embedding (no inv_freq buffer), so its dims have no RoPE band")
+
+
+def rope_dims(inv_freq: torch.Tensor, head_dim: int, context: int) -> RopeDims:
+    """Pair, frequency, wavelength and band of each of `head_dim` dims (see the module docstring)."""
+    half = int(inv_freq.numel())
+    rotary = 2 * half
+    if rotary > head_dim:
+        raise QKAblateError(f"inv_freq has {half} frequencies, more than half the head dim {head_dim}")
+    pairs, freqs, waves, bands = [], [], [], []
+    for dim in range(head_dim):
+        if dim >= rotary:
+            pairs.append(-1)
+            freqs.append(0.0)
+            waves.append(math.inf)
+            bands.append("none")
+            continue
+        pair = dim % half
+        freq = float(inv_freq[pair])
+        wave = 2 * math.pi / freq if freq > 0 else math.inf
+        pairs.append(pair)
+        freqs.append(freq)
+        waves.append(wave)
+        bands.append("high" if wave < HIGH_BAND_TOKENS else "low" if wave > context else "mid")
+    return RopeDims(tuple(pairs), tuple(freqs), tuple(waves), tuple(bands), context)
+
+
+def model_rope_dims(model: nn.Module, head_dim: int) -> RopeDims:
+    """`rope_dims` for a loaded model, with its `max_position_embeddings` as the context window."""
+    config = getattr(model, "config", None)
+    context = int(getattr(config, "max_position_embeddings", 0) or 0) or 4096
+    return rope_dims(inv_freq_of(model), head_dim, context)
