@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual")
     report.add_argument("--iterations", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
 
+    sweep = commands.add_parser("sweep", help="run a grid of models x interventions x tasks (resumable), then report")
+    sweep.add_argument("config", help="sweep YAML, e.g. configs/demo.yaml")
+    sweep.add_argument("--iterations", type=int, default=10_000, help="bootstrap resamples of the report")
+
     gate = commands.add_parser("gate", help="exit 1 when the candidate loses more than its budget against the baseline")
     gate.add_argument("--baseline", required=True, help="lm_eval --output_path folder of the reference run")
     gate.add_argument("--candidate", required=True, help="lm_eval --output_path folder of the run to judge")
@@ -72,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return _profile(args)
         if args.command == "gate":
             return _gate(args)
+        if args.command == "sweep":
+            from qk_ablate.sweep import main_sweep
+
+            return main_sweep(args.config, iterations=args.iterations)
         return _stats(args)
     except QKAblateError as error:
         print(f"qk-ablate: error: {error}", file=sys.stderr)

@@ -1,0 +1,214 @@
+"""A grid of models x interventions x tasks through lm-eval's Python API, resumable.
+
+Each (model, intervention) cell runs all tasks in one `simple_evaluate` with samples logged and
+keeps its files in `<output>/<model>/<intervention>/` in the layout `lm_eval --output_path
+--log_samples` writes, so `qk-ablate report` and `gate` read cells like any run. A cell counts as
+finished only once its `cell.json` marker is written, after its results; a restarted sweep skips
+finished cells whose settings are unchanged and redoes any other (a half-written one is cleared
+first). Every intervention is validated before the first model loads.
+
+Config (YAML)::
+
+    name: demo
+    output: runs/demo                 # cells go here
+    leaderboard: results/leaderboard.md
+    models:
+      - pretrained: smollm2-135m       # plus any HFLM argument: dtype, max_length, ...
+    interventions:                     # name -> qk_ablated arguments
+      baseline: {}
+      massive: {ablate: massive}
+      int4_protect: {quant: int4, protect: massive}
+    tasks: [passkey_1k, city_facts]
+    limit: 30                          # optional: documents per task
+    batch_size: 4
+    device: auto                       # cuda when available, else cpu
+    metadata: {imdb_path: data/imdb.csv}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qk_ablate.errors import QKAblateError
+from qk_ablate.spec import InterventionSpec
+
+_KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata"}
+MARKER = "cell.json"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    output: Path
+    leaderboard: Path | None
+    models: list[dict[str, Any]]
+    interventions: dict[str, InterventionSpec]
+    tasks: list[str]
+    limit: int | None = None
+    batch_size: int | str = 4
+    device: str = "auto"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "model"
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Parse and validate a sweep YAML; every problem is one readable line."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise QKAblateError(f"sweep config '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise QKAblateError(f"sweep config '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise QKAblateError(f"sweep config '{path}' must be a mapping with models, interventions and tasks")
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise QKAblateError(f"sweep config '{path}': unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_KEYS))}")
+    models = raw.get("models") or []
+    if not isinstance(models, list) or not models or not all(isinstance(m, dict) and m.get("pretrained") for m in models):
+        raise QKAblateError(f"sweep config '{path}': 'models' must be a list of mappings with 'pretrained'")
+    interventions = raw.get("interventions") or {}
+    if not isinstance(interventions, dict) or not interventions:
+        raise QKAblateError(f"sweep config '{path}': 'interventions' must map names to qk_ablated arguments")
+    specs = {}
+    for name, args in interventions.items():
+        try:
+            specs[str(name)] = InterventionSpec.from_args(args or {})
+        except QKAblateError as exc:
+            raise QKAblateError(f"sweep config '{path}', intervention '{name}': {exc}") from None
+    tasks = raw.get("tasks") or []
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks:
+        raise QKAblateError(f"sweep config '{path}': 'tasks' names no task")
+    limit = raw.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise QKAblateError(f"sweep config '{path}': 'limit' must be a whole number >= 1, got {limit!r}")
+    output = Path(raw.get("output") or Path("runs") / _slug(raw.get("name") or file.stem))
+    board = raw.get("leaderboard")
+    return SweepConfig(
+        name=str(raw.get("name") or file.stem),
+        output=output,
+        leaderboard=Path(board) if board else None,
+        models=[dict(m) for m in models],
+        interventions=specs,
+        tasks=[str(t) for t in tasks],
+        limit=limit,
+        batch_size=raw.get("batch_size", 4),
+        device=str(raw.get("device", "auto")),
+        metadata=dict(raw.get("metadata") or {}),
+        source=file,
+    )
+
+
+def _cell_settings(config: SweepConfig, model: dict[str, Any], spec: InterventionSpec) -> dict[str, Any]:
+    return {"model": model, "intervention": spec.to_dict(), "tasks": config.tasks, "limit": config.limit,
+            "metadata": config.metadata}
+
+
+def _is_done(cell: Path, settings: dict[str, Any]) -> bool:
+    marker = cell / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("settings") == json.loads(json.dumps(settings, default=str))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _write_cell(cell: Path, results: dict[str, Any]) -> None:
+    """The files `lm_eval --output_path cell --log_samples` would write (one model folder)."""
+    from lm_eval.utils import handle_non_serializable
+
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S") + f".{int(time.time() * 1e6) % 1_000_000:06d}"
+    folder = cell / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = results.pop("samples", {}) or {}
+    for task, rows in samples.items():
+        with (folder / f"samples_{task}_{stamp}.jsonl").open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    (folder / f"results_{stamp}.json").write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+
+
+def run_sweep(config: SweepConfig, log=print) -> list[Path]:
+    """Run every unfinished cell; return every cell folder of the grid, finished ones included."""
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    import qk_ablate.plugin  # noqa: F401  (our tasks and templates for the TaskManager)
+    from qk_ablate.lm import QKAblatedLM
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    cells: list[Path] = []
+    for model in config.models:
+        model_dir = config.output / _slug(Path(str(model["pretrained"])).name)
+        todo = []
+        for name, spec in config.interventions.items():
+            cell = model_dir / _slug(name)
+            cells.append(cell)
+            if _is_done(cell, _cell_settings(config, model, spec)):
+                log(f"[{model['pretrained']} / {name}] finished earlier, kept: {cell}")
+            else:
+                todo.append((name, spec, cell))
+        if not todo:
+            continue
+        lm = QKAblatedLM(batch_size=config.batch_size, device=device, **model)
+        manager = TaskManager(metadata={**model, **config.metadata})
+        for name, spec, cell in todo:
+            if cell.exists():
+                shutil.rmtree(cell)  # a cell without its marker was cut short: start it again
+            started = time.time()
+            lm.use(spec)
+            results = simple_evaluate(model=lm, tasks=list(config.tasks), limit=config.limit, task_manager=manager,
+                                      log_samples=True)
+            _write_cell(cell, results)
+            marker = {"settings": _cell_settings(config, model, spec), "seconds": round(time.time() - started, 1)}
+            (cell / MARKER).write_text(json.dumps(marker, indent=1, default=str))
+            log(f"[{model['pretrained']} / {name}] done in {time.time() - started:.0f}s -> {cell}")
+    return cells
+
+
+def write_leaderboard(config: SweepConfig, markdown: str, path: Path, command: str) -> Path:
+    """results/leaderboard.md: the report table with the command and config that produced it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    limit = f"{config.limit} documents per task" if config.limit else "every document of each task"
+    path.write_text(
+        f"# Leaderboard: {config.name}\n\nMade by `{command}` ({limit}; config `{config.source}`), "
+        f"{time.strftime('%Y-%m-%d')}.\n\n{markdown}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def main_sweep(path: str, iterations: int = 10_000) -> int:
+    """`qk-ablate sweep CONFIG`: run the grid, print the report, write it and the leaderboard."""
+    from qk_ablate.report import build_report, to_markdown, write_report
+    from qk_ablate.runs import load_run
+
+    config = load_config(path)
+    cells = run_sweep(config, log=lambda line: print(line, file=sys.stderr))
+    report = build_report([load_run(cell) for cell in cells], iterations=iterations)
+    markdown = to_markdown(report)
+    print(markdown)
+    for written in write_report(report, config.output):
+        print(f"wrote {written}", file=sys.stderr)
+    if config.leaderboard is not None:
+        board = write_leaderboard(config, markdown, config.leaderboard, f"qk-ablate sweep {path}")
+        print(f"wrote {board}", file=sys.stderr)
+    return 0

@@ -1,0 +1,98 @@
+"""Sweeps: config validation, one folder per cell in lm_eval's layout, and resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qk_ablate.errors import QKAblateError
+from qk_ablate.sweep import MARKER, load_config, run_sweep
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from conftest import build
+    from test_lm import _word_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny")
+    build("llama").save_pretrained(folder)
+    _word_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _config(tmp_path: Path, tiny: Path, **extra) -> Path:
+    body = {
+        "name": "test", "output": str(tmp_path / "runs"), "leaderboard": str(tmp_path / "leaderboard.md"),
+        "models": [{"pretrained": str(tiny)}],
+        "interventions": {"baseline": {}, "massive": {"ablate": "massive"}, "int4": {"quant": "int4", "protect": "massive"}},
+        "tasks": ["city_facts"], "limit": 2, "batch_size": 2, "device": "cpu", **extra,
+    }
+    path = tmp_path / "sweep.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"interventions": {"x": {"ablate": "massiv"}}}, "intervention 'x'.*ablate='massiv'"),
+     ({"colour": "red"}, "unknown key 'colour'"), ({"tasks": []}, "names no task"), ({"limit": 0}, "'limit'"),
+     ({"models": [{"dtype": "float32"}]}, "'pretrained'")],
+)
+def test_bad_configs_fail_before_any_model_loads(tmp_path, tiny, change, match):
+    with pytest.raises(QKAblateError, match=match):
+        load_config(_config(tmp_path, tiny, **change))
+
+
+def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, tiny, monkeypatch):
+    import lm_eval
+
+    config = load_config(_config(tmp_path, tiny))
+    real = lm_eval.simple_evaluate
+    calls: list[str] = []
+
+    def killed_on_second_cell(*args, **kwargs):
+        calls.append(kwargs["model"].spec.ablate + "/" + kwargs["model"].spec.quant)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is killed while the second cell runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", killed_on_second_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, log=lambda line: None)
+    first = config.output / "tiny0" / "baseline"
+    assert (first / MARKER).is_file()
+    stamp = (first / MARKER).stat().st_mtime_ns
+    assert not (config.output / "tiny0" / "massive" / MARKER).exists()
+
+    calls.clear()
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["model"].spec.ablate + "/" + kwargs["model"].spec.quant)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", counting)
+    cells = run_sweep(config, log=lambda line: None)
+    assert calls == ["massive/none", "none/int4"]  # the finished baseline is not rerun
+    assert (first / MARKER).stat().st_mtime_ns == stamp
+    assert all((cell / MARKER).is_file() for cell in cells)
+    calls.clear()
+    run_sweep(config, log=lambda line: None)
+    assert calls == []  # everything finished: nothing runs
+
+
+def test_cli_sweep_writes_report_and_leaderboard(tmp_path, tiny, capsys):
+    from qk_ablate.cli import main
+
+    path = _config(tmp_path, tiny, interventions={"baseline": {}, "massive": {"ablate": "massive"}})
+    assert main(["sweep", str(path), "--iterations", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| baseline |" in out and "| ablate=massive |" in out
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert board.startswith("# Leaderboard: test") and f"qk-ablate sweep {path}" in board
+    assert (tmp_path / "runs" / "report.md").is_file() and (tmp_path / "runs" / "report_deltas.png").is_file()
+    recorded = json.loads(next((tmp_path / "runs" / "tiny0" / "massive").rglob("results_*.json")).read_text())
+    assert recorded["config"]["qk_ablate"]["ablate"] == "massive"
