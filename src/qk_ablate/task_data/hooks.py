@@ -7,7 +7,9 @@ that into each task's YAML `metadata` (run-time keys win), and `ConfigurableTask
 `custom_dataset(**metadata, **dataset_kwargs)`. Code that makes its own TaskManager must pass
 `metadata={"pretrained": ..., "gguf_file": ...}` itself. So a builder sees the evaluated model's
 `pretrained` / `gguf_file` / `tokenizer`, our own keys `num_docs` and `task_seed`, the YAML's
-`version`, and every other model argument, which it ignores. Per-task constants (the passkey
+`version`, `apply_chat_template` / `system_instruction` (put there by qk_ablate.plugin when the
+CLI has them, so exact-length prompts are sized inside the chat template), and every other
+model argument, which it ignores. Per-task constants (the passkey
 length) come through the YAML's `dataset_kwargs` under names no model argument uses, because a
 key present in both would make that call fail.
 
