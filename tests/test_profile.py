@@ -89,6 +89,10 @@ def test_profile_finds_the_planted_pair_in_every_head(tmp_path):
     assert arrays["L24_post_q_M"].shape == (2, 4, 32)
     assert json.loads((tmp_path / "profile.json").read_text())["rope"]["dims"][0]["pair"] == 0
     assert (tmp_path / "heatmap_post_q.png").read_bytes()[:4] == b"\x89PNG"
+    from qk_ablate.profile import load_profile
+
+    again = load_profile(tmp_path)  # pictures can be redrawn from the saved arrays
+    assert summarize(again) == json.loads((tmp_path / "profile.json").read_text())
 
 
 def test_cli_profile_on_a_tiny_saved_model(tmp_path, capsys):

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--lam", type=float, default=5.0, help="massive threshold: M >= lam x the head's mean")
     profile.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
     profile.add_argument("--out", default=None, help="output folder (default: results/profile/<model>)")
+    profile.add_argument("--replot", default=None, metavar="FOLDER", help="redraw the heatmaps of a saved profile; runs no model")
 
     report = commands.add_parser("report", help="table of runs with 95% paired bootstrap intervals (md, csv, html, png)")
     report.add_argument("runs", nargs="+", help="lm_eval --output_path folders (run with --log_samples)")
@@ -100,6 +101,12 @@ def _profile(args: argparse.Namespace) -> int:
     from qk_ablate.task_data.niah import build_niah_docs
     from qk_ablate.task_data.passkey import build_passkey_docs, parse_length
 
+    if args.replot:
+        from qk_ablate.profile import load_profile, save_heatmaps
+
+        for written in save_heatmaps(load_profile(args.replot), args.replot):
+            print(f"wrote {written}", file=sys.stderr)
+        return 0
     builders = {"ctxqa": build_ctxqa_docs, "passkey": build_passkey_docs, "niah": build_niah_docs}
     lengths = sorted({parse_length(part) for part in args.lengths.split(",") if part.strip()})
     if not lengths or args.samples < 1:
@@ -148,7 +155,10 @@ def _profile_headline(profile) -> str:
                 entry = per_where[name]
                 top = entry.get("pairs", [])[:3]
                 pairs = ", ".join(f"pair {p['pair']} ({p['band']}, {100 * p['share_of_heads']:.0f}% of heads)" for p in top)
-                lines.append(f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers; {pairs}")
+                agree = entry.get("mean_top_pair_heads")
+                same = "" if agree is None else f"; within a layer {100 * agree:.0f}% of heads share the top pair"
+                lines.append(f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers{same}; "
+                             f"overall {pairs}")
     return "\n".join(lines)
 
 

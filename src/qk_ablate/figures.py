@@ -37,13 +37,14 @@ def averaged_heatmap(profile: Profile, where: str, name: str, path: Path) -> Pat
     plt, _ = _pyplot()
     panels = [profile.array(length, where, name).mean(axis=0) for length in profile.lengths]
     norm = _norm(panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.4), squeeze=False, layout="constrained")
     for ax, length, panel in zip(axes[0], profile.lengths, panels):
         image = ax.imshow(panel, aspect="auto", norm=norm, cmap="magma", interpolation="nearest")
         ax.set_title(f"{length} tokens")
+        ax.set_yticks(range(panel.shape[0]))
         ax.set_xlabel("dim")
         ax.set_ylabel("head")
-    fig.colorbar(image, ax=axes[0].tolist(), label="M, mean over layers (one log scale for all panels)")
+    fig.colorbar(image, ax=axes[0].tolist(), label="M over layers\n(log, one scale)")
     fig.suptitle(f"{profile.model}: {where}-RoPE {name.upper()}, {profile.samples} samples per length")
     return _save(fig, path)
 
@@ -55,7 +56,7 @@ def layer_heatmaps(profile: Profile, length: int, where: str, name: str, path: P
     norm = _norm([layers])
     cols = min(6, layers.shape[0])
     rows = math.ceil(layers.shape[0] / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.5 * rows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 1.0, 1.5 * rows + 0.9), squeeze=False, layout="constrained")
     for index, ax in enumerate(axes.ravel()):
         if index >= layers.shape[0]:
             ax.axis("off")
@@ -64,7 +65,7 @@ def layer_heatmaps(profile: Profile, length: int, where: str, name: str, path: P
         ax.set_title(f"layer {index}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(image, ax=axes.ravel().tolist(), label="M (one log scale for all layers)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="M (log, one scale for all layers)")
     fig.suptitle(f"{profile.model}: {where}-RoPE {name.upper()} per layer (head x dim), {length} tokens")
     return _save(fig, path)
 

@@ -80,23 +80,37 @@ MOSTLY = 0.5  # a (head, dim) counts as massive when it is massive in at least h
 
 @dataclass
 class Profile:
-    """Statistics at several lengths of one model: `stats[length]`, plus what they were taken on."""
+    """`[layers, H, D]` arrays per (length, where, tensor, kind), plus what they were taken on.
+
+    kind `M`: mean column norms; kind `massive`: the fraction of samples in which a (head, dim)
+    was massive. The same arrays are saved to profile.npz, so `load_profile` restores a Profile
+    (and its pictures) from a saved folder.
+    """
 
     model: str
     lengths: list[int]
     samples: int
     lam: float
     source: str
-    head_dims: dict[str, int]
     rope: "RopeDims | None"
-    stats: dict[int, MassiveStats]
     where: tuple[str, ...]
+    arrays: dict[str, np.ndarray]
+
+    @staticmethod
+    def key(length: int, where: str, name: str, kind: str) -> str:
+        return f"L{length}_{where}_{name}_{kind}"
 
     def array(self, length: int, where: str, name: str, kind: str = "M") -> np.ndarray:
-        """`[layers, H, D]`: mean column norms (`M`) or massive fractions (`massive`)."""
-        stats = self.stats[length]
-        get = stats.mean_norms if kind == "M" else stats.massive_fraction
-        return np.stack([get(layer, name, where).numpy() for layer in stats.layers()])
+        return self.arrays[self.key(length, where, name, kind)]
+
+
+def _arrays(stats: MassiveStats, length: int, where: tuple[str, ...]) -> dict[str, np.ndarray]:
+    out = {}
+    for w in where:
+        for name in "qkv":
+            for kind, get in (("M", stats.mean_norms), ("massive", stats.massive_fraction)):
+                out[Profile.key(length, w, name, kind)] = np.stack([get(layer, name, w).numpy() for layer in stats.layers()])
+    return out
 
 
 def profile_model(
@@ -112,19 +126,62 @@ def profile_model(
 
     layout = find_layout(model)
     where = ("pre", "post") if layout.has_rope else ("pre",)
-    site = layout.sites[0]
-    head_dims = {"q": site.head_dim, "k": site.head_dim, "v": site.head_dim}
-    rope = model_rope_dims(model, site.head_dim) if layout.has_rope else None
-    stats = {length: collect_massive_stats(model, batches, where=where, lam=lam) for length, batches in documents.items()}
-    samples = min(min(st.samples.values()) for st in stats.values())
-    return Profile(model_name, sorted(documents), samples, lam, source, head_dims, rope, stats, where)
+    rope = model_rope_dims(model, layout.sites[0].head_dim) if layout.has_rope else None
+    arrays: dict[str, np.ndarray] = {}
+    samples = None
+    for length, batches in documents.items():
+        stats = collect_massive_stats(model, batches, where=where, lam=lam)  # reduced as the forward runs
+        arrays.update(_arrays(stats, length, where))
+        counted = min(stats.samples.values())
+        samples = counted if samples is None else min(samples, counted)
+    return Profile(model_name, sorted(documents), int(samples or 0), lam, source, rope, where, arrays)
+
+
+def load_profile(folder: str | Path) -> Profile:
+    """A Profile back from the profile.npz and profile.json that `save_profile` wrote."""
+    import json
+
+    from qk_ablate.errors import QKAblateError
+    from qk_ablate.rope import RopeDims
+
+    root = Path(folder)
+    try:
+        summary = json.loads((root / "profile.json").read_text(encoding="utf-8"))
+        with np.load(root / "profile.npz") as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise QKAblateError(f"'{folder}' holds no readable profile.json and profile.npz ({type(exc).__name__})") from None
+    rope = None
+    if summary.get("rope"):
+        dims = summary["rope"]["dims"]
+        rope = RopeDims(
+            tuple(d["pair"] for d in dims), tuple(d["frequency"] for d in dims),
+            tuple(d["wavelength"] if d["wavelength"] is not None else float("inf") for d in dims),
+            tuple(d["band"] for d in dims), summary["rope"]["context"],
+        )
+    where = tuple(summary["results"][str(summary["lengths"][0])])
+    return Profile(summary["model"], summary["lengths"], summary["samples_per_length"], summary["lam"],
+                   summary["source"], rope, where, arrays)
 
 
 def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: "RopeDims | None") -> dict:
-    """One layer's `[H, D]` massive fractions and mean norms as JSON-ready facts."""
+    """One layer's `[H, D]` massive fractions and mean norms as JSON-ready facts.
+
+    `top_pair` is the rotary pair that the most heads of this layer have a massive dim in, and
+    `top_pair_heads` the share of heads that do (1.0: every head, the paper's picture).
+    """
     heads, dims = np.nonzero(massive >= MOSTLY)
     mean = norms.mean(axis=1, keepdims=True)
     top2 = np.sort(norms, axis=1)[:, -2:].sum(axis=1) / np.maximum(norms.sum(axis=1), 1e-12)
+    agreement: dict = {}
+    if rope is not None and len(heads):
+        per_pair: dict[int, set[int]] = {}
+        for h, d in zip(heads, dims):
+            if rope.pair[d] >= 0:
+                per_pair.setdefault(rope.pair[d], set()).add(int(h))
+        if per_pair:
+            pair = max(sorted(per_pair), key=lambda p: len(per_pair[p]))
+            agreement = {"top_pair": pair, "top_pair_heads": round(len(per_pair[pair]) / massive.shape[0], 3)}
     return {
         "count": int(len(heads)),
         "massive": [
@@ -135,6 +192,7 @@ def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: "RopeDims | Non
         ],
         "peak_to_mean": round(float((norms.max(axis=1) / np.maximum(mean[:, 0], 1e-12)).mean()), 2),
         "top2_share": round(float(top2.mean()), 3),
+        **agreement,
     }
 
 
@@ -177,6 +235,9 @@ def summarize(profile: Profile) -> dict:
                 layers = [{"layer": i, **_layer_summary(massive[i], norms[i], profile.rope if name != "v" else None)}
                           for i in range(massive.shape[0])]
                 entry = {"layers_with_massive": sum(1 for l in layers if l["count"]), "layers": layers}
+                shares = [l["top_pair_heads"] for l in layers if "top_pair_heads" in l]
+                if shares:  # within a layer, how many heads share its most common massive pair
+                    entry["mean_top_pair_heads"] = round(float(np.mean(shares)), 3)
                 if profile.rope is not None and name != "v":
                     entry["pairs"] = _pair_agreement(massive, profile.rope)
                 per_where[name] = entry
@@ -190,17 +251,19 @@ def save_profile(profile: Profile, folder: str | Path) -> list[Path]:
     profile.json (the summary) and PNG heatmaps (Q and K per layer, every tensor averaged)."""
     import json
 
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "profile.npz", **profile.arrays)
+    (out / "profile.json").write_text(json.dumps(summarize(profile), indent=1) + "\n", encoding="utf-8")
+    return [out / "profile.npz", out / "profile.json", *save_heatmaps(profile, out)]
+
+
+def save_heatmaps(profile: Profile, folder: str | Path) -> list[Path]:
+    """The PNG heatmaps: every tensor averaged over layers, and Q and K per layer at each length."""
     from qk_ablate.figures import averaged_heatmap, layer_heatmaps
 
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        f"L{length}_{where}_{name}_{kind}": profile.array(length, where, name, kind)
-        for length in profile.lengths for where in profile.where for name in "qkv" for kind in ("M", "massive")
-    }
-    np.savez_compressed(out / "profile.npz", **arrays)
-    (out / "profile.json").write_text(json.dumps(summarize(profile), indent=1) + "\n", encoding="utf-8")
-    written = [out / "profile.npz", out / "profile.json"]
+    written = []
     for where in profile.where:
         for name in "qkv":
             written.append(averaged_heatmap(profile, where, name, out / f"heatmap_{where}_{name}.png"))
