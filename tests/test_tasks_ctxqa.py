@@ -22,7 +22,8 @@ def docs(smol):
 def test_layout_one_target_document_and_unique_answers(docs):
     for doc in docs:
         text = doc["input"]
-        assert text.startswith(INSTRUCTION) and text.endswith(f"Question: {doc['question']} Answer:")
+        assert text.startswith(INSTRUCTION)
+        assert text.endswith(f"Question: {doc['question']} Answer: {doc['answer_prefix']}")
         name = doc["name"]
         assert name in doc["question"]
         assert len(re.findall(rf"\b{name} is an? ", text)) == 1  # the target document, once

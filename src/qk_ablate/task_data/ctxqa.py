@@ -17,7 +17,7 @@ the question names exactly one document. Prompt layout (RULER's QA template)::
 
     Answer the question based on the given documents. Only give me the answer and do not output any other words.
 
-    Question: Who founded Velmoran? Answer:
+    Question: Who founded Velmoran? Answer: Velmoran was founded by
 
 Distractor documents fill the context to the exact token budget (the last one cut at a word
 boundary); the target document sits at a seeded depth spread over the whole context across
@@ -78,6 +78,14 @@ QUESTIONS = {
     "product": "What is the best-known product of {name}?",
     "river": "On which river does {name} lie?",
 }
+# The answer is prompted as the start of a sentence, as passkey ("The pass key is") and RULER's
+# NIAH templates do: after a bare "Answer:" small models tend to emit a newline first.
+ANSWER_PREFIXES = {
+    "founder": "{name} was founded by",
+    "year": "{name} was founded in the year",
+    "product": "The best-known product of {name} is",
+    "river": "{name} lies on the river",
+}
 ATTRIBUTES = tuple(QUESTIONS)
 
 
@@ -127,9 +135,12 @@ class _Inventor:
         }
 
 
-def _render(bodies: list[str], question: str) -> str:
+def _render(bodies: list[str], question: str, prefix: str) -> str:
     context = "\n\n".join(f"Document {j + 1}:\n{body}" for j, body in enumerate(bodies))
-    return f"{INSTRUCTION}\n\nThe following are given documents.\n\n{context}\n\n{INSTRUCTION}\n\nQuestion: {question} Answer:"
+    return (
+        f"{INSTRUCTION}\n\nThe following are given documents.\n\n{context}\n\n{INSTRUCTION}\n\n"
+        f"Question: {question} Answer: {prefix}"
+    )
 
 
 class _Prompt:
@@ -140,6 +151,7 @@ class _Prompt:
         self.target = self.inventor.entity()
         self.attribute = rng.choice(ATTRIBUTES)
         self.question = QUESTIONS[self.attribute].format(name=self.target["name"])
+        self.prefix = ANSWER_PREFIXES[self.attribute].format(name=self.target["name"])
         self.depth = depth
         self.distractors: list[dict[str, str]] = []
         self.words: list[list[str]] = []
@@ -165,7 +177,7 @@ class _Prompt:
         return bodies, at, len(bodies) - 1
 
     def text(self, n_words: int) -> str:
-        return _render(self.layout(n_words)[0], self.question)
+        return _render(self.layout(n_words)[0], self.question, self.prefix)
 
 
 def _doc_rng(seed: int, length: int, index: int) -> random.Random:
@@ -207,6 +219,7 @@ def build_ctxqa_docs(
             {
                 "input": text,
                 "question": prompt.question,
+                "answer_prefix": prompt.prefix,
                 "name": prompt.target["name"],
                 "attribute": attribute,
                 "answer": prompt.target[attribute],
