@@ -83,6 +83,18 @@ def test_unpaired_documents_are_an_error(tmp_path):
         compare(load_run(a), load_run(other))
 
 
+def test_samples_with_unicode_line_separators_in_documents(tmp_path):
+    """lm-eval writes documents unescaped: U+0085 / U+2028 inside a record are not line ends."""
+    run = write_run(tmp_path / "a", {"imdb": [1.0, 0.0]})
+    samples = next(run.rglob("samples_imdb_*.jsonl"))
+    lines = samples.read_text().split("\n")
+    record = json.loads(lines[0])
+    record["doc"] = {"review": "a film\x85 that\u2028 ends"}
+    lines[0] = json.dumps(record, ensure_ascii=False)
+    samples.write_text("\n".join(lines), encoding="utf-8")
+    assert load_run(run).tasks["imdb"].scores.tolist() == [1.0, 0.0]
+
+
 def test_task_kinds():
     assert task_kind("passkey_128k") == task_kind("niah_essay_4k") == task_kind("imdb") == "contextual"
     assert task_kind("country_continent") == task_kind("city_facts_tf") == "parametric"
@@ -107,6 +119,14 @@ def test_report_formats(pair, tmp_path):
     written = write_report(report, tmp_path / "out")
     assert sorted(p.name for p in written) == ["report.csv", "report.html", "report.md", "report_deltas.png"]
     assert (tmp_path / "out" / "report_deltas.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_on_a_subset_of_tasks(pair):
+    report = build_report([load_run(pair[0]), load_run(pair[1])], iterations=500, only=["passkey_1k"])
+    assert report.tasks == ["passkey_1k"]
+    assert "parametric" not in report.rows[1][1].deltas and report.rows[1][1].interaction is None
+    with pytest.raises(QKAblateError, match="no baseline run has"):
+        build_report([load_run(pair[0])], only=["niah_1k"])
 
 
 def test_report_needs_a_baseline(pair):

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", default=None, help="folder for report.md/.csv/.html and report_deltas.png (default: print only)")
     report.add_argument("--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual")
     report.add_argument("--iterations", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
+    report.add_argument("--tasks", default=None, help="only these tasks (comma-separated), e.g. to leave out one at chance")
 
     sweep = commands.add_parser("sweep", help="run a grid of models x interventions x tasks (resumable), then report")
     sweep.add_argument("config", help="sweep YAML, e.g. configs/demo.yaml")
@@ -176,7 +177,8 @@ def _report(args: argparse.Namespace) -> int:
         raise QKAblateError(f"--iterations must be at least 100, got {args.iterations}")
     runs = [load_run(path) for path in args.runs]
     baseline = load_run(args.baseline) if args.baseline else None
-    report = build_report(runs, baseline=baseline, kinds=kinds, iterations=args.iterations)
+    only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    report = build_report(runs, baseline=baseline, kinds=kinds, iterations=args.iterations, only=only)
     print(to_markdown(report))
     if args.out:
         for path in write_report(report, args.out):

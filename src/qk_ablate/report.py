@@ -27,8 +27,10 @@ def build_report(
     baseline: Run | None = None,
     kinds: dict[str, str] | None = None,
     iterations: int = DEFAULT_ITERATIONS,
+    only: list[str] | None = None,
 ) -> Report:
-    """Compare every run with the baseline of its model (`baseline`, or the model's run with no intervention)."""
+    """Compare every run with the baseline of its model (`baseline`, or the model's run with no
+    intervention), over the baselines' tasks (or just `only`)."""
     if not runs:
         raise QKAblateError("no runs to report; give one or more lm_eval --output_path folders")
     baselines: dict[str, Run] = {}
@@ -49,6 +51,11 @@ def build_report(
             f"no baseline (ablate=none, quant=none) run for {', '.join(missing)}; add one, or name it with --baseline"
         )
     tasks = sorted({t for b in baselines.values() for t in b.tasks}, key=lambda t: (_kind_order(task_kind(t, kinds)), t))
+    if only is not None:
+        unknown = sorted(set(only) - set(tasks))
+        if unknown:
+            raise QKAblateError(f"--tasks names {unknown[0]}, which no baseline run has; it has {', '.join(tasks)}")
+        tasks = [t for t in tasks if t in only]
     rows = []
     ordered = sorted(runs, key=lambda r: (r.model, not r.is_baseline))
     if baseline is not None and all(r.path != baseline.path for r in runs):

@@ -93,7 +93,8 @@ def _stamp(path: Path) -> str:
 def _task_scores(task: str, samples: Path) -> TaskScores:
     by_filter: dict[str, list[tuple[int, str, float, str]]] = {}
     try:
-        lines = samples.read_text(encoding="utf-8").splitlines()
+        # split on "\n" only: reviews hold characters (U+0085, U+2028) that str.splitlines breaks on
+        lines = samples.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise QKAblateError(f"samples file '{samples}' is not readable ({type(exc).__name__})") from None
     for number, line in enumerate(lines, 1):
