@@ -10,7 +10,8 @@ from conftest import docs_digest as _digest
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_capital as cc
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
-from qk_ablate.task_data.scoring import normalize_name
+from qk_ablate.task_data.hooks import alias_process_results
+from qk_ablate.task_data.scoring import country_correct, normalize_name
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 
@@ -116,13 +117,13 @@ MM = cc.capital_aliases("MM")
     ],
 )
 def test_capital_scoring(output, aliases, expected):
-    assert cc.capital_correct(output, aliases) is expected
+    assert country_correct(output, aliases) is expected
 
 
 def test_process_results(docs):
     doc = docs[0]
-    assert cc.country_capital_process_results(doc, [f" {doc['capital']}"]) == {"acc": 1.0}
-    assert cc.country_capital_process_results(doc, [" Atlantis"]) == {"acc": 0.0}
+    assert alias_process_results(doc, [f" {doc['capital']}"]) == {"acc": 1.0}
+    assert alias_process_results(doc, [" Atlantis"]) == {"acc": 0.0}
 
 
 def test_task_manager_loads_country_capital():

@@ -135,8 +135,8 @@ def test_country_scoring(output, aliases, expected):
 
 def test_process_results(recall):
     doc = recall[0]
-    assert hooks.city_facts_process_results(doc, [f" {doc['country']}"]) == {"acc": 1.0}
-    assert hooks.city_facts_process_results(doc, [" Atlantis"]) == {"acc": 0.0}
+    assert hooks.alias_process_results(doc, [f" {doc['country']}"]) == {"acc": 1.0}
+    assert hooks.alias_process_results(doc, [" Atlantis"]) == {"acc": 0.0}
 
 
 def test_task_manager_loads_facts_and_group():

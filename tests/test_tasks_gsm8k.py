@@ -3,7 +3,6 @@ running with `qk_ablated`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -12,6 +12,7 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_continent as continent
 from qk_ablate.task_data import haystack, user_facts
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
+from qk_ablate.task_data.hooks import alias_process_results
 from qk_ablate.task_data.niah import build_niah_docs
 
 from conftest import docs_digest, token_count
@@ -43,7 +44,7 @@ def test_facts_csv_template(tmp_path):
         "Q: What is the capital of France?\nA: Paris\n\nQ: What is the chemical symbol of gold?\nA: Au\n\n"
         "Q: Who wrote Hamlet?\nA:"
     )
-    score = lambda out: user_facts.facts_process_results(docs[0], [out])["acc"]  # noqa: E731
+    score = lambda out: alias_process_results(docs[0], [out])["acc"]  # noqa: E731
     assert score(" Shakespeare.") == score(" William Shakespeare") == 1.0
     assert score(" Not Shakespeare") == score(" Marlowe") == 0.0
 
@@ -146,10 +147,10 @@ def test_country_continent_set():
 )
 def test_country_continent_scoring(output, expected):
     doc = next(d for d in continent.build_docs() if d["country_code"] == "FR")
-    assert continent.country_continent_process_results(doc, [output]) == {"acc": float(expected)}
+    assert alias_process_results(doc, [output]) == {"acc": float(expected)}
 
 
 def test_oceania_aliases():
     doc = next(d for d in continent.build_docs() if d["country_code"] == "AU")
     for answer in (" Oceania", " Australia and Oceania", " Australia/Oceania"):
-        assert continent.country_continent_process_results(doc, [answer]) == {"acc": 1.0}
+        assert alias_process_results(doc, [answer]) == {"acc": 1.0}

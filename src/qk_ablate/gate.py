@@ -85,12 +85,13 @@ def evaluate(comparison: Comparison, budgets: dict[str, float]) -> Verdict:
         else:
             raise QKAblateError(f"--max-drop names {name}, which is neither contextual, parametric nor a task of the baseline")
         checks.append(Check(name, budget, _drop(delta)))
-    failed = [c for c in checks if not c.passed]
+    code = PASS if all(c.passed for c in checks) else FAIL
     tasks = ", ".join(f"{t} ({n} docs)" for t, n in comparison.docs.items())
-    head = f"Candidate '{comparison.candidate.path}' against baseline '{comparison.baseline.path}' on {tasks}: "
-    if failed:
-        return Verdict(FAIL, head + "FAIL. " + "; ".join(c.sentence() for c in checks) + ".", checks)
-    return Verdict(PASS, head + "pass. " + "; ".join(c.sentence() for c in checks) + ".", checks)
+    reason = (
+        f"Candidate '{comparison.candidate.path}' against baseline '{comparison.baseline.path}' on {tasks}: "
+        f"{'pass' if code == PASS else 'FAIL'}. " + "; ".join(c.sentence() for c in checks) + "."
+    )
+    return Verdict(code, reason, checks)
 
 
 def run_gate(baseline: str | Path, candidate: str | Path, max_drop: str, junit: str | Path | None = None,

@@ -38,19 +38,20 @@ class MassiveStats:
         key = (layer, name, where)
         norms = column_norms(x, prompt)  # [B, H, D]
         mask = massive_mask_threshold(norms, self.lam)
-        self.norms[key] = self.norms.get(key, 0) + norms.sum(0).cpu()
-        self.massive[key] = self.massive.get(key, 0) + mask.sum(0).cpu()
+        # Sums stay on the model's device: no host copy (and sync) per layer during the forward.
+        self.norms[key] = self.norms.get(key, 0) + norms.sum(0, dtype=torch.float32)
+        self.massive[key] = self.massive.get(key, 0) + mask.sum(0)
         self.samples[key] = self.samples.get(key, 0) + x.shape[0]
 
     def mean_norms(self, layer: int, name: str, where: str) -> torch.Tensor:
-        """M averaged over samples: `[H, D]`."""
+        """M averaged over samples: `[H, D]` on the CPU."""
         key = (layer, name, where)
-        return self.norms[key] / self.samples[key]
+        return self.norms[key].cpu() / self.samples[key]
 
     def massive_fraction(self, layer: int, name: str, where: str) -> torch.Tensor:
-        """How often each (head, dim) was massive across samples: `[H, D]` in [0, 1]."""
+        """How often each (head, dim) was massive across samples: `[H, D]` in [0, 1], on the CPU."""
         key = (layer, name, where)
-        return self.massive[key].float() / self.samples[key]
+        return self.massive[key].cpu().float() / self.samples[key]
 
     def massive_count(self, layer: int, name: str, where: str) -> float:
         """Mean number of massive (head, dim) columns per sample in this layer and tensor."""

@@ -67,6 +67,11 @@ def build_report(
     return Report(tasks=tasks, rows=rows)
 
 
+def _is_reference(run: Run, comparison: Comparison) -> bool:
+    """The baseline's own row (compared with itself): it has means but no deltas."""
+    return run.is_baseline and comparison.baseline.path == run.path
+
+
 def _kind_order(kind: str | None) -> int:
     return {"contextual": 0, "parametric": 1}.get(kind or "", 2)
 
@@ -80,7 +85,7 @@ def _delta(e: Estimate) -> str:
 
 
 def _cells(run: Run, comparison: Comparison, tasks: list[str]) -> list[str]:
-    base = run.is_baseline and comparison.baseline.path == run.path
+    base = _is_reference(run, comparison)
     cells = [run.model, run.label]
     for task in tasks:
         if task not in run.tasks or task not in comparison.tasks:
@@ -159,7 +164,7 @@ def plot_deltas(report: Report, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [(run, cmp) for run, cmp in report.rows if not (run.is_baseline and cmp.baseline.path == run.path)]
+    rows = [(run, cmp) for run, cmp in report.rows if not _is_reference(run, cmp)]
     if not rows:
         raise QKAblateError("the report has no run besides the baseline, so there are no deltas to plot")
     labels = [f"{run.model}\n{run.label}" if len({r.model for r, _ in rows}) > 1 else run.label for run, _ in rows]
@@ -192,6 +197,6 @@ def write_report(report: Report, folder: str | Path, name: str = "report") -> li
         path = out / f"{name}.{suffix}"
         path.write_text(text, encoding="utf-8")
         written.append(path)
-    if any(not (run.is_baseline and cmp.baseline.path == run.path) for run, cmp in report.rows):
+    if any(not _is_reference(run, cmp) for run, cmp in report.rows):
         written.append(plot_deltas(report, out / f"{name}_deltas.png"))
     return written

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from qk_ablate.errors import QKAblateError
+from qk_ablate.spec import InterventionSpec
 
 PREFERRED_FILTERS = ("none", "strict-match", "flexible-extract")
 
@@ -54,11 +55,7 @@ class Run:
         return self.label == "baseline"
 
 
-_DEFAULTS = {
-    "ablate": "none", "select": "threshold", "lam": 5.0, "topk": 1, "fill": "mean", "control": "random",
-    "seed": 0, "rope": "post", "stage": "prefill", "targets": "qk", "layers": "all", "quant": "none",
-    "quant_targets": "k", "quant_axis": "token", "group": 0, "sym": True, "protect": "none",
-}
+_DEFAULTS = InterventionSpec().to_dict()
 _ABLATION_KEYS = ("select", "lam", "topk", "fill", "control", "seed", "targets")
 _QUANT_KEYS = ("quant_targets", "quant_axis", "group", "sym", "protect")
 

@@ -24,7 +24,7 @@ Selection (no hand-typed facts: every country and capital is GeoNames' own `name
 The evaluated set is the `num_docs` (default 150, or all eligible when fewer) most populous
 eligible countries, in a seeded order (`task_seed`), so lm-eval's --limit takes a mix.
 
-Scoring (`capital_correct`, the same strict rule as city_facts): the first line of the output, or
+Scoring (`hooks.alias_process_results`, the same strict rule as city_facts): the first line of the output, or
 its first sentence, normalised (case, accents, dots, apostrophes, hyphens, a leading "the"), must
 equal the GeoNames capital or one of its spelling variants in `CAPITAL_ALIASES`. So "Paris." is
 right for France; "Not Paris", "Paris or Lyon" and "Paris, France" are wrong (the last names the
@@ -42,7 +42,7 @@ from typing import Any
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN, _geonames
-from qk_ablate.task_data.scoring import country_correct, normalize_name
+from qk_ablate.task_data.scoring import normalize_name
 
 DEFAULT_NUM_DOCS = 150
 TEMPLATE = "Q: What is the capital of {country}?\nA:"
@@ -79,11 +79,6 @@ def capital_aliases(code: str) -> tuple[str, ...]:
             seen.add(normalize_name(name))
             out.append(name)
     return tuple(out)
-
-
-def capital_correct(output: str, aliases) -> bool:
-    """True when the answer (first line, or its first sentence) is one of the capital's names."""
-    return country_correct(output, aliases)
 
 
 def _leaks(country: str, capital: str) -> bool:
@@ -147,8 +142,3 @@ def country_capital_dataset(**metadata):
 
     return _dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
 
-
-def country_capital_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    from qk_ablate.task_data.hooks import _first
-
-    return {"acc": float(capital_correct(_first(results), doc["aliases"]))}

@@ -20,7 +20,6 @@ from typing import Any
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN, _geonames
-from qk_ablate.task_data.scoring import country_correct
 
 DEFAULT_NUM_DOCS = 150
 TEMPLATE = "Q: On which continent is {country}?\nA:"
@@ -79,8 +78,3 @@ def country_continent_dataset(**metadata):
 
     return _dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
 
-
-def country_continent_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    from qk_ablate.task_data.hooks import _first
-
-    return {"acc": float(country_correct(_first(results), doc["aliases"]))}

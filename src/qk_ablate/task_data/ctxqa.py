@@ -33,16 +33,13 @@ from bisect import bisect_right
 from typing import Any
 
 from qk_ablate.task_data import hooks
-from qk_ablate.task_data.passkey import LENGTHS, PLAIN, parse_length
+from qk_ablate.task_data.passkey import LENGTHS, PLAIN
 from qk_ablate.task_data.tokens import (
     PromptFrame,
     check_length_args,
-    check_tokenizer,
+    doc_rng,
     fit_documents,
-    framed_counter,
-    prompt_frame,
     spread_fractions,
-    token_counter,
 )
 
 __all__ = ["LENGTHS", "build_ctxqa_docs", "ctxqa_correct"]
@@ -180,10 +177,6 @@ class _Prompt:
         return _render(self.layout(n_words)[0], self.question, self.prefix)
 
 
-def _doc_rng(seed: int, length: int, index: int) -> random.Random:
-    return random.Random(f"qk-ablate/ctxqa/{seed}/{length}/{index}")
-
-
 def build_ctxqa_docs(
     tokenizer: Any,
     length: int,
@@ -202,13 +195,13 @@ def build_ctxqa_docs(
     """
     length, num_docs, gen_budget = int(length), int(num_docs), int(gen_budget)
     check_length_args(length, num_docs, gen_budget)
-    rngs = [_doc_rng(seed, length, i) for i in range(num_docs)]
+    rngs = [doc_rng("ctxqa", seed, length, i) for i in range(num_docs)]
     jitters = [rng.random() for rng in rngs]
     prompts = [_Prompt(rng, depth) for rng, depth in zip(rngs, spread_fractions(jitters))]
 
-    count = framed_counter(token_counter(tokenizer, probe=prompts[0].text(120)), frame)
-    check_tokenizer(count)
-    fitted = fit_documents(lambda i, n: prompts[i].text(n), num_docs, count, length - gen_budget, 400, "ctxqa document")
+    fitted = fit_documents(
+        tokenizer, frame, lambda i, n: prompts[i].text(n), num_docs, length - gen_budget, 400, "ctxqa document"
+    )
     docs = []
     for i, (n_words, text, tokens) in enumerate(fitted):
         prompt = prompts[i]
@@ -285,16 +278,7 @@ def ctxqa_correct(output: str, attribute: str, aliases: list[str], distractor_an
 
 def ctxqa_dataset(ctxqa_length: int | str, ctxqa_gen_budget: int = DEFAULT_GEN_BUDGET, **metadata):
     """custom_dataset for ctxqa_{len}; the length and budget come from dataset_kwargs."""
-    tokenizer = hooks.resolve_tokenizer(metadata)
-    docs = build_ctxqa_docs(
-        tokenizer,
-        parse_length(ctxqa_length),
-        num_docs=hooks.num_docs(metadata, DEFAULT_NUM_DOCS),
-        seed=hooks.task_seed(metadata),
-        gen_budget=int(ctxqa_gen_budget),
-        frame=prompt_frame(tokenizer, metadata),
-    )
-    return hooks._dataset(docs)
+    return hooks.length_dataset(build_ctxqa_docs, ctxqa_length, ctxqa_gen_budget, DEFAULT_NUM_DOCS, metadata)
 
 
 def ctxqa_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:

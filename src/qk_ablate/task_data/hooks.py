@@ -20,6 +20,7 @@ evaluate each seed on different documents.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
@@ -94,18 +95,32 @@ def _dataset(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"test": datasets.Dataset.from_list(docs)}
 
 
-def passkey_dataset(passkey_length: int | str, passkey_gen_budget: int = passkey.DEFAULT_GEN_BUDGET, **metadata):
-    """custom_dataset for passkey_{len}: `passkey_length` and the budget come from dataset_kwargs."""
+def length_dataset(
+    build: Callable[..., list[dict[str, Any]]],
+    length: int | str,
+    gen_budget: int | str,
+    default_num_docs: int,
+    metadata: dict[str, Any],
+    **options: Any,
+) -> dict[str, Any]:
+    """The custom_dataset of an exact-length task: the evaluated model's tokenizer, the run's
+    `num_docs` / `task_seed`, and its chat-template frame, handed to the task's builder."""
     tokenizer = resolve_tokenizer(metadata)
-    docs = passkey.build_passkey_docs(
+    docs = build(
         tokenizer,
-        passkey.parse_length(passkey_length),
-        num_docs=num_docs(metadata, passkey.DEFAULT_NUM_DOCS),
+        passkey.parse_length(length),
+        num_docs=num_docs(metadata, default_num_docs),
         seed=task_seed(metadata),
-        gen_budget=int(passkey_gen_budget),
+        gen_budget=int(gen_budget),
         frame=prompt_frame(tokenizer, metadata),
+        **options,
     )
     return _dataset(docs)
+
+
+def passkey_dataset(passkey_length: int | str, passkey_gen_budget: int = passkey.DEFAULT_GEN_BUDGET, **metadata):
+    """custom_dataset for passkey_{len}: `passkey_length` and the budget come from dataset_kwargs."""
+    return length_dataset(passkey.build_passkey_docs, passkey_length, passkey_gen_budget, passkey.DEFAULT_NUM_DOCS, metadata)
 
 
 def city_facts_dataset(**metadata):
@@ -128,7 +143,9 @@ def passkey_process_results(doc: dict[str, Any], results: list[str]) -> dict[str
     return {"acc": float(passkey_correct(_first(results), doc["passkey"]))}
 
 
-def city_facts_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+def alias_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """Fact tasks (city_facts, country_capital, country_continent, a user's facts CSV): the first
+    line of the answer, or its first sentence, must be one of `doc["aliases"]`, normalised."""
     return {"acc": float(country_correct(_first(results), doc["aliases"]))}
 
 

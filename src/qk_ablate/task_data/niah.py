@@ -26,17 +26,14 @@ from typing import Any
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import hooks
 from qk_ablate.task_data.haystack import DEFAULT_ESSAY_COLUMN, DEFAULT_ESSAY_HUB, Haystack, NoiseHaystack, essay_haystack
-from qk_ablate.task_data.passkey import LENGTHS, PLAIN, parse_length
+from qk_ablate.task_data.passkey import LENGTHS, PLAIN
 from qk_ablate.task_data.scoring import _NUMBER
 from qk_ablate.task_data.tokens import (
     PromptFrame,
     check_length_args,
-    check_tokenizer,
+    doc_rng,
     fit_documents,
-    framed_counter,
-    prompt_frame,
     spread_fractions,
-    token_counter,
 )
 
 __all__ = ["LENGTHS", "build_niah_docs", "niah_correct", "first_magic_number"]
@@ -99,10 +96,6 @@ def render(
     return "\n".join([INTRO, context, question(target_key)])
 
 
-def _doc_rng(variant: str, seed: int, length: int, index: int) -> random.Random:
-    return random.Random(f"qk-ablate/{variant}/{seed}/{length}/{index}")
-
-
 def _draw_needles(rng: random.Random, count: int) -> list[tuple[str, str]]:
     keys: list[str] = []
     values: list[str] = []
@@ -141,7 +134,7 @@ def build_niah_docs(
     if haystack.name != "noise":
         variant += "_essay"
 
-    rngs = [_doc_rng(variant, seed, length, i) for i in range(num_docs)]
+    rngs = [doc_rng(variant, seed, length, i) for i in range(num_docs)]
     needles = [_draw_needles(rng, 1 + num_distractors) for rng in rngs]  # needle 0 is the target
     jitters = [rng.random() for rng in rngs]
     other_depths = [[rng.random() for _ in range(num_distractors)] for rng in rngs]
@@ -151,9 +144,7 @@ def build_niah_docs(
     def text(i: int, n: int) -> str:
         return render(needles[i], needles[i][0][0], n, [haystack.place(d, n) for d in depths[i]], haystack)
 
-    count = framed_counter(token_counter(tokenizer, probe=text(0, 40)), frame)
-    check_tokenizer(count)
-    fitted = fit_documents(text, num_docs, count, length - gen_budget, 20 * 17, "NIAH document")
+    fitted = fit_documents(tokenizer, frame, text, num_docs, length - gen_budget, 20 * 17, "NIAH document")
     docs = []
     for i, (n_words, prompt, tokens) in enumerate(fitted):
         placed = [haystack.place(d, n_words) / n_words if n_words else 0.0 for d in depths[i]]
@@ -230,18 +221,10 @@ def niah_dataset(
         )
     else:
         raise QKAblateError(f"niah_haystack must be 'noise' or 'essay', got {niah_haystack!r}")
-    tokenizer = hooks.resolve_tokenizer(metadata)
-    docs = build_niah_docs(
-        tokenizer,
-        parse_length(niah_length),
-        num_docs=hooks.num_docs(metadata, DEFAULT_NUM_DOCS),
-        seed=hooks.task_seed(metadata),
-        gen_budget=int(niah_gen_budget),
-        num_distractors=int(niah_distractors),
-        frame=prompt_frame(tokenizer, metadata),
-        haystack=haystack,
+    return hooks.length_dataset(
+        build_niah_docs, niah_length, niah_gen_budget, DEFAULT_NUM_DOCS, metadata,
+        num_distractors=int(niah_distractors), haystack=haystack,
     )
-    return hooks._dataset(docs)
 
 
 def niah_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:

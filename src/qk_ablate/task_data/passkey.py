@@ -18,7 +18,6 @@ special tokens and chat template (tokens.PromptFrame) included: every prompt has
 from __future__ import annotations
 
 import math
-import random
 from functools import lru_cache
 from typing import Any
 
@@ -26,11 +25,9 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data.tokens import (
     PromptFrame,
     check_length_args,
-    check_tokenizer,
+    doc_rng,
     fit_documents,
-    framed_counter,
     spread_fractions,
-    token_counter,
 )
 
 INTRO = (
@@ -104,11 +101,6 @@ def needle_position(depth: float, filler_words: int) -> int:
     return min(starts, key=lambda s: (abs(s - want), s)) if starts else 0
 
 
-def _doc_rng(seed: int, length: int, index: int) -> random.Random:
-    # Seeding with a string is stable across processes (it does not use hash()).
-    return random.Random(f"qk-ablate/passkey/{seed}/{length}/{index}")
-
-
 def build_passkey_docs(
     tokenizer: Any,
     length: int,
@@ -127,16 +119,14 @@ def build_passkey_docs(
     """
     length, num_docs, gen_budget = int(length), int(num_docs), int(gen_budget)
     check_length_args(length, num_docs, gen_budget)
-    rngs = [_doc_rng(seed, length, i) for i in range(num_docs)]
+    rngs = [doc_rng("passkey", seed, length, i) for i in range(num_docs)]
     passkeys = [str(rng.randint(10000, 99999)) for rng in rngs]
     depths = spread_fractions([rng.random() for rng in rngs])
 
     def text(i: int, n: int) -> str:
         return render(passkeys[i], n, needle_position(depths[i], n))
 
-    count = framed_counter(token_counter(tokenizer, probe=text(0, 40)), frame)
-    check_tokenizer(count)
-    fitted = fit_documents(text, num_docs, count, length - gen_budget, 20 * len(_WORDS), "passkey document")
+    fitted = fit_documents(tokenizer, frame, text, num_docs, length - gen_budget, 20 * len(_WORDS), "passkey document")
     docs = []
     for i, (n_words, prompt, tokens) in enumerate(fitted):
         at = needle_position(depths[i], n_words)

@@ -11,6 +11,7 @@ bisection once the answer is bracketed. No arithmetic result is trusted without 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -210,21 +211,30 @@ def spread_fractions(jitters: Sequence[float]) -> list[float]:
 MIN_FILL = 0.99  # every exact-length prompt has at least this fraction of its token budget
 
 
+def doc_rng(task: str, seed: int, length: int, index: int) -> random.Random:
+    """The random stream of one document; a string seed is stable across processes (no hash())."""
+    return random.Random(f"qk-ablate/{task}/{seed}/{length}/{index}")
+
+
 def fit_documents(
+    tokenizer: Any,
+    frame: PromptFrame,
     render: Callable[[int, int], str],
     num_docs: int,
-    count: Counter,
     target: int,
     sample_units: int,
     what: str = "document",
 ) -> list[tuple[int, str, int]]:
-    """`(units, text, tokens)` for each document `i`, `render(i, units)` sized to fit `target` tokens.
+    """`(units, text, tokens)` for each document `i`, `render(i, units)` sized to fit `target`
+    tokens of `tokenizer` as sent inside `frame`.
 
     Calibrates on document 0, tries its unit count for every other document in batches (most
     fit at once, as only needles and numbers differ), and searches again only those that miss
     the tolerance band (0.2% of the target). Every size returned is an exact count; a document
     that cannot reach `MIN_FILL` of the target raises a readable error.
     """
+    count = framed_counter(token_counter(tokenizer, probe=render(0, max(1, sample_units // 10))), frame)
+    check_tokenizer(count)
     tolerance = max(1, int(target * 0.002))
     fixed, with_sample = count([render(0, 0), render(0, sample_units)])
     per_unit = max((with_sample - fixed) / sample_units, 1e-3)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.scoring import country_correct
 
 TEMPLATE = "Q: {question}\nA:"
 DEFAULT_FEWSHOT = 3
@@ -71,8 +70,3 @@ def facts_dataset(facts_csv: str | None = None, facts_fewshot: int = DEFAULT_FEW
         raise QKAblateError("a task built on qk_ablate:facts_csv needs dataset_kwargs: {facts_csv: <path to the CSV>}")
     return _dataset(build_docs(load_facts(facts_csv), facts_fewshot))
 
-
-def facts_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    from qk_ablate.task_data.hooks import _first
-
-    return {"acc": float(country_correct(_first(results), doc["aliases"]))}
