@@ -1,8 +1,9 @@
 """GPU prefill overhead on a Llama-3.1-8B-shaped random bf16 model (not a test: prints figures).
 
-Plain Hugging Face forward vs the same model with an intervention attached, same prompt, SDPA,
-batch 1, logits for the last position only (as SPEC section 7's reference numbers). Needs no
-lm-eval: only torch, transformers and qk_ablate's attachment.
+Plain Hugging Face forward vs the same model with an intervention attached, and vs the profile's
+statistics observer (M of Q/K/V pre and post RoPE, reduced as the forward runs); same prompt,
+SDPA, batch 1, logits for the last position only (as SPEC section 7's reference numbers). Needs
+no lm-eval: only torch, transformers and qk_ablate.
 
     PYTHONPATH=src python benchmarks/gpu_prefill.py --tokens 32768
 """
@@ -17,6 +18,7 @@ import torch
 import transformers
 
 from qk_ablate import InterventionSpec, attach
+from qk_ablate.profile import collect_massive_stats
 
 
 def main() -> None:
@@ -44,6 +46,7 @@ def main() -> None:
         "ablate=nonmassive": InterventionSpec(ablate="nonmassive"),
         "quant=int4": InterventionSpec(quant="int4"),
         "quant=int4,axis=channel,kv,protect": InterventionSpec(quant="int4", quant_axis="channel", quant_targets="kv", protect="massive"),
+        "profile observer (pre+post q,k,v)": "profile",
     }
     print(f"torch {torch.__version__} transformers {transformers.__version__} {torch.cuda.get_device_name()} "
           f"layers={args.layers} attn={args.attn} bf16 batch=1 logits_to_keep=1")
@@ -61,6 +64,8 @@ def main() -> None:
                 with torch.no_grad():
                     if spec is None:
                         model(ids, logits_to_keep=1, use_cache=False)
+                    elif spec == "profile":
+                        collect_massive_stats(model, [{"input_ids": ids}]).mean_norms(0, "k", "post")
                     else:
                         with attach(model, spec):
                             model(ids, logits_to_keep=1, use_cache=False)

@@ -69,12 +69,14 @@ def test_other_models_pass_through_unchanged():
     assert resolve_pretrained("/models/x", "x.Q4.gguf") == ("/models/x", "x.Q4.gguf")
 
 
-def test_cli_rejects_bad_model_args_before_loading_anything(capsys):
+def test_cli_rejects_bad_model_args_before_loading_anything(tmp_path, capsys):
     from qk_ablate.cli import main
 
-    assert main(["demo", "--model-args", "fill=median"]) == 2
+    config = tmp_path / "sweep.yaml"
+    config.write_text("models: [{pretrained: /no/such/model}]\ninterventions: {x: {fill: median}}\ntasks: [passkey_1k]\n")
+    assert main(["sweep", str(config)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "qk-ablate: error: fill='median' is not valid; choose one of: mean, tensor_mean, zero"
+    assert err == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, tensor_mean, zero"
 
 
 def _word_tokenizer():
@@ -113,29 +115,6 @@ def test_loglikelihood_continuation_is_not_prompt():
     for (ctx, cont), value in zip(requests, got):
         assert value == pytest.approx(manual(ctx, cont, treat_all_as_prompt=False), abs=1e-4)
     assert got[0] != pytest.approx(manual(*requests[0], treat_all_as_prompt=True), abs=1e-4)
-
-
-def test_demo_runs_end_to_end_on_a_tiny_local_model(tmp_path, capsys):
-    """The README's main job, on a tiny saved model: three variants, results files, one table."""
-    from conftest import build
-
-    from qk_ablate.cli import main
-
-    model = build("llama")
-    model.config.max_position_embeddings = 2048  # a 1k-token passkey prompt must fit the window
-    model.save_pretrained(tmp_path / "tiny")
-    _word_tokenizer().save_pretrained(tmp_path / "tiny")
-    out = tmp_path / "runs"
-    code = main(["demo", "--model", str(tmp_path / "tiny"), "--tasks", "passkey_1k", "--limit", "2",
-                 "--batch-size", "2", "--output", str(out)])
-    assert code == 0
-    table = capsys.readouterr().out
-    assert "| baseline |" in table and "| massive |" in table and "| nonmassive |" in table
-    assert sorted(p.name for p in out.iterdir()) == ["baseline.json", "massive.json", "nonmassive.json"]
-    import json
-
-    recorded = json.loads((out / "nonmassive.json").read_text())["config"]["qk_ablate"]
-    assert recorded["ablate"] == "nonmassive"
 
 
 def test_prompts_longer_than_the_window_are_refused_not_truncated():

@@ -110,3 +110,31 @@ def test_cli_profile_on_a_tiny_saved_model(tmp_path, capsys):
     assert json.loads((out / "profile.json").read_text())["lengths"] == [128, 256]
     assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "1k"]) == 2  # over the 512 window
     assert "window of 512" in capsys.readouterr().err
+    assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "128", "--samples", "1",
+                 "--attn-implementation", "no_such_kernel"]) == 2
+    assert capsys.readouterr().err.startswith(f"qk-ablate: error: could not load model '{tmp_path / 'tiny'}'")
+
+
+def test_cli_profile_in_bfloat16(tmp_path, monkeypatch):
+    """A researcher's 7B model is profiled in the dtype and kernel asked for; statistics stay float32."""
+    from test_lm import _word_tokenizer
+
+    from qk_ablate.cli import main
+
+    loaded = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def recording(*args, **kwargs):
+        model = real(*args, **kwargs)
+        loaded.append((model.dtype, model.config._attn_implementation))
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", recording)
+    build("llama").save_pretrained(tmp_path / "tiny")
+    _word_tokenizer().save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "profile"
+    assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "128", "--samples", "2",
+                 "--source", "passkey", "--dtype", "bfloat16", "--attn-implementation", "eager", "--out", str(out)]) == 0
+    assert loaded == [(torch.bfloat16, "eager")]
+    arrays = np.load(out / "profile.npz")
+    assert arrays["L128_post_q_M"].dtype == np.float32 and np.isfinite(arrays["L128_post_q_M"]).all()

@@ -96,3 +96,45 @@ def test_cli_sweep_writes_report_and_leaderboard(tmp_path, tiny, capsys):
     assert (tmp_path / "runs" / "report.md").is_file() and (tmp_path / "runs" / "report_deltas.png").is_file()
     recorded = json.loads(next((tmp_path / "runs" / "tiny0" / "massive").rglob("results_*.json")).read_text())
     assert recorded["config"]["qk_ablate"]["ablate"] == "massive"
+
+
+def test_unknown_task_fails_with_a_hint_before_the_model_loads(tmp_path, tiny, monkeypatch):
+    import qk_ablate.lm
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load for a config with an unknown task")
+
+    monkeypatch.setattr(qk_ablate.lm, "QKAblatedLM", no_model)
+    config = load_config(_config(tmp_path, tiny, tasks=["passkey_1kk"]))
+    with pytest.raises(QKAblateError, match=r"unknown task 'passkey_1kk'; did you mean passkey_1k"):
+        run_sweep(config, log=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"include_path": "/no/such/folder"}, "include_path '/no/such/folder' is not a folder"),
+     ({"kinds": {"my_facts": "factual"}}, "kinds entry 'my_facts=factual'")],
+)
+def test_bad_include_path_or_kinds(tmp_path, tiny, change, match):
+    with pytest.raises(QKAblateError, match=match):
+        load_config(_config(tmp_path, tiny, **change))
+
+
+def test_sweep_runs_a_users_own_task_with_its_kind(tmp_path, tiny):
+    """include_path finds a facts_csv task; kinds puts it in the parametric mean of the report."""
+    from qk_ablate.cli import main
+
+    tasks = tmp_path / "my_tasks"
+    tasks.mkdir()
+    (tasks / "facts.csv").write_text("question,answer\n" + "".join(f"Q{i}?,w{i}\n" for i in range(6)), encoding="utf-8")
+    (tasks / "my_facts.yaml").write_text(
+        f"include: qk_ablate:facts_csv\ntask: my_facts\ndataset_kwargs:\n  facts_csv: {tasks / 'facts.csv'}\n"
+    )
+    path = _config(tmp_path, tiny, tasks=["my_facts"], include_path=str(tasks),
+                   kinds={"my_facts": "parametric"}, interventions={"baseline": {}, "massive": {"ablate": "massive"}})
+    assert main(["sweep", str(path), "--iterations", "200"]) == 0
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "runs" / "report.csv").open()))
+    assert [r["intervention"] for r in rows] == ["baseline", "ablate=massive"]
+    assert rows[0]["parametric"] == rows[0]["my_facts"] and rows[0]["contextual"] == ""

@@ -1,4 +1,4 @@
-"""The `qk-ablate` command line: the demo comparison, massive-value statistics, report and gate.
+"""The `qk-ablate` command line: sweeps, reports, the regression gate and massive-value profiles.
 
 Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with exit status 2.
 """
@@ -6,33 +6,15 @@ Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from qk_ablate.errors import QKAblateError
-
-VARIANTS = {
-    "baseline": "ablate=none",
-    "massive": "ablate=massive",
-    "nonmassive": "ablate=nonmassive",
-}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qk-ablate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="baseline vs massive vs non-massive destruction through lm-eval")
-    demo.add_argument("--model", default="smollm2-135m", help="pretrained= value (default: the embedded SmolLM2-135M)")
-    demo.add_argument("--tasks", default="passkey_1k,city_facts", help="comma-separated lm-eval tasks (default: passkey_1k,city_facts)")
-    demo.add_argument("--limit", type=int, default=30, help="documents per task (default: 30)")
-    demo.add_argument("--batch-size", type=int, default=4)
-    demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    demo.add_argument("--model-args", default="", help="extra model_args, e.g. dtype=bfloat16,rope=pre")
-    demo.add_argument("--output", default="runs/demo", help="folder for the results JSON files")
 
     stats = commands.add_parser("stats", help="count massive dims of Q, K, V per layer on passkey prompts")
     stats.add_argument("--model", default="smollm2-135m")
@@ -47,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--source", default="ctxqa", choices=("ctxqa", "passkey", "niah"), help="which task's prompts to read")
     profile.add_argument("--lam", type=float, default=5.0, help="massive threshold: M >= lam x the head's mean")
     profile.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    profile.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                         help="weights' dtype (default: the checkpoint's; GGUF loads as float32)")
+    profile.add_argument("--attn-implementation", default=None, help="sdpa (default), flash_attention_2, eager, ...")
     profile.add_argument("--out", default=None, help="output folder (default: results/profile/<model>)")
     profile.add_argument("--replot", default=None, metavar="FOLDER", help="redraw the heatmaps of a saved profile; runs no model")
 
@@ -70,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            return _demo(args)
         if args.command == "report":
             return _report(args)
         if args.command == "profile":
@@ -114,9 +97,12 @@ def _profile(args: argparse.Namespace) -> int:
         raise QKAblateError("give at least one length (--lengths 1k,2k) and --samples of at least 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path, gguf = resolve_pretrained(args.model)
+    load = {"gguf_file": gguf} if gguf else {}
+    if args.attn_implementation:
+        load["attn_implementation"] = args.attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **({"gguf_file": gguf} if gguf else {})).to(device).eval()
-    except OSError as error:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype, **load).to(device).eval()
+    except (OSError, ValueError, ImportError) as error:  # missing files, unknown attn_implementation, no flash-attn
         raise QKAblateError(f"could not load model {args.model!r} ({str(error).strip().splitlines()[0]})") from None
     window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     if window and max(lengths) > window:
@@ -192,66 +178,6 @@ def _gate(args: argparse.Namespace) -> int:
     verdict = run_gate(args.baseline, args.candidate, args.max_drop, junit=args.junit)
     print(verdict.reason, file=sys.stdout if verdict.code == 0 else sys.stderr)
     return verdict.code
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    from qk_ablate.lm import QKAblatedLM
-    from qk_ablate.paths import tasks_dir
-    from lm_eval.utils import simple_parse_args_string
-
-    from qk_ablate.spec import InterventionSpec, split_model_args
-
-    ours, hflm = split_model_args(simple_parse_args_string(args.model_args))
-    specs = {name: InterventionSpec.from_args({**ours, **simple_parse_args_string(variant)})
-             for name, variant in VARIANTS.items()}  # validated before the model loads
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = QKAblatedLM(pretrained=args.model, batch_size=args.batch_size, device=device, **hflm)
-    tasks = [t for t in args.tasks.split(",") if t]
-    # simple_evaluate merges model_args into task metadata only when it builds the TaskManager itself
-    manager = TaskManager(include_path=tasks_dir(), metadata={"pretrained": args.model, **hflm})
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for name, spec in specs.items():
-        started = time.time()
-        lm.use(spec)
-        results = simple_evaluate(model=lm, tasks=tasks, limit=args.limit, task_manager=manager, log_samples=False)
-        path = output / f"{name}.json"
-        path.write_text(json.dumps(results, indent=2, default=str))
-        rows.append((name, results["results"]))
-        print(f"[{name}] done in {time.time() - started:.0f}s -> {path}", file=sys.stderr)
-    print(_table(rows, tasks, args.limit))
-    return 0
-
-
-def _table(rows: list[tuple[str, dict[str, Any]]], tasks: list[str], limit: int) -> str:
-    """Markdown: one row per variant, accuracy (%) +- standard error, and the change vs baseline."""
-    lines = [f"| variant | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
-    baseline = {t: _score(rows[0][1].get(t, {}))[0] for t in tasks}
-    for name, results in rows:
-        cells = []
-        for task in tasks:
-            score, stderr = _score(results.get(task, {}))
-            delta = "" if name == rows[0][0] else f" ({score - baseline[task]:+.1f})"
-            cells.append(f"{score:.1f} ± {stderr:.1f}{delta}")
-        lines.append(f"| {name} | {' | '.join(cells)} |")
-    lines.append(f"\naccuracy in %, ± standard error, {limit} documents per task; (change vs baseline in points)")
-    return "\n".join(lines)
-
-
-def _score(task_results: dict[str, Any]) -> tuple[float, float]:
-    for key, value in task_results.items():
-        if key.startswith(("acc,", "exact_match,", "passkey_acc,")) and isinstance(value, (int, float)):
-            metric = key.split(",")[0]
-            filt = key.split(",", 1)[1]
-            stderr = task_results.get(f"{metric}_stderr,{filt}", 0.0)
-            return 100 * value, 100 * (stderr if isinstance(stderr, (int, float)) else 0.0)
-    return float("nan"), float("nan")
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ head, their counts, concentration, and each dim's RoPE pair, frequency, waveleng
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,12 +69,23 @@ def collect_massive_stats(
     where: tuple[str, ...] = ("pre", "post"),
     lam: float = 5.0,
 ) -> MassiveStats:
-    """Run `model` on `batches` (input_ids, attention_mask) and return the reduced statistics."""
+    """Run `model` on `batches` (input_ids, attention_mask) and return the reduced statistics.
+
+    No KV cache and logits for the last position only: at 128k tokens a cache or full-sequence
+    logits would cost more memory than the statistics' whole reason for existing.
+    """
     stats = MassiveStats(lam=lam)
+    lean = _lean_forward_kwargs(model)
     with Attachment(model, InterventionSpec(), observer=stats, observe=where):
         for batch in batches:
-            model(**batch)
+            model(**batch, **lean)
     return stats
+
+
+def _lean_forward_kwargs(model: nn.Module) -> dict[str, object]:
+    params = inspect.signature(model.forward).parameters
+    lean = {"use_cache": False, "logits_to_keep": 1}
+    return {name: value for name, value in lean.items() if name in params}
 
 
 MOSTLY = 0.5  # a (head, dim) counts as massive when it is massive in at least half the samples

@@ -23,6 +23,8 @@ Config (YAML)::
     batch_size: 4
     device: auto                       # cuda when available, else cpu
     metadata: {imdb_path: data/imdb.csv}
+    include_path: my_tasks             # optional: folder(s) of your own task YAMLs
+    kinds: {my_facts: parametric}      # optional: the kind of each of your own tasks, for the report
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any
 from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
 
-_KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata"}
+_KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata",
+         "include_path", "kinds"}
 MARKER = "cell.json"
 
 
@@ -55,6 +58,8 @@ class SweepConfig:
     batch_size: int | str = 4
     device: str = "auto"
     metadata: dict[str, Any] = field(default_factory=dict)
+    include_path: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
 
 
@@ -98,6 +103,15 @@ def load_config(path: str | Path) -> SweepConfig:
     limit = raw.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise QKAblateError(f"sweep config '{path}': 'limit' must be a whole number >= 1, got {limit!r}")
+    include = raw.get("include_path") or []
+    include = [include] if isinstance(include, str) else [str(p) for p in include]
+    for folder in include:
+        if not Path(folder).is_dir():
+            raise QKAblateError(f"sweep config '{path}': include_path '{folder}' is not a folder of task YAMLs")
+    kinds = raw.get("kinds") or {}
+    bad = [f"{t}={k}" for t, k in kinds.items() if k not in ("contextual", "parametric")] if isinstance(kinds, dict) else [str(kinds)]
+    if bad:
+        raise QKAblateError(f"sweep config '{path}': kinds entry '{bad[0]}' must map a task to contextual or parametric")
     output = Path(raw.get("output") or Path("runs") / _slug(raw.get("name") or file.stem))
     board = raw.get("leaderboard")
     return SweepConfig(
@@ -111,6 +125,8 @@ def load_config(path: str | Path) -> SweepConfig:
         batch_size=raw.get("batch_size", 4),
         device=str(raw.get("device", "auto")),
         metadata=dict(raw.get("metadata") or {}),
+        include_path=include,
+        kinds={str(t): str(k) for t, k in kinds.items()},
         source=file,
     )
 
@@ -168,8 +184,9 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
                 todo.append((name, spec, cell))
         if not todo:
             continue
+        manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
+        _check_tasks(config, manager)  # before the model loads
         lm = QKAblatedLM(batch_size=config.batch_size, device=device, **model)
-        manager = TaskManager(metadata={**model, **config.metadata})
         for name, spec, cell in todo:
             if cell.exists():
                 shutil.rmtree(cell)  # a cell without its marker was cut short: start it again
@@ -182,6 +199,20 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
             (cell / MARKER).write_text(json.dumps(marker, indent=1, default=str))
             log(f"[{model['pretrained']} / {name}] done in {time.time() - started:.0f}s -> {cell}")
     return cells
+
+
+def _check_tasks(config: SweepConfig, manager: Any) -> None:
+    from difflib import get_close_matches
+
+    known = set(manager.all_tasks)
+    for task in config.tasks:
+        if task not in known:
+            near = get_close_matches(task, sorted(known), n=3)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise QKAblateError(
+                f"sweep config '{config.source}': unknown task '{task}'; {hint}"
+                "`lm_eval ls tasks` lists them (your own YAMLs need include_path)"
+            )
 
 
 def write_leaderboard(config: SweepConfig, markdown: str, path: Path, command: str) -> Path:
@@ -203,7 +234,7 @@ def main_sweep(path: str, iterations: int = 10_000) -> int:
 
     config = load_config(path)
     cells = run_sweep(config, log=lambda line: print(line, file=sys.stderr))
-    report = build_report([load_run(cell) for cell in cells], iterations=iterations)
+    report = build_report([load_run(cell) for cell in cells], kinds=config.kinds, iterations=iterations)
     markdown = to_markdown(report)
     print(markdown)
     for written in write_report(report, config.output):
