@@ -143,6 +143,12 @@ def test_gate_passes_identical_runs_and_fails_a_planted_drop(pair, tmp_path):
     assert "parametric dropped 0.0 points" in dropped.reason
     xml = (tmp_path / "fail.xml").read_text()
     assert 'failures="1"' in xml and "<failure" in xml
+    run_gate(pair[0], pair[1], "contextual=2,parametric=2", json_path=tmp_path / "fail.json")
+    body = json.loads((tmp_path / "fail.json").read_text())
+    assert body["code"] == FAIL and body["verdict"] == "fail" and body["reason"] == dropped.reason
+    by_name = {c["name"]: c for c in body["checks"]}
+    assert by_name["contextual"]["drop"] == pytest.approx(20.0) and not by_name["contextual"]["passed"]
+    assert by_name["contextual"]["drop_low"] > 2 and by_name["parametric"]["passed"]
     assert run_gate(pair[0], pair[1], "contextual=25,parametric=2").code == PASS  # budget above the drop
     assert run_gate(pair[0], pair[1], "passkey_1k=19").code == FAIL
 
@@ -166,10 +172,11 @@ def test_gate_exits_2_when_it_cannot_compare(pair, tmp_path, damage):
         budgets = "contextual=two"
     elif damage == "unknown_name":
         budgets = "contextual=2,niah_1k=3"
-    verdict = run_gate(base, cand, budgets, junit=tmp_path / "gate.xml")
+    verdict = run_gate(base, cand, budgets, junit=tmp_path / "gate.xml", json_path=tmp_path / "gate.json")
     assert verdict.code == UNUSABLE, verdict.reason
     assert verdict.reason.startswith("could not compare the runs:")
     assert "<error" in (tmp_path / "gate.xml").read_text()
+    assert json.loads((tmp_path / "gate.json").read_text())["verdict"] == "unusable"
 
 
 def test_cli_report_and_gate(pair, tmp_path, capsys):
@@ -180,6 +187,10 @@ def test_cli_report_and_gate(pair, tmp_path, capsys):
     assert main(["gate", "--baseline", str(pair[0]), "--candidate", str(pair[0]), "--max-drop", "contextual=2"]) == 0
     assert main(["report", str(pair[0]), "--kinds", "x=both"]) == 2
     assert "must be TASK=contextual or TASK=parametric" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()  # a folder where the report file should go
+    assert main(["gate", "--baseline", str(pair[0]), "--candidate", str(pair[0]), "--max-drop", "contextual=2",
+                 "--junit", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.startswith(f"qk-ablate: error: could not write the gate report '{tmp_path / 'taken'}'")
 
 
 def test_parse_budgets():

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     gate.add_argument("--candidate", required=True, help="lm_eval --output_path folder of the run to judge")
     gate.add_argument("--max-drop", required=True, help="points, e.g. contextual=2,parametric=2,passkey_4k=5")
     gate.add_argument("--junit", default=None, help="write a JUnit XML report here")
+    gate.add_argument("--json", default=None, help="write the verdict as JSON here")
 
     args = parser.parse_args(argv)
     try:
@@ -175,7 +176,7 @@ def _report(args: argparse.Namespace) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from qk_ablate.gate import run_gate
 
-    verdict = run_gate(args.baseline, args.candidate, args.max_drop, junit=args.junit)
+    verdict = run_gate(args.baseline, args.candidate, args.max_drop, junit=args.junit, json_path=args.json)
     print(verdict.reason, file=sys.stdout if verdict.code == 0 else sys.stderr)
     return verdict.code
 

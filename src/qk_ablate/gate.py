@@ -95,8 +95,11 @@ def evaluate(comparison: Comparison, budgets: dict[str, float]) -> Verdict:
 
 
 def run_gate(baseline: str | Path, candidate: str | Path, max_drop: str, junit: str | Path | None = None,
-             iterations: int = 10_000) -> Verdict:
-    """Load, compare and judge; an unusable input gives exit code 2 with its reason, never a pass."""
+             iterations: int = 10_000, json_path: str | Path | None = None) -> Verdict:
+    """Load, compare and judge; an unusable input gives exit code 2 with its reason, never a pass.
+
+    The verdict is also written as JUnit XML (`junit`) and/or JSON (`json_path`) for the CI page.
+    """
     try:
         budgets = parse_budgets(max_drop)
         base, cand = load_run(baseline), load_run(candidate)
@@ -105,9 +108,33 @@ def run_gate(baseline: str | Path, candidate: str | Path, max_drop: str, junit: 
         verdict = evaluate(compare(base, cand, iterations=iterations), budgets)
     except QKAblateError as exc:
         verdict = Verdict(UNUSABLE, f"could not compare the runs: {exc}", [])
-    if junit is not None:
-        write_junit(verdict, junit)
+    for path, write in ((junit, write_junit), (json_path, write_json)):
+        if path is not None:
+            try:
+                write(verdict, path)
+            except OSError as exc:
+                raise QKAblateError(f"could not write the gate report '{path}' ({exc.strerror or exc})") from None
     return verdict
+
+
+def write_json(verdict: Verdict, path: str | Path) -> Path:
+    """The verdict as JSON: exit code, reason and each budget with its drop and 95% interval (points)."""
+    import json
+
+    body = {
+        "code": verdict.code,
+        "verdict": {PASS: "pass", FAIL: "fail", UNUSABLE: "unusable"}[verdict.code],
+        "reason": verdict.reason,
+        "checks": [
+            {"name": c.name, "budget": c.budget, "drop": round(100 * c.drop.value, 4),
+             "drop_low": round(100 * c.drop.low, 4), "drop_high": round(100 * c.drop.high, 4), "passed": c.passed}
+            for c in verdict.checks
+        ],
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    return out
 
 
 def write_junit(verdict: Verdict, path: str | Path) -> Path:
