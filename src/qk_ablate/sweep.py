@@ -217,11 +217,14 @@ def _check_tasks(config: SweepConfig, manager: Any) -> None:
 
 def write_leaderboard(config: SweepConfig, markdown: str, path: Path, command: str) -> Path:
     """results/leaderboard.md: the report table with the command and config that produced it."""
+    from importlib.metadata import version
+
     path.parent.mkdir(parents=True, exist_ok=True)
     limit = f"{config.limit} documents per task" if config.limit else "every document of each task"
+    stack = ", ".join(f"{name} {version(name)}" for name in ("qk-ablate", "lm_eval", "torch", "transformers"))
     path.write_text(
         f"# Leaderboard: {config.name}\n\nMade by `{command}` ({limit}; config `{config.source}`), "
-        f"{time.strftime('%Y-%m-%d')}.\n\n{markdown}\n",
+        f"{time.strftime('%Y-%m-%d')}, with {stack}.\n\n{markdown}\n",
         encoding="utf-8",
     )
     return path
