@@ -138,3 +138,41 @@ def test_sweep_runs_a_users_own_task_with_its_kind(tmp_path, tiny):
     rows = list(csv.DictReader((tmp_path / "runs" / "report.csv").open()))
     assert [r["intervention"] for r in rows] == ["baseline", "ablate=massive"]
     assert rows[0]["parametric"] == rows[0]["my_facts"] and rows[0]["contextual"] == ""
+
+
+@pytest.mark.parametrize(
+    ("profile", "match"),
+    [({"samples": 2}, "give a mapping with lengths"), ({"lengths": ["1kk"]}, "unknown length '1kk'"),
+     ({"lengths": [128], "samples": 0}, "samples must be"), ({"lengths": [128], "source": "imdb"}, "source must be"),
+     ({"lengths": [128], "colour": 1}, "unknown key 'colour'")],
+)
+def test_bad_profile_settings(tmp_path, tiny, profile, match):
+    with pytest.raises(QKAblateError, match=match):
+        load_config(_config(tmp_path, tiny, profile=profile))
+
+
+def test_sweep_profiles_each_model_once(tmp_path, tiny, monkeypatch):
+    """`profile:` writes the model's profile beside its cells; a rerun keeps it, new settings redo it."""
+    import qk_ablate.profile
+
+    config = load_config(_config(tmp_path, tiny, profile={"lengths": "128,256", "samples": 2, "source": "passkey"}))
+    run_sweep(config, log=lambda line: None)
+    folder = config.output / "tiny0" / "profile"
+    summary = json.loads((folder / "profile.json").read_text())
+    assert summary["lengths"] == [128, 256] and summary["samples_per_length"] == 2
+    assert (folder / "heatmap_post_q.png").is_file() and (folder / "profile.npz").is_file()
+
+    calls = []
+    real = qk_ablate.profile.run_profile
+    monkeypatch.setattr(qk_ablate.profile, "run_profile", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    run_sweep(config, log=lambda line: None)
+    assert calls == []  # same settings: kept, and no model loads for a finished grid
+    run_sweep(load_config(_config(tmp_path, tiny, profile={"lengths": [128], "samples": 2})), log=lambda line: None)
+    assert calls == [[128]]
+
+
+def test_profile_longer_than_the_window_stops_before_any_cell(tmp_path, tiny):
+    config = load_config(_config(tmp_path, tiny, profile={"lengths": ["1k"]}))  # the tiny window is 512
+    with pytest.raises(QKAblateError, match="window of 512"):
+        run_sweep(config, log=lambda line: None)
+    assert not (config.output / "tiny0" / "baseline").exists()

@@ -77,25 +77,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
     from qk_ablate.embedded import load_tokenizer, resolve_pretrained
-    from qk_ablate.profile import profile_model, save_profile
-    from qk_ablate.task_data.ctxqa import build_ctxqa_docs
-    from qk_ablate.task_data.niah import build_niah_docs
-    from qk_ablate.task_data.passkey import build_passkey_docs, parse_length
+    from qk_ablate.profile import headline, load_profile, run_profile, save_heatmaps, save_profile
+    from qk_ablate.task_data.passkey import parse_length
 
     if args.replot:
-        from qk_ablate.profile import load_profile, save_heatmaps
-
         for written in save_heatmaps(load_profile(args.replot), args.replot):
             print(f"wrote {written}", file=sys.stderr)
         return 0
-    builders = {"ctxqa": build_ctxqa_docs, "passkey": build_passkey_docs, "niah": build_niah_docs}
     lengths = sorted({parse_length(part) for part in args.lengths.split(",") if part.strip()})
-    if not lengths or args.samples < 1:
-        raise QKAblateError("give at least one length (--lengths 1k,2k) and --samples of at least 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path, gguf = resolve_pretrained(args.model)
     load = {"gguf_file": gguf} if gguf else {}
@@ -105,49 +97,12 @@ def _profile(args: argparse.Namespace) -> int:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype, **load).to(device).eval()
     except (OSError, ValueError, ImportError) as error:  # missing files, unknown attn_implementation, no flash-attn
         raise QKAblateError(f"could not load model {args.model!r} ({str(error).strip().splitlines()[0]})") from None
-    window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    if window and max(lengths) > window:
-        raise QKAblateError(f"--lengths goes up to {max(lengths)} tokens but {args.model} has a window of {window}; use shorter lengths")
-    tokenizer = load_tokenizer(args.model)
-    documents = {}
-    for length in lengths:
-        docs = builders[args.source](tokenizer, length, num_docs=args.samples, gen_budget=0)
-        documents[length] = [
-            {"input_ids": tokenizer(doc["input"], return_tensors="pt").input_ids.to(device)}
-            for doc in tqdm(docs, desc=f"profile {length} tokens", leave=False)
-        ]
-    progress = tqdm(total=sum(len(b) for b in documents.values()), desc="profile forwards")
-
-    def counted(batches):
-        for batch in batches:
-            yield batch
-            progress.update(1)
-
-    profile = profile_model(model, {L: counted(b) for L, b in documents.items()}, args.model, args.source, args.lam)
-    progress.close()
+    profile = run_profile(model, load_tokenizer(args.model), args.model, lengths, args.samples, args.source, args.lam)
     out = Path(args.out or Path("results") / "profile" / Path(str(args.model)).name)
     for written in save_profile(profile, out):
         print(f"wrote {written}", file=sys.stderr)
-    print(_profile_headline(profile))
+    print(headline(profile))
     return 0
-
-
-def _profile_headline(profile) -> str:
-    from qk_ablate.profile import summarize
-
-    summary = summarize(profile)
-    lines = []
-    for length, per_length in summary["results"].items():
-        for where, per_where in per_length.items():
-            for name in ("q", "k"):
-                entry = per_where[name]
-                top = entry.get("pairs", [])[:3]
-                pairs = ", ".join(f"pair {p['pair']} ({p['band']}, {100 * p['share_of_heads']:.0f}% of heads)" for p in top)
-                agree = entry.get("mean_top_pair_heads")
-                same = "" if agree is None else f"; within a layer {100 * agree:.0f}% of heads share the top pair"
-                lines.append(f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers{same}; "
-                             f"overall {pairs}")
-    return "\n".join(lines)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -150,6 +150,61 @@ def profile_model(
     return Profile(model_name, sorted(documents), int(samples or 0), lam, source, rope, where, arrays)
 
 
+SOURCES = ("ctxqa", "passkey", "niah")
+
+
+def run_profile(
+    model: nn.Module,
+    tokenizer: object,
+    model_name: str,
+    lengths: list[int],
+    samples: int = 10,
+    source: str = "ctxqa",
+    lam: float = 5.0,
+) -> Profile:
+    """Profile `model` on `samples` prompts of `source` (a task's documents) at each length.
+
+    Prompts are built at exactly each length in the model's own tokens; lengths beyond the
+    model's window are refused before any forward runs.
+    """
+    from tqdm import tqdm
+
+    from qk_ablate.errors import QKAblateError
+    from qk_ablate.task_data.ctxqa import build_ctxqa_docs
+    from qk_ablate.task_data.niah import build_niah_docs
+    from qk_ablate.task_data.passkey import build_passkey_docs
+
+    builders = {"ctxqa": build_ctxqa_docs, "passkey": build_passkey_docs, "niah": build_niah_docs}
+    if source not in builders:
+        raise QKAblateError(f"profile source '{source}' is not one of {', '.join(SOURCES)}")
+    if not lengths or samples < 1:
+        raise QKAblateError("a profile needs at least one length (e.g. 1k,2k) and at least 1 sample")
+    window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if window and max(lengths) > window:
+        raise QKAblateError(
+            f"profile lengths go up to {max(lengths)} tokens but {model_name} has a window of {window}; use shorter lengths"
+        )
+    device = next(model.parameters()).device
+    documents = {
+        length: [
+            {"input_ids": tokenizer(doc["input"], return_tensors="pt").input_ids.to(device)}
+            for doc in builders[source](tokenizer, length, num_docs=samples, gen_budget=0)
+        ]
+        for length in sorted(lengths)
+    }
+    progress = tqdm(total=samples * len(documents), desc=f"profile {model_name}")
+
+    def counted(batches: list[dict[str, torch.Tensor]]) -> Iterable[dict[str, torch.Tensor]]:
+        for batch in batches:
+            yield batch
+            progress.update(1)
+
+    try:
+        return profile_model(model, {L: counted(b) for L, b in documents.items()}, model_name, source, lam)
+    finally:
+        progress.close()
+
+
 def load_profile(folder: str | Path) -> Profile:
     """A Profile back from the profile.npz and profile.json that `save_profile` wrote."""
     import json
@@ -257,6 +312,22 @@ def summarize(profile: Profile) -> dict:
             per_length[where] = per_where
         out["results"][str(length)] = per_length
     return out
+
+
+def headline(profile: Profile) -> str:
+    """A few printed lines per length: where Q and K are massive and how many heads agree."""
+    lines = []
+    for length, per_length in summarize(profile)["results"].items():
+        for where, per_where in per_length.items():
+            for name in ("q", "k"):
+                entry = per_where[name]
+                top = entry.get("pairs", [])[:3]
+                pairs = ", ".join(f"pair {p['pair']} ({p['band']}, {100 * p['share_of_heads']:.0f}% of heads)" for p in top)
+                agree = entry.get("mean_top_pair_heads")
+                same = "" if agree is None else f"; within a layer {100 * agree:.0f}% of heads share the top pair"
+                lines.append(f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers{same}; "
+                             f"overall {pairs}")
+    return "\n".join(lines)
 
 
 def save_profile(profile: Profile, folder: str | Path) -> list[Path]:

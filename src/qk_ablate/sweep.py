@@ -25,6 +25,11 @@ Config (YAML)::
     metadata: {imdb_path: data/imdb.csv}
     include_path: my_tasks             # optional: folder(s) of your own task YAMLs
     kinds: {my_facts: parametric}      # optional: the kind of each of your own tasks, for the report
+    profile: {lengths: [1k, 2k], samples: 10}   # optional: `qk-ablate profile` of each model too
+
+With `profile`, each model is also profiled (M of Q/K/V pre and post RoPE, `source` ctxqa by
+default, `lam` 5) into `<output>/<model>/profile/`, before its cells run; a profile with the same
+settings already there is kept.
 """
 
 from __future__ import annotations
@@ -42,8 +47,52 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
 
 _KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata",
-         "include_path", "kinds"}
+         "include_path", "kinds", "profile"}
+_PROFILE_KEYS = {"lengths", "samples", "source", "lam"}
 MARKER = "cell.json"
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    lengths: tuple[int, ...]
+    samples: int = 10
+    source: str = "ctxqa"
+    lam: float = 5.0
+
+    def matches(self, summary: dict[str, Any]) -> bool:
+        """Whether a saved profile.json was made with these settings."""
+        return (summary.get("lengths") == list(self.lengths) and summary.get("samples_per_length") == self.samples
+                and summary.get("source") == self.source and summary.get("lam") == self.lam)
+
+
+def _profile_settings(raw: Any, path: str | Path) -> ProfileSettings | None:
+    from qk_ablate.profile import SOURCES
+    from qk_ablate.task_data.passkey import parse_length
+
+    if raw is None:
+        return None
+    where = f"sweep config '{path}', profile"
+    if not isinstance(raw, dict) or "lengths" not in raw:
+        raise QKAblateError(f"{where}: give a mapping with lengths, e.g. profile: {{lengths: [1k, 2k], samples: 10}}")
+    unknown = sorted(set(raw) - _PROFILE_KEYS)
+    if unknown:
+        raise QKAblateError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_PROFILE_KEYS))}")
+    lengths = raw["lengths"]
+    parts = lengths.split(",") if isinstance(lengths, str) else lengths if isinstance(lengths, list) else [lengths]
+    try:
+        parsed = tuple(sorted({parse_length(str(part).strip()) for part in parts if str(part).strip()}))
+    except QKAblateError as exc:
+        raise QKAblateError(f"{where}: {exc}") from None
+    samples, source, lam = raw.get("samples", 10), raw.get("source", "ctxqa"), raw.get("lam", 5.0)
+    if not parsed:
+        raise QKAblateError(f"{where}: lengths names no length")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise QKAblateError(f"{where}: samples must be a whole number >= 1, got {samples!r}")
+    if source not in SOURCES:
+        raise QKAblateError(f"{where}: source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam <= 0:
+        raise QKAblateError(f"{where}: lam must be a number > 0, got {lam!r}")
+    return ProfileSettings(parsed, samples, source, float(lam))
 
 
 @dataclass(frozen=True)
@@ -60,6 +109,7 @@ class SweepConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
     include_path: list[str] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)
+    profile: ProfileSettings | None = None
     source: Path | None = None
 
 
@@ -127,6 +177,7 @@ def load_config(path: str | Path) -> SweepConfig:
         metadata=dict(raw.get("metadata") or {}),
         include_path=include,
         kinds={str(t): str(k) for t, k in kinds.items()},
+        profile=_profile_settings(raw.get("profile"), path),
         source=file,
     )
 
@@ -182,11 +233,15 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
                 log(f"[{model['pretrained']} / {name}] finished earlier, kept: {cell}")
             else:
                 todo.append((name, spec, cell))
-        if not todo:
+        profile_dir = model_dir / "profile"
+        needs_profile = config.profile is not None and not _profile_done(profile_dir, config.profile)
+        if not todo and not needs_profile:
             continue
         manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
         _check_tasks(config, manager)  # before the model loads
         lm = QKAblatedLM(batch_size=config.batch_size, device=device, **model)
+        if needs_profile:
+            _profile(lm, str(model["pretrained"]), config.profile, profile_dir, log)
         for name, spec, cell in todo:
             if cell.exists():
                 shutil.rmtree(cell)  # a cell without its marker was cut short: start it again
@@ -199,6 +254,25 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
             (cell / MARKER).write_text(json.dumps(marker, indent=1, default=str))
             log(f"[{model['pretrained']} / {name}] done in {time.time() - started:.0f}s -> {cell}")
     return cells
+
+
+def _profile_done(folder: Path, settings: ProfileSettings) -> bool:
+    try:
+        return settings.matches(json.loads((folder / "profile.json").read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _profile(lm: Any, name: str, settings: ProfileSettings, folder: Path, log) -> None:
+    """Profile the loaded model with no intervention attached."""
+    from qk_ablate.profile import headline, run_profile, save_profile
+
+    started = time.time()
+    lm.use(InterventionSpec())
+    profile = run_profile(lm.model, lm.tokenizer, name, list(settings.lengths), settings.samples, settings.source,
+                          settings.lam)
+    save_profile(profile, folder)
+    log(f"[{name} / profile] done in {time.time() - started:.0f}s -> {folder}\n{headline(profile)}")
 
 
 def _check_tasks(config: SweepConfig, manager: Any) -> None:
