@@ -119,6 +119,9 @@ def test_report_formats(pair, tmp_path):
     written = write_report(report, tmp_path / "out")
     assert sorted(p.name for p in written) == ["report.csv", "report.html", "report.md", "report_deltas.png"]
     assert (tmp_path / "out" / "report_deltas.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert '<img src="report_deltas.png"' in page and "95% paired bootstrap interval" in page
+    assert "<td>ablate=massive</td>" in page
 
 
 def test_report_on_a_subset_of_tasks(pair):

@@ -107,27 +107,40 @@ def header(tasks: list[str]) -> list[str]:
     return ["model", "intervention", *tasks, "contextual", "Δ contextual", "parametric", "Δ parametric", "interaction"]
 
 
+def _footnote(report: Report) -> str:
+    docs = report.rows[0][1].docs
+    return (
+        "accuracy in %; (change vs the model's baseline in points [95% paired bootstrap interval]); "
+        "means pool each kind's documents; interaction = Δ contextual − Δ parametric. Documents: "
+        + ", ".join(f"{t} {n}" for t, n in docs.items())
+    )
+
+
 def to_markdown(report: Report) -> str:
     head = header(report.tasks)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for run, comparison in report.rows:
         lines.append("| " + " | ".join(_cells(run, comparison, report.tasks)) + " |")
-    docs = report.rows[0][1].docs
-    lines.append(
-        "\naccuracy in %; (change vs the model's baseline in points [95% paired bootstrap interval]); "
-        "means pool each kind's documents; interaction = Δ contextual − Δ parametric. Documents: "
-        + ", ".join(f"{t} {n}" for t, n in docs.items())
-    )
+    lines.append("\n" + _footnote(report))
     return "\n".join(lines)
 
 
-def to_html(report: Report) -> str:
+def to_html(report: Report, image: str | None = None) -> str:
+    """A standalone page: the table, its footnote and (when given) the delta chart beside it."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header(report.tasks))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(run, cmp, report.tasks)) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(run, cmp, report.tasks)) + "</tr>\n"
         for run, cmp in report.rows
     )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>\n"
+    chart = f'<p><img src="{html.escape(image)}" alt="deltas with 95% intervals"></p>\n' if image else ""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>qk-ablate report</title>\n'
+        "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
+        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} td:nth-child(-n+2),th{text-align:left}</style>"
+        "</head><body>\n"
+        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+        f"<p>{html.escape(_footnote(report))}</p>\n{chart}</body></html>\n"
+    )
 
 
 def to_csv(report: Report) -> str:
@@ -193,10 +206,13 @@ def write_report(report: Report, folder: str | Path, name: str = "report") -> li
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix, text in (("md", to_markdown(report) + "\n"), ("csv", to_csv(report)), ("html", to_html(report))):
+    chart = None
+    if any(not _is_reference(run, cmp) for run, cmp in report.rows):
+        chart = plot_deltas(report, out / f"{name}_deltas.png")
+    pages = (("md", to_markdown(report) + "\n"), ("csv", to_csv(report)),
+             ("html", to_html(report, chart.name if chart else None)))
+    for suffix, text in pages:
         path = out / f"{name}.{suffix}"
         path.write_text(text, encoding="utf-8")
         written.append(path)
-    if any(not _is_reference(run, cmp) for run, cmp in report.rows):
-        written.append(plot_deltas(report, out / f"{name}_deltas.png"))
-    return written
+    return written + ([chart] if chart else [])
