@@ -96,3 +96,18 @@ def test_bad_model_args_give_one_line_through_lm_eval(tmp_path):
     assert done.returncode != 0
     assert "qk-ablate: error: ablate='massiv' is not valid; choose one of: none, massive, nonmassive" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_profile_puts_q_and_k_massive_dims_in_the_same_low_frequency_pairs(smollm):
+    """The measurement behind results/paper's heatmaps, at a small size: Q and K agree on pairs 23/24."""
+    from qk_ablate.profile import run_profile, summarize
+
+    model, tokenizer = smollm
+    results = summarize(run_profile(model, tokenizer, "smollm2-135m", [1024], samples=2))["results"]["1024"]
+    for where in ("pre", "post"):
+        for name in "qk":
+            entry = results[where][name]
+            top = entry["pairs"][:2]
+            assert {p["pair"] for p in top} == {23, 24}, (where, name, top)
+            assert all(p["band"] == "low" for p in top)
+            assert entry["layers_with_massive"] >= 25
