@@ -176,3 +176,26 @@ def test_profile_longer_than_the_window_stops_before_any_cell(tmp_path, tiny):
     with pytest.raises(QKAblateError, match="window of 512"):
         run_sweep(config, log=lambda line: None)
     assert not (config.output / "tiny0" / "baseline").exists()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert "baseline" in config.interventions and config.profile is not None
+
+
+def test_committed_paper_results_are_what_configs_paper_makes(monkeypatch):
+    """results/paper is the output of configs/paper.yaml as it stands: a rerun would redo nothing."""
+    from qk_ablate.sweep import _cell_settings, _is_done, _profile_done, _slug
+
+    monkeypatch.chdir(ROOT)
+    config = load_config("configs/paper.yaml")
+    model = config.models[0]
+    folder = config.output / _slug(model["pretrained"])
+    stale = [name for name, spec in config.interventions.items()
+             if not _is_done(folder / _slug(name), _cell_settings(config, model, spec))]
+    assert stale == []
+    assert _profile_done(folder / "profile", config.profile)

@@ -180,9 +180,11 @@ def plot_deltas(report: Report, path: str | Path) -> Path:
     rows = [(run, cmp) for run, cmp in report.rows if not _is_reference(run, cmp)]
     if not rows:
         raise QKAblateError("the report has no run besides the baseline, so there are no deltas to plot")
-    labels = [f"{run.model}\n{run.label}" if len({r.model for r, _ in rows}) > 1 else run.label for run, _ in rows]
+    several = len({r.model for r, _ in rows}) > 1
+    # one argument per line, so long labels (quant=int4,quant_targets=qk,...) never overlap
+    labels = [(f"{run.model}\n" if several else "") + run.label.replace(",", "\n") for run, _ in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows)), 4.6))
     for offset, kind, colour in ((-0.2, "contextual", "#c0392b"), (0.2, "parametric", "#2471a3")):
         est = [cmp.deltas.get(kind) for _, cmp in rows]
         values = [100 * e.value if e else np.nan for e in est]
