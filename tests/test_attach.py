@@ -250,6 +250,20 @@ def test_stage_all_also_changes_generated_tokens():
     assert not torch.equal(outs["prefill"], outs["all"])
 
 
+@pytest.mark.parametrize("stage", ["prefill", "all"])
+def test_decode_steps_are_quantized_only_with_stage_all(record_post, stage):
+    """Each decode step must be seen as one: a step taken for a fresh prompt would be quantized under prefill too."""
+    model = build("llama")
+    seen = record_post(model)
+    with attach(model, spec(quant="int4", quant_targets="qk", stage=stage)):
+        model.generate(prompts(1, 20, seed=5), max_new_tokens=3, do_sample=False)
+    decode = [(q, k) for _, q, k in seen if q.shape[2] == 1]
+    assert decode
+    # int4 symmetric, one scale per token and head: at most 15 levels in a head's 32 dims
+    levels = max(t[0, h, 0].unique().numel() for q, k in decode for t in (q, k) for h in range(k.shape[1]))
+    assert (levels <= 15) == (stage == "all"), levels
+
+
 def test_control_is_reproducible_from_seed_and_differs_across_seeds():
     model = build("llama")
     ids = prompts()

@@ -150,7 +150,9 @@ class Attachment:
         if ids is None:
             ids = kwargs.get("inputs_embeds")
         q_len = ids.shape[1]
-        cache = kwargs.get("past_key_values")
+        # transformers renamed the argument (past_key_values -> cache); a missed cache would make
+        # every decode step look like a fresh prompt
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         if self._fixed is not None:
             prompt, tokens = (m[:, -q_len:] for m in self._fixed)
