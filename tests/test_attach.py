@@ -203,12 +203,14 @@ def test_batch_of_left_padded_prompts_matches_each_alone(args):
             assert torch.equal(in_batch[i], single[0])
 
 
+@pytest.mark.parametrize("change", [{"ablate": "massive"}, {"ablate": "massive", "fill": "zero"},
+                                    {"quant": "int2", "quant_targets": "qk"}], ids=["destroy", "zero", "int2"])
 @pytest.mark.parametrize("rope", ["post", "pre"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
-def test_prefill_stage_with_cache_equals_cache_free_recomputation(arch, rope):
+def test_prefill_stage_with_cache_equals_cache_free_recomputation(arch, rope, change):
     model = build(arch)
     prompt = prompts(1, 20, seed=5)
-    intervention = spec(ablate="massive", rope=rope)
+    intervention = spec(rope=rope, **change)
     with attach(model, intervention) as attachment:
         cached = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, 20:]
         sequence = prompt[0]
