@@ -189,13 +189,10 @@ def test_shipped_configs_are_valid(name):
 
 def test_committed_paper_results_are_what_configs_paper_makes(monkeypatch):
     """results/paper is the output of configs/paper.yaml as it stands: a rerun would redo nothing."""
-    from qk_ablate.sweep import _cell_settings, _is_done, _profile_done, _slug
+    from qk_ablate.sweep import plan
 
     monkeypatch.chdir(ROOT)
     config = load_config("configs/paper.yaml")
-    model = config.models[0]
-    folder = config.output / _slug(model["pretrained"])
-    stale = [name for name, spec in config.interventions.items()
-             if not _is_done(folder / _slug(name), _cell_settings(config, model, spec))]
-    assert stale == []
-    assert _profile_done(folder / "profile", config.profile)
+    cells, needs_profile = plan(config, config.models[0])
+    assert [cell.name for cell in cells if not cell.done] == []
+    assert not needs_profile

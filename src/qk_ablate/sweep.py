@@ -212,6 +212,29 @@ def _write_cell(cell: Path, results: dict[str, Any]) -> None:
     (folder / f"results_{stamp}.json").write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
 
 
+@dataclass(frozen=True)
+class PlannedCell:
+    name: str
+    spec: InterventionSpec
+    folder: Path
+    done: bool
+
+
+def _model_folder(config: SweepConfig, model: dict[str, Any]) -> Path:
+    return config.output / _slug(Path(str(model["pretrained"])).name)
+
+
+def plan(config: SweepConfig, model: dict[str, Any]) -> tuple[list[PlannedCell], bool]:
+    """One model's cells, each marked done when a rerun would keep it, and whether its profile is due."""
+    folder = _model_folder(config, model)
+    cells = []
+    for name, spec in config.interventions.items():
+        cell = folder / _slug(name)
+        cells.append(PlannedCell(name, spec, cell, _is_done(cell, _cell_settings(config, model, spec))))
+    needs_profile = config.profile is not None and not _profile_done(folder / "profile", config.profile)
+    return cells, needs_profile
+
+
 def run_sweep(config: SweepConfig, log=print) -> list[Path]:
     """Run every unfinished cell; return every cell folder of the grid, finished ones included."""
     import torch
@@ -224,35 +247,30 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     cells: list[Path] = []
     for model in config.models:
-        model_dir = config.output / _slug(Path(str(model["pretrained"])).name)
-        todo = []
-        for name, spec in config.interventions.items():
-            cell = model_dir / _slug(name)
-            cells.append(cell)
-            if _is_done(cell, _cell_settings(config, model, spec)):
-                log(f"[{model['pretrained']} / {name}] finished earlier, kept: {cell}")
-            else:
-                todo.append((name, spec, cell))
-        profile_dir = model_dir / "profile"
-        needs_profile = config.profile is not None and not _profile_done(profile_dir, config.profile)
+        planned, needs_profile = plan(config, model)
+        cells += [cell.folder for cell in planned]
+        for cell in planned:
+            if cell.done:
+                log(f"[{model['pretrained']} / {cell.name}] finished earlier, kept: {cell.folder}")
+        todo = [cell for cell in planned if not cell.done]
         if not todo and not needs_profile:
             continue
         manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
         _check_tasks(config, manager)  # before the model loads
         lm = QKAblatedLM(batch_size=config.batch_size, device=device, **model)
         if needs_profile:
-            _profile(lm, str(model["pretrained"]), config.profile, profile_dir, log)
-        for name, spec, cell in todo:
-            if cell.exists():
-                shutil.rmtree(cell)  # a cell without its marker was cut short: start it again
+            _profile(lm, str(model["pretrained"]), config.profile, _model_folder(config, model) / "profile", log)
+        for cell in todo:
+            if cell.folder.exists():
+                shutil.rmtree(cell.folder)  # a cell without its marker was cut short: start it again
             started = time.time()
-            lm.use(spec)
+            lm.use(cell.spec)
             results = simple_evaluate(model=lm, tasks=list(config.tasks), limit=config.limit, task_manager=manager,
                                       log_samples=True)
-            _write_cell(cell, results)
-            marker = {"settings": _cell_settings(config, model, spec), "seconds": round(time.time() - started, 1)}
-            (cell / MARKER).write_text(json.dumps(marker, indent=1, default=str))
-            log(f"[{model['pretrained']} / {name}] done in {time.time() - started:.0f}s -> {cell}")
+            _write_cell(cell.folder, results)
+            marker = {"settings": _cell_settings(config, model, cell.spec), "seconds": round(time.time() - started, 1)}
+            (cell.folder / MARKER).write_text(json.dumps(marker, indent=1, default=str))
+            log(f"[{model['pretrained']} / {cell.name}] done in {time.time() - started:.0f}s -> {cell.folder}")
     return cells
 
 
