@@ -7,7 +7,10 @@ import itertools
 import pytest
 import torch
 
-from qk_ablate.quantize import AXES, BITS, FORMATS, FP8_MAX, fake_quantize
+from qk_ablate.quantize import FP8_MAX, fake_quantize
+from qk_ablate.vocabulary import BITS
+from qk_ablate.vocabulary import QUANT_AXES as AXES
+from qk_ablate.vocabulary import QUANT_FORMATS as FORMATS
 
 # Every supported (fmt, axis, sym, group) combination; groups sized for the shapes used below
 # (D = 8, S = 10: token group 4 divides D, channel group 4 leaves a short last group).

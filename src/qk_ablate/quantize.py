@@ -34,14 +34,11 @@ from __future__ import annotations
 import torch
 
 from qk_ablate.errors import QKAblateError
-
-BITS: dict[str, int] = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
-FORMATS: tuple[str, ...] = ("int8", "int4", "int3", "int2", "fp8")
-AXES: tuple[str, ...] = ("token", "channel", "tensor")
+from qk_ablate.vocabulary import BITS, check_quantizer
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 
-__all__ = ["AXES", "BITS", "FORMATS", "FP8_MAX", "fake_quantize"]
+__all__ = ["FP8_MAX", "fake_quantize"]
 
 
 def fake_quantize(
@@ -88,25 +85,15 @@ def fake_quantize(
 
 
 def _check_args(x: torch.Tensor, fmt: str, axis: str, group: int | None, sym: bool) -> None:
-    if fmt not in FORMATS:
-        raise QKAblateError(f"unknown quantization format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if axis not in AXES:
-        raise QKAblateError(f"unknown quantization axis {axis!r}; choose one of {', '.join(AXES)}")
-    if fmt == "fp8" and not sym:
-        raise QKAblateError("fp8 quantization is symmetric only; use sym=True with fmt='fp8'")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise QKAblateError(f"group must be a positive integer or None, got {group!r}")
+    check_quantizer(fmt, axis, group or 0, sym)
     if x.dim() != 4:
         raise QKAblateError(f"fake_quantize expects x of shape [B, H, S, D], got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise QKAblateError(f"fake_quantize expects a floating-point tensor, got {x.dtype}")
-    if group is not None:
-        if axis == "tensor":
-            raise QKAblateError("group is not allowed with axis='tensor'; use group=None")
-        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
-            raise QKAblateError(f"group must be a positive integer or None, got {group!r}")
-        if axis == "token" and x.shape[-1] % group != 0:
-            raise QKAblateError(
-                f"token groups must divide the head dim: D={x.shape[-1]} is not divisible by group={group}"
-            )
+    if group is not None and axis == "token" and x.shape[-1] % group != 0:
+        raise QKAblateError(f"token groups must divide the head dim: D={x.shape[-1]} is not divisible by group={group}")
 
 
 def _contributing_mask(

@@ -18,6 +18,7 @@ import numpy as np
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
+from qk_ablate.vocabulary import ABLATION_KEYS, PLACE_KEYS, QUANT_KEYS, is_noop
 
 PREFERRED_FILTERS = ("none", "strict-match", "flexible-extract")
 
@@ -56,19 +57,17 @@ class Run:
 
 
 _DEFAULTS = InterventionSpec().to_dict()
-_ABLATION_KEYS = ("select", "lam", "topk", "fill", "control", "seed", "targets")
-_QUANT_KEYS = ("quant_targets", "quant_axis", "group", "sym", "protect")
 
 
 def describe(spec: dict[str, Any]) -> str:
     """A short name for an intervention: its arguments that differ from the defaults and matter."""
-    if spec.get("ablate", "none") == "none" and spec.get("quant", "none") == "none":
+    if is_noop(spec):
         return "baseline"
-    keys = ["ablate", "quant", "rope", "stage", "layers"]
+    keys = list(PLACE_KEYS)
     if spec.get("ablate", "none") != "none":
-        keys += list(_ABLATION_KEYS)
+        keys += ABLATION_KEYS
     if spec.get("quant", "none") != "none":
-        keys += list(_QUANT_KEYS)
+        keys += QUANT_KEYS
     parts = [f"{k}={spec[k]}" for k in keys if k in spec and spec[k] != _DEFAULTS.get(k)]
     return ",".join(parts)
 

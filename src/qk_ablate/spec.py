@@ -13,29 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
+from qk_ablate.vocabulary import CHOICES, check_quantizer, is_noop
 
-QUANT_FORMATS = ("none", "int8", "int4", "int3", "int2", "fp8")
-
-# key -> allowed values (None: free-form, validated in _coerce)
-CHOICES: dict[str, tuple[str, ...] | None] = {
-    "ablate": ("none", "massive", "nonmassive"),
-    "select": ("threshold", "topk"),
-    "lam": None,
-    "topk": None,
-    "fill": ("mean", "tensor_mean", "zero"),
-    "control": ("random", "smallest"),
-    "seed": None,
-    "rope": ("post", "pre"),
-    "stage": ("prefill", "all"),
-    "targets": ("qk", "q", "k"),
-    "layers": None,
-    "quant": QUANT_FORMATS,
-    "quant_targets": ("k", "q", "qk", "v", "kv", "qkv"),
-    "quant_axis": ("token", "channel", "tensor"),
-    "group": None,
-    "sym": None,
-    "protect": ("none", "massive"),
-}
+__all__ = ["CHOICES", "InterventionSpec", "split_model_args"]
 
 _LAYER_SEPARATORS = re.compile(r"[;+\s]+")
 
@@ -70,20 +50,16 @@ class InterventionSpec:
             raise QKAblateError(f"lam={self.lam} must be a positive number (the paper uses 5.0)")
         if self.topk < 1:
             raise QKAblateError(f"topk={self.topk} must be a positive integer")
-        if self.group < 0:
-            raise QKAblateError(f"group={self.group} must be 0 (whole axis) or a positive group size")
-        if self.group and self.quant_axis == "tensor":
-            raise QKAblateError("group= cannot be used with quant_axis=tensor; drop group or use quant_axis=token|channel")
-        if self.quant == "fp8" and not self.sym:
-            raise QKAblateError("quant=fp8 is symmetric only; drop sym=false or use an int format")
-        if self.quant == "none" and self.protect != "none":
+        if self.quant != "none":
+            check_quantizer(self.quant, self.quant_axis, self.group, self.sym)
+        elif self.protect != "none":
             raise QKAblateError("protect=massive needs a quantizer; add quant=int4 (or int8|int3|int2|fp8)")
         _parse_layers(self.layers)  # validate the syntax now; the range is checked against the model
 
     @property
     def is_noop(self) -> bool:
         """True when nothing is changed: the model must then behave bit-identically to the plain one."""
-        return self.ablate == "none" and self.quant == "none"
+        return is_noop(vars(self))
 
     @property
     def needs_selection(self) -> bool:

@@ -1,0 +1,64 @@
+"""The intervention vocabulary: every `qk_ablated` key, the values it takes, and their checks.
+
+`spec.py` validates model_args against it, `quantize.py` checks its arguments with it and
+`runs.py` names runs from it, so a new quantization format, axis or target is added here once
+(and any second engine reads the same words).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from qk_ablate.errors import QKAblateError
+
+QUANT_FORMATS: tuple[str, ...] = ("int8", "int4", "int3", "int2", "fp8")
+BITS: dict[str, int] = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
+QUANT_AXES: tuple[str, ...] = ("token", "channel", "tensor")
+QUANT_TARGETS: tuple[str, ...] = ("k", "q", "qk", "v", "kv", "qkv")
+ABLATE_TARGETS: tuple[str, ...] = ("qk", "q", "k")
+
+# key -> allowed values, the default first (None: free-form, coerced and checked by spec.py)
+CHOICES: dict[str, tuple[str, ...] | None] = {
+    "ablate": ("none", "massive", "nonmassive"),
+    "select": ("threshold", "topk"),
+    "lam": None,
+    "topk": None,
+    "fill": ("mean", "tensor_mean", "zero"),
+    "control": ("random", "smallest"),
+    "seed": None,
+    "rope": ("post", "pre"),
+    "stage": ("prefill", "all"),
+    "targets": ABLATE_TARGETS,
+    "layers": None,
+    "quant": ("none", *QUANT_FORMATS),
+    "quant_targets": QUANT_TARGETS,
+    "quant_axis": QUANT_AXES,
+    "group": None,
+    "sym": None,
+    "protect": ("none", "massive"),
+}
+
+# Which keys name a run: where it acts always; the rest only when their part is switched on.
+PLACE_KEYS: tuple[str, ...] = ("ablate", "quant", "rope", "stage", "layers")
+ABLATION_KEYS: tuple[str, ...] = ("select", "lam", "topk", "fill", "control", "seed", "targets")
+QUANT_KEYS: tuple[str, ...] = ("quant_targets", "quant_axis", "group", "sym", "protect")
+
+
+def is_noop(intervention: Mapping[str, Any]) -> bool:
+    """True when an intervention (a spec's dict, as recorded in a results file) changes nothing."""
+    return intervention.get("ablate", "none") == "none" and intervention.get("quant", "none") == "none"
+
+
+def check_quantizer(fmt: str, axis: str, group: int, sym: bool) -> None:
+    """One readable error for a quantizer setting that cannot work (`group` 0 = the whole axis)."""
+    if fmt not in QUANT_FORMATS:
+        raise QKAblateError(f"quant={fmt!r} is not a quantization format; choose one of: {', '.join(QUANT_FORMATS)}")
+    if axis not in QUANT_AXES:
+        raise QKAblateError(f"quant_axis={axis!r} is not valid; choose one of: {', '.join(QUANT_AXES)}")
+    if fmt == "fp8" and not sym:
+        raise QKAblateError("quant=fp8 is symmetric only; drop sym=false or use an int format")
+    if group < 0:
+        raise QKAblateError(f"group={group} must be 0 (whole axis) or a positive group size")
+    if group and axis == "tensor":
+        raise QKAblateError("group= cannot be used with quant_axis=tensor; drop group or use quant_axis=token|channel")
