@@ -10,7 +10,7 @@ from conftest import docs_digest as _digest
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_capital as cc
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
-from qk_ablate.task_data.hooks import alias_process_results
+from qk_ablate.task_data.scoring import alias_process_results
 from qk_ablate.task_data.scoring import country_correct, normalize_name
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"

@@ -10,7 +10,7 @@ from conftest import docs_digest as _digest
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import city_facts as cf
-from qk_ablate.task_data import hooks
+from qk_ablate.task_data.scoring import alias_process_results
 from qk_ablate.task_data.scoring import country_correct, normalize_name
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
@@ -135,8 +135,8 @@ def test_country_scoring(output, aliases, expected):
 
 def test_process_results(recall):
     doc = recall[0]
-    assert hooks.alias_process_results(doc, [f" {doc['country']}"]) == {"acc": 1.0}
-    assert hooks.alias_process_results(doc, [" Atlantis"]) == {"acc": 0.0}
+    assert alias_process_results(doc, [f" {doc['country']}"]) == {"acc": 1.0}
+    assert alias_process_results(doc, [" Atlantis"]) == {"acc": 0.0}
 
 
 def test_task_manager_loads_facts_and_group():
@@ -175,7 +175,7 @@ def test_read_verdict_never_skips_a_negation(output, verdict):
 def test_generated_true_false_task():
     from lm_eval.tasks import TaskManager
 
-    from qk_ablate.task_data.hooks import city_facts_tf_gen_process_results as score
+    from qk_ablate.task_data.city_facts import city_facts_tf_gen_process_results as score
 
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"num_docs": 4})
     task = tm.load(["city_facts_tf_gen"])["tasks"]["city_facts_tf_gen"]

@@ -12,7 +12,8 @@ import pytest
 from qk_ablate.task_data.ctxqa import build_ctxqa_docs
 from qk_ablate.task_data.haystack import essay_haystack
 from qk_ablate.task_data.niah import build_niah_docs
-from qk_ablate.task_data.passkey import LENGTHS, build_passkey_docs
+from qk_ablate.task_data.lengths import LENGTHS
+from qk_ablate.task_data.passkey import build_passkey_docs
 from qk_ablate.task_data.tokens import PromptFrame, prompt_frame
 
 from conftest import docs_digest

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data import hooks
+from qk_ablate.task_data import passkey, settings
+from qk_ablate.task_data.lengths import LENGTHS, parse_length
 from qk_ablate.task_data.passkey import (
     INTRO,
-    LENGTHS,
     QUESTION,
     build_passkey_docs,
     needle,
-    parse_length,
 )
 from qk_ablate.task_data.scoring import first_number, passkey_correct
 
@@ -142,8 +141,8 @@ def test_metadata_reaches_the_builder(task_manager, smol):
     assert [d["passkey"] for d in docs] == [d["passkey"] for d in build_passkey_docs(smol, 1024, num_docs=4)]
     assert task.config.generation_kwargs["max_gen_toks"] == GEN_BUDGET
     assert task.doc_to_text(docs[0]) == docs[0]["input"]
-    assert hooks.passkey_process_results(docs[0], [f" {docs[0]['passkey']}."]) == {"acc": 1.0}
-    assert hooks.passkey_process_results(docs[0], [" 1"]) == {"acc": 0.0}
+    assert passkey.passkey_process_results(docs[0], [f" {docs[0]['passkey']}."]) == {"acc": 1.0}
+    assert passkey.passkey_process_results(docs[0], [" 1"]) == {"acc": 0.0}
 
 
 def test_group_loads_its_lengths(task_manager):
@@ -153,15 +152,15 @@ def test_group_loads_its_lengths(task_manager):
 
 
 def test_tokenizer_resolution(smol, toy):
-    assert hooks.resolve_tokenizer({"pretrained": "smollm2-135m"}) is smol
-    assert hooks.resolve_tokenizer({"tokenizer": toy, "pretrained": "smollm2-135m"}) is toy
+    assert settings.resolve_tokenizer({"pretrained": "smollm2-135m"}) is smol
+    assert settings.resolve_tokenizer({"tokenizer": toy, "pretrained": "smollm2-135m"}) is toy
     with pytest.raises(QKAblateError, match="no tokenizer was given"):
-        hooks.resolve_tokenizer({"version": 1.0})
+        settings.resolve_tokenizer({"version": 1.0})
     with pytest.raises(QKAblateError, match="could not load the tokenizer"):
-        hooks.resolve_tokenizer({"pretrained": "/nonexistent/model/dir"})
+        settings.resolve_tokenizer({"pretrained": "/nonexistent/model/dir"})
     with pytest.raises(QKAblateError, match="num_docs"):
-        hooks.passkey_dataset(1024, tokenizer=toy, num_docs="many")
-    data = hooks.passkey_dataset("1k", tokenizer=toy, num_docs=2, task_seed=3, version=1.0)
+        passkey.passkey_dataset(1024, tokenizer=toy, num_docs="many")
+    data = passkey.passkey_dataset("1k", tokenizer=toy, num_docs=2, task_seed=3, version=1.0)
     assert len(data["test"]) == 2
 
 

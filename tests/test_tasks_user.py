@@ -12,7 +12,7 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_continent as continent
 from qk_ablate.task_data import haystack, user_facts
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
-from qk_ablate.task_data.hooks import alias_process_results
+from qk_ablate.task_data.scoring import alias_process_results
 from qk_ablate.task_data.niah import build_niah_docs
 
 from conftest import docs_digest, token_count

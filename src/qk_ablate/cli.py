@@ -81,7 +81,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     from qk_ablate.embedded import load_tokenizer, resolve_pretrained
     from qk_ablate.profile import headline, load_profile, run_profile, save_heatmaps, save_profile
-    from qk_ablate.task_data.passkey import parse_length
+    from qk_ablate.task_data.lengths import parse_length
 
     if args.replot:
         for written in save_heatmaps(load_profile(args.replot), args.replot):

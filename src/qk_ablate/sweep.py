@@ -67,7 +67,7 @@ class ProfileSettings:
 
 def _profile_settings(raw: Any, path: str | Path) -> ProfileSettings | None:
     from qk_ablate.profile import SOURCES
-    from qk_ablate.task_data.passkey import parse_length
+    from qk_ablate.task_data.lengths import parse_length
 
     if raw is None:
         return None

@@ -10,8 +10,11 @@ Parametric (the answer is in the weights), all from GeoNames:
 * `city_facts` (city -> country), `country_capital`, `country_continent`; `user_facts` for a
   user's own CSV through the `qk_ablate:facts_csv` template.
 
-Shared: `tokens` (token counting, chat-template frames, exact-length fitting), `scoring`
-(strict answer checks), `hooks` (the `custom_dataset` / `process_results` functions YAMLs name).
+Each task module holds its builder and the `!function` hooks its YAMLs name. Shared: `lengths`
+(`1k` ... `128k`), `filler` (the "grass is green" filler / noise haystack), `tokens` (token
+counting, chat-template frames, exact-length fitting), `settings` (the run-time settings a hook
+reads: tokenizer, num_docs, task_seed), `scoring` (strict answer checks); `hooks` only keeps the
+old `!function` paths working.
 """
 
 from qk_ablate.task_data.scoring import country_correct, normalize_name, passkey_correct

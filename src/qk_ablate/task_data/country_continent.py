@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.city_facts import NON_SOVEREIGN, _geonames
+from qk_ablate.task_data.city_facts import NON_SOVEREIGN, geonames
 
 DEFAULT_NUM_DOCS = 150
 TEMPLATE = "Q: On which continent is {country}?\nA:"
@@ -37,7 +37,7 @@ CONTINENTS: dict[str, tuple[str, ...]] = {
 
 
 def _doc_fields(code: str) -> dict[str, Any]:
-    record = _geonames()[1][code]
+    record = geonames()[1][code]
     names = CONTINENTS[record["continentcode"]]
     return {
         "country": record["name"].strip(),
@@ -53,7 +53,7 @@ def country_pool() -> tuple[str, ...]:
     """ISO codes of every eligible country, most populous first (see the module docstring)."""
     eligible = [
         (-int(record.get("population") or 0), code)
-        for code, record in _geonames()[1].items()
+        for code, record in geonames()[1].items()
         if code not in NON_SOVEREIGN and code not in TRANSCONTINENTAL and code not in FEWSHOT
         and record.get("continentcode") in CONTINENTS
     ]
@@ -74,7 +74,7 @@ def build_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[str
 
 def country_continent_dataset(**metadata):
     """custom_dataset for the `country_continent` task: `num_docs`, `task_seed` from metadata."""
-    from qk_ablate.task_data.hooks import _dataset, num_docs, task_seed
+    from qk_ablate.task_data.settings import as_dataset, num_docs, task_seed
 
-    return _dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
+    return as_dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
 

@@ -32,9 +32,11 @@ import re
 from bisect import bisect_right
 from typing import Any
 
-from qk_ablate.task_data import hooks
-from qk_ablate.task_data.passkey import LENGTHS, PLAIN
+from qk_ablate.task_data.lengths import LENGTHS
+from qk_ablate.task_data.scoring import first_output
+from qk_ablate.task_data.settings import length_dataset
 from qk_ablate.task_data.tokens import (
+    PLAIN,
     PromptFrame,
     check_length_args,
     doc_rng,
@@ -278,9 +280,9 @@ def ctxqa_correct(output: str, attribute: str, aliases: list[str], distractor_an
 
 def ctxqa_dataset(ctxqa_length: int | str, ctxqa_gen_budget: int = DEFAULT_GEN_BUDGET, **metadata):
     """custom_dataset for ctxqa_{len}; the length and budget come from dataset_kwargs."""
-    return hooks.length_dataset(build_ctxqa_docs, ctxqa_length, ctxqa_gen_budget, DEFAULT_NUM_DOCS, metadata)
+    return length_dataset(build_ctxqa_docs, ctxqa_length, ctxqa_gen_budget, DEFAULT_NUM_DOCS, metadata)
 
 
 def ctxqa_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    correct = ctxqa_correct(hooks._first(results), doc["attribute"], doc["aliases"], doc["distractor_answers"])
+    correct = ctxqa_correct(first_output(results), doc["attribute"], doc["aliases"], doc["distractor_answers"])
     return {"acc": float(correct)}

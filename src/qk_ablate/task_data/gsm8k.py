@@ -72,7 +72,7 @@ def load_hub() -> list[dict[str, str]]:
 
 def gsm8k_dataset(**metadata):
     """custom_dataset for `qk_gsm8k`: the local file `gsm8k_path`, else the Hub's test split."""
-    from qk_ablate.task_data.hooks import _dataset
+    from qk_ablate.task_data.settings import as_dataset
 
     path = metadata.get("gsm8k_path")
-    return _dataset(load_jsonl(path) if path not in (None, "") else load_hub())
+    return as_dataset(load_jsonl(path) if path not in (None, "") else load_hub())

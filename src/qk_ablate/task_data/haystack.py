@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.passkey import filler_text, needle_position
+from qk_ablate.task_data.filler import filler_text, needle_position
 
 DEFAULT_ESSAY_HUB = "emozilla/PaulGrahamEssays"  # 49 essays, column "text", split "train"
 DEFAULT_ESSAY_COLUMN = "text"

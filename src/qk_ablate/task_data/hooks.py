@@ -1,154 +1,22 @@
-"""The functions our lm-eval task YAMLs name with `!function` (dataset builders and scorers).
+"""Old `!function` paths of our task YAMLs, kept for YAMLs users copied from earlier releases.
 
-How run-time settings reach a builder (lm-eval 0.4.13): the CLI (`EvaluatorConfig`) and
-`simple_evaluate` (only when it is not handed a `task_manager`) build
-`TaskManager(metadata=parsed model_args | --metadata)`; `TaskFactory._load_full_config` merges
-that into each task's YAML `metadata` (run-time keys win), and `ConfigurableTask.download` calls
-`custom_dataset(**metadata, **dataset_kwargs)`. Code that makes its own TaskManager must pass
-`metadata={"pretrained": ..., "gguf_file": ...}` itself. So a builder sees the evaluated model's
-`pretrained` / `gguf_file` / `tokenizer`, our own keys `num_docs` and `task_seed`, the YAML's
-`version`, `apply_chat_template` / `system_instruction` (put there by qk_ablate.plugin when the
-CLI has them, so exact-length prompts are sized inside the chat template), and every other
-model argument, which it ignores. Per-task constants (the passkey
-length) come through the YAML's `dataset_kwargs` under names no model argument uses, because a
-key present in both would make that call fail.
-
-The seed key is `task_seed`, not `seed`: `seed` is a `qk_ablated` model argument (the control
-draw), and as model arguments reach the tasks too, a sweep over control seeds would otherwise
-evaluate each seed on different documents.
+Each task's hooks now live with the task (`passkey`, `city_facts`) and the shared fact scorer
+in `scoring`; our own YAMLs name those modules directly.
 """
 
-from __future__ import annotations
+from qk_ablate.task_data.city_facts import (
+    city_facts_dataset,
+    city_facts_tf_dataset,
+    city_facts_tf_gen_process_results,
+)
+from qk_ablate.task_data.passkey import passkey_dataset, passkey_process_results
+from qk_ablate.task_data.scoring import alias_process_results
 
-from collections.abc import Callable
-from typing import Any
-
-from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data import city_facts, passkey
-from qk_ablate.task_data.scoring import country_correct, passkey_correct, read_verdict
-from qk_ablate.task_data.tokens import prompt_frame
-
-TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")
-
-
-def _int_setting(metadata: dict[str, Any], key: str, default: int) -> int:
-    value = metadata.get(key, default)
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise QKAblateError(f"metadata '{key}' must be a whole number, got {value!r}") from None
-    if isinstance(value, float) and value != number:
-        raise QKAblateError(f"metadata '{key}' must be a whole number, got {value!r}")
-    return number
-
-
-def task_seed(metadata: dict[str, Any]) -> int:
-    return _int_setting(metadata, "task_seed", 0)
-
-
-def num_docs(metadata: dict[str, Any], default: int) -> int:
-    value = _int_setting(metadata, "num_docs", default)
-    if value < 1:
-        raise QKAblateError(f"metadata 'num_docs' must be at least 1, got {value}")
-    return value
-
-
-def resolve_tokenizer(metadata: dict[str, Any]) -> Any:
-    """The evaluated model's tokenizer, found the way lm-eval's HFLM finds it.
-
-    An explicit `tokenizer` wins (a name, a path, or a tokenizer object); otherwise `pretrained`
-    with its `gguf_file` (the embedded alias `smollm2-135m` works); `model` (API backends) last.
-    """
-    for key in TOKENIZER_KEYS:
-        value = metadata.get(key)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, str):
-            if callable(value) and hasattr(value, "encode"):
-                return value  # a tokenizer object
-            value = getattr(value, "name_or_path", None)  # a model object
-            if not value:
-                continue
-        gguf = metadata.get("gguf_file") if key == "pretrained" else None
-        from qk_ablate.embedded import load_tokenizer
-
-        try:
-            return load_tokenizer(value, gguf)
-        except QKAblateError:
-            raise
-        except Exception as exc:
-            raise QKAblateError(
-                f"could not load the tokenizer of '{value}' to size the prompts ({type(exc).__name__}: {exc}); "
-                "pass one that loads offline with --metadata '{\"tokenizer\": \"<name or path>\"}'"
-            ) from exc
-    raise QKAblateError(
-        "this task sizes its prompts in the evaluated model's tokens but no tokenizer was given; "
-        "pass --model_args pretrained=<model> or --metadata '{\"tokenizer\": \"<name or path>\"}'"
-    )
-
-
-def _dataset(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    import datasets
-
-    return {"test": datasets.Dataset.from_list(docs)}
-
-
-def length_dataset(
-    build: Callable[..., list[dict[str, Any]]],
-    length: int | str,
-    gen_budget: int | str,
-    default_num_docs: int,
-    metadata: dict[str, Any],
-    **options: Any,
-) -> dict[str, Any]:
-    """The custom_dataset of an exact-length task: the evaluated model's tokenizer, the run's
-    `num_docs` / `task_seed`, and its chat-template frame, handed to the task's builder."""
-    tokenizer = resolve_tokenizer(metadata)
-    docs = build(
-        tokenizer,
-        passkey.parse_length(length),
-        num_docs=num_docs(metadata, default_num_docs),
-        seed=task_seed(metadata),
-        gen_budget=int(gen_budget),
-        frame=prompt_frame(tokenizer, metadata),
-        **options,
-    )
-    return _dataset(docs)
-
-
-def passkey_dataset(passkey_length: int | str, passkey_gen_budget: int = passkey.DEFAULT_GEN_BUDGET, **metadata):
-    """custom_dataset for passkey_{len}: `passkey_length` and the budget come from dataset_kwargs."""
-    return length_dataset(passkey.build_passkey_docs, passkey_length, passkey_gen_budget, passkey.DEFAULT_NUM_DOCS, metadata)
-
-
-def city_facts_dataset(**metadata):
-    """custom_dataset for city_facts (recall form)."""
-    return _dataset(city_facts.build_recall_docs(num_docs(metadata, city_facts.DEFAULT_NUM_DOCS), task_seed(metadata)))
-
-
-def city_facts_tf_dataset(**metadata):
-    """custom_dataset for city_facts_tf (true/false statements)."""
-    return _dataset(city_facts.build_tf_docs(num_docs(metadata, city_facts.DEFAULT_NUM_DOCS), task_seed(metadata)))
-
-
-def _first(results: Any) -> str:
-    if isinstance(results, (list, tuple)):
-        return str(results[0]) if results else ""
-    return str(results)
-
-
-def passkey_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    return {"acc": float(passkey_correct(_first(results), doc["passkey"]))}
-
-
-def alias_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """Fact tasks (city_facts, country_capital, country_continent, a user's facts CSV): the first
-    line of the answer, or its first sentence, must be one of `doc["aliases"]`, normalised."""
-    return {"acc": float(country_correct(_first(results), doc["aliases"]))}
-
-
-def city_facts_tf_gen_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """Generated true/false judgment of the statement (label 0 = true), read strictly."""
-    return {"acc": float(read_verdict(_first(results)) == (doc["label"] == 0))}
+__all__ = [
+    "alias_process_results",
+    "city_facts_dataset",
+    "city_facts_tf_dataset",
+    "city_facts_tf_gen_process_results",
+    "passkey_dataset",
+    "passkey_process_results",
+]

@@ -119,8 +119,8 @@ def build_docs(rows: list[tuple[str, int]], num_docs: int = DEFAULT_NUM_DOCS, se
 
 def imdb_dataset(**metadata):
     """custom_dataset for the `imdb` task: `imdb_path`, `num_docs`, `task_seed` from metadata."""
-    from qk_ablate.task_data.hooks import _dataset, num_docs, task_seed
+    from qk_ablate.task_data.settings import as_dataset, num_docs, task_seed
 
     path = metadata.get("imdb_path")
     rows = load_csv(path) if path not in (None, "") else load_hub()
-    return _dataset(build_docs(rows, num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
+    return as_dataset(build_docs(rows, num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))

@@ -24,11 +24,12 @@ import re
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data import hooks
 from qk_ablate.task_data.haystack import DEFAULT_ESSAY_COLUMN, DEFAULT_ESSAY_HUB, Haystack, NoiseHaystack, essay_haystack
-from qk_ablate.task_data.passkey import LENGTHS, PLAIN
-from qk_ablate.task_data.scoring import _NUMBER
+from qk_ablate.task_data.lengths import LENGTHS
+from qk_ablate.task_data.scoring import NUMBER, first_output
+from qk_ablate.task_data.settings import length_dataset
 from qk_ablate.task_data.tokens import (
+    PLAIN,
     PromptFrame,
     check_length_args,
     doc_rng,
@@ -177,7 +178,7 @@ def first_magic_number(output: str) -> str | None:
 
     Numbers are read whole: "12345678" is an 8-digit number, not a 7-digit hit.
     """
-    for match in _NUMBER.finditer(output or ""):
+    for match in NUMBER.finditer(output or ""):
         number = match.group(0).replace(",", "")
         digits = number.lstrip("-").split(".")[0]
         if _SEVEN.match(digits):
@@ -221,11 +222,11 @@ def niah_dataset(
         )
     else:
         raise QKAblateError(f"niah_haystack must be 'noise' or 'essay', got {niah_haystack!r}")
-    return hooks.length_dataset(
+    return length_dataset(
         build_niah_docs, niah_length, niah_gen_budget, DEFAULT_NUM_DOCS, metadata,
         num_distractors=int(niah_distractors), haystack=haystack,
     )
 
 
 def niah_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    return {"acc": float(niah_correct(hooks._first(results), doc["value"]))}
+    return {"acc": float(niah_correct(first_output(results), doc["value"]))}

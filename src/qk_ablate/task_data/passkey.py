@@ -17,12 +17,13 @@ special tokens and chat template (tokens.PromptFrame) included: every prompt has
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
 from typing import Any
 
-from qk_ablate.errors import QKAblateError
+from qk_ablate.task_data.filler import CYCLE_WORDS, filler_text, needle_position
+from qk_ablate.task_data.scoring import first_output, passkey_correct
+from qk_ablate.task_data.settings import length_dataset
 from qk_ablate.task_data.tokens import (
+    PLAIN,
     PromptFrame,
     check_length_args,
     doc_rng,
@@ -34,51 +35,14 @@ INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. "
     "Find it and memorize them. I will quiz you about the important information there."
 )
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 QUESTION = "What is the pass key? The pass key is"
 
-LENGTHS: dict[str, int] = {
-    "1k": 1024,
-    "2k": 2048,
-    "4k": 4096,
-    "8k": 8192,
-    "16k": 16384,
-    "32k": 32768,
-    "64k": 65536,
-    "128k": 131072,
-}
 DEFAULT_NUM_DOCS = 100
 DEFAULT_GEN_BUDGET = 8
-PLAIN = PromptFrame()  # the prompt exactly as written (no chat template)
-
-_WORDS = tuple(FILLER.split(" "))
-_CYCLE_CHARS = len(FILLER) + 1  # one cycle of the filler plus the joining space
-_WORD_OFFSETS = tuple(sum(len(w) + 1 for w in _WORDS[:i]) for i in range(len(_WORDS)))
-# Word indices (within one cycle of the filler) that start a sentence: 0, 4, 8, 12, 15.
-_SENTENCE_STARTS = tuple(i for i in range(len(_WORDS)) if i == 0 or _WORDS[i - 1].endswith("."))
 
 
 def needle(passkey: str | int) -> str:
     return f"The pass key is {passkey}. Remember it. {passkey} is the pass key."
-
-
-@lru_cache(maxsize=8)
-def _filler_string(cycles: int) -> str:
-    return " ".join([FILLER] * cycles)
-
-
-def _word_start(i: int) -> int:
-    return (i // len(_WORDS)) * _CYCLE_CHARS + _WORD_OFFSETS[i % len(_WORDS)]
-
-
-def filler_text(start: int, stop: int) -> str:
-    """Filler words `[start, stop)` of the endless filler, joined by single spaces."""
-    if stop <= start:
-        return ""
-    last = stop - 1
-    end = _word_start(last) + len(_WORDS[last % len(_WORDS)])
-    cycles = 1 << max(4, math.ceil(math.log2(last // len(_WORDS) + 2)))  # few distinct cache keys
-    return _filler_string(cycles)[_word_start(start) : end]
 
 
 def render(passkey: str | int, filler_words: int, needle_at: int) -> str:
@@ -86,19 +50,6 @@ def render(passkey: str | int, filler_words: int, needle_at: int) -> str:
     needle_at = min(max(needle_at, 0), filler_words)
     parts = [INTRO, filler_text(0, needle_at), needle(passkey), filler_text(needle_at, filler_words), QUESTION]
     return "\n".join(part for part in parts if part)
-
-
-def needle_position(depth: float, filler_words: int) -> int:
-    """The sentence start nearest to `depth * filler_words` (the needle never splits a sentence)."""
-    want = depth * filler_words
-    cycle = int(want // len(_WORDS))
-    starts = [
-        c * len(_WORDS) + s
-        for c in (cycle - 1, cycle, cycle + 1)
-        for s in _SENTENCE_STARTS
-        if 0 <= c * len(_WORDS) + s <= filler_words
-    ]
-    return min(starts, key=lambda s: (abs(s - want), s)) if starts else 0
 
 
 def build_passkey_docs(
@@ -126,7 +77,7 @@ def build_passkey_docs(
     def text(i: int, n: int) -> str:
         return render(passkeys[i], n, needle_position(depths[i], n))
 
-    fitted = fit_documents(tokenizer, frame, text, num_docs, length - gen_budget, 20 * len(_WORDS), "passkey document")
+    fitted = fit_documents(tokenizer, frame, text, num_docs, length - gen_budget, 20 * CYCLE_WORDS, "passkey document")
     docs = []
     for i, (n_words, prompt, tokens) in enumerate(fitted):
         at = needle_position(depths[i], n_words)
@@ -145,13 +96,13 @@ def build_passkey_docs(
     return docs
 
 
-def parse_length(name: str | int) -> int:
-    """`"4k"` -> 4096; an int (or digit string) is taken as a token count."""
-    if isinstance(name, int):
-        return name
-    text = str(name).strip().lower()
-    if text in LENGTHS:
-        return LENGTHS[text]
-    if text.isdigit():
-        return int(text)
-    raise QKAblateError(f"unknown length '{name}'; use one of {', '.join(LENGTHS)} or a token count")
+# --- lm-eval hooks (named by tasks/passkey/*.yaml with !function) -----------------------------
+
+
+def passkey_dataset(passkey_length: int | str, passkey_gen_budget: int = DEFAULT_GEN_BUDGET, **metadata: Any) -> dict:
+    """custom_dataset for passkey_{len}: `passkey_length` and the budget come from dataset_kwargs."""
+    return length_dataset(build_passkey_docs, passkey_length, passkey_gen_budget, DEFAULT_NUM_DOCS, metadata)
+
+
+def passkey_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    return {"acc": float(passkey_correct(first_output(results), doc["passkey"]))}

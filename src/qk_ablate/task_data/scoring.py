@@ -13,15 +13,16 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from typing import Any
 
 # A number as a model writes it: optional sign, digits with optional thousands separators, an
 # optional decimal part. The look-behind keeps us from starting inside a longer digit run.
-_NUMBER = re.compile(r"(?<![\d])-?\d+(?:,\d{3})*(?:\.\d+)?")
+NUMBER = re.compile(r"(?<![\d])-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
 def first_number(text: str) -> str | None:
     """The first number in `text` as written, with thousands separators removed; None if none."""
-    match = _NUMBER.search(text or "")
+    match = NUMBER.search(text or "")
     if match is None:
         return None
     return match.group(0).replace(",", "")
@@ -90,3 +91,16 @@ def read_verdict(output: str) -> bool | None:
     """
     words = re.findall(r"[a-z]+", (output or "").strip().casefold())
     return _VERDICT_WORDS.get(words[0]) if words else None
+
+
+def first_output(results: Any) -> str:
+    """The generated text lm-eval hands a `process_results` hook (a list of one string)."""
+    if isinstance(results, (list, tuple)):
+        return str(results[0]) if results else ""
+    return str(results)
+
+
+def alias_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """Fact tasks (city_facts, country_capital, country_continent, a user's facts CSV): the first
+    line of the answer, or its first sentence, must be one of `doc["aliases"]`, normalised."""
+    return {"acc": float(country_correct(first_output(results), doc["aliases"]))}

@@ -85,6 +85,8 @@ class PromptFrame:
             return self.tokenizer.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True, **kwargs)
 
 
+PLAIN = PromptFrame()  # the prompt exactly as written (no chat template)
+
 _FALSE = ("", "0", "false", "no", "none", "off")
 
 

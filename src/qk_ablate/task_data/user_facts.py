@@ -64,9 +64,9 @@ def build_docs(rows: list[dict[str, Any]], fewshot: int = DEFAULT_FEWSHOT) -> li
 
 def facts_dataset(facts_csv: str | None = None, facts_fewshot: int = DEFAULT_FEWSHOT, **metadata):
     """custom_dataset of the `qk_ablate:facts_csv` template: `facts_csv` comes from dataset_kwargs."""
-    from qk_ablate.task_data.hooks import _dataset
+    from qk_ablate.task_data.settings import as_dataset
 
     if not facts_csv:
         raise QKAblateError("a task built on qk_ablate:facts_csv needs dataset_kwargs: {facts_csv: <path to the CSV>}")
-    return _dataset(build_docs(load_facts(facts_csv), facts_fewshot))
+    return as_dataset(build_docs(load_facts(facts_csv), facts_fewshot))
 
