@@ -1,0 +1,207 @@
+"""What an intervention does to one Q/K/V tensor in attention layout `[B, H, S, D]`, and the
+per-forward state it needs: which positions are the prompt, and whether this is a prefill.
+
+Per-call tensors live on the device of the tensor they edit: a model split over several GPUs
+runs its layers on different devices, so the prompt masks are copied once per device and call
+(never a host sync), and everything derived from a tensor (masks, fills, control scores) is
+made on that tensor's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from qk_ablate.destroy import destroy_columns, fill_values
+from qk_ablate.errors import QKAblateError
+from qk_ablate.quantize import fake_quantize
+from qk_ablate.selection import (
+    column_norms,
+    control_mask,
+    massive_mask_threshold,
+    massive_mask_topk,
+    random_scores,
+)
+from qk_ablate.spec import InterventionSpec
+
+# An observer sees every prefill tensor before it is changed: (layer, tensor name, 'pre'|'post', x [B,H,S,D], prompt mask).
+Observer = Callable[[int, str, str, torch.Tensor, "torch.Tensor | None"], None]
+
+
+@dataclass
+class Step:
+    """What the current forward is.
+
+    prompt: [B, S] positions whose statistics select and fill (None: all positions);
+    tokens: [B, S] non-padding positions, edited by `stage=all` (None: all positions);
+    prefill: the cache was empty, so every position of this forward is new.
+    Both masks are on the input's device; `masks(device)` gives them where a layer runs.
+    """
+
+    prompt: torch.Tensor | None
+    tokens: torch.Tensor | None
+    prefill: bool
+    _moved: dict[torch.device, tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=dict, repr=False)
+
+    def masks(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(prompt, tokens) on `device`, copied once per device and forward (asynchronously on GPUs)."""
+        if self.prompt is None or self.prompt.device == device:
+            return self.prompt, self.tokens
+        if device not in self._moved:
+            fast = device.type == "cuda"
+            self._moved[device] = tuple(
+                None if m is None else m.to(device, non_blocking=fast) for m in (self.prompt, self.tokens)
+            )
+        return self._moved[device]
+
+
+@dataclass
+class _Kept:
+    """A prefill's per-sample decisions, re-used by later steps (`stage=all`, or tensors rebuilt each step)."""
+
+    columns: torch.Tensor | None
+    fill: torch.Tensor | None
+    protect: torch.Tensor | None
+    edited: torch.Tensor | None  # the [B, P] positions the prefill edited (None: all)
+    length: int  # P, the prefill's length
+
+
+class Editor:
+    """Applies one `InterventionSpec` to the tensors of the selected layers, forward by forward."""
+
+    def __init__(
+        self,
+        spec: InterventionSpec,
+        layers: frozenset[int],
+        observer: Observer | None = None,
+        observe: frozenset[str] = frozenset(),
+    ) -> None:
+        self.spec = spec
+        self.layers = layers
+        self.observer = observer
+        self.observe = observe
+        self._destroyed, self._quantized = spec.ablate_targets(), spec.quant_target_set()
+        self.step = Step(prompt=None, tokens=None, prefill=True)
+        self._kept: dict[tuple[int, str], _Kept] = {}
+        self._scores: dict[tuple[int, str, torch.device], torch.Tensor] = {}
+
+    def begin(self, step: Step) -> None:
+        """Start a forward; a prefill forgets the previous prompt's decisions."""
+        self.step = step
+        if step.prefill:
+            self._kept.clear()
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+    def edit(
+        self,
+        layer: int,
+        name: str,
+        where: str,
+        x: torch.Tensor,
+        select: tuple[int, int] | None = None,
+        recomputed: bool = False,
+    ) -> torch.Tensor | None:
+        """The intervention on `x: [B, H, S, D]`; None = unchanged.
+
+        `select`: the span of dims that selection runs over (MLA's rotary dims; None: all).
+        `recomputed`: `x` holds every cached position again at each decode step (MLA's K/V).
+        """
+        step, spec = self.step, self.spec
+        if step.prefill and self.observer is not None and where in self.observe:
+            self.observer(layer, name, where, x, step.masks(x.device)[0])
+        if spec.is_noop or where != spec.rope or layer not in self.layers:
+            return None
+        destroy, quantize = name in self._destroyed, name in self._quantized
+        if not (destroy or quantize):
+            return None
+        if step.prefill:
+            keep = recomputed or spec.stage == "all"
+            return self._edit_prompt(layer, name, x, destroy, quantize, select, keep)
+        if recomputed:
+            return self._edit_again(layer, name, x, destroy, quantize)
+        if spec.stage == "all":
+            return self._edit_new_tokens(self._kept_for(layer, name), x, destroy, quantize)
+        return None
+
+    def _edit_prompt(
+        self, layer: int, name: str, x: torch.Tensor, destroy: bool, quantize: bool,
+        select: tuple[int, int] | None, keep: bool,
+    ) -> torch.Tensor:
+        """Select and fill from the prompt; edit the prompt (`stage=prefill`) or every real token (`all`)."""
+        spec = self.spec
+        prompt, tokens = self.step.masks(x.device)
+        edited = prompt if spec.stage == "prefill" else tokens
+        lo, hi = select or (0, x.shape[-1])
+        span = x[..., lo:hi]
+        massive = self._massive(span, prompt)
+        columns = fill = None
+        if destroy:
+            columns = massive if spec.ablate == "massive" else control_mask(massive, self._control_scores(layer, name, span, prompt))
+            columns = _widen(columns, lo, x.shape[-1])
+            fill = fill_values(x, prompt, spec.fill)
+            x = destroy_columns(x, columns, edited, fill)
+        protect = _widen(massive, lo, x.shape[-1]) if spec.protect == "massive" else None
+        if quantize:
+            x = self._quantize(x, edited, protect)
+        if keep:
+            self._kept[(layer, name)] = _Kept(columns, fill, protect, edited, x.shape[2])
+        return x
+
+    def _edit_again(self, layer: int, name: str, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
+        """A decode step of a tensor rebuilt from its cache: the prompt's edit again, then the new tokens'."""
+        kept = self._kept_for(layer, name)
+        head, rest = x[:, :, : kept.length], x[:, :, kept.length :]
+        if destroy:
+            head = destroy_columns(head, kept.columns, kept.edited, kept.fill)
+        if quantize:
+            head = self._quantize(head, kept.edited, kept.protect)
+        if self.spec.stage == "all":
+            rest = self._edit_new_tokens(kept, rest, destroy, quantize)
+        return torch.cat([head, rest], dim=2)
+
+    def _edit_new_tokens(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
+        if destroy:
+            x = destroy_columns(x, kept.columns, None, kept.fill)
+        if quantize:
+            x = self._quantize(x, None, kept.protect)
+        return x
+
+    def _kept_for(self, layer: int, name: str) -> _Kept:
+        kept = self._kept.get((layer, name))
+        if kept is None:
+            raise QKAblateError("a decode step came without its prefill; start generation from an empty cache")
+        return kept
+
+    def _quantize(self, x: torch.Tensor, valid: torch.Tensor | None, protect: torch.Tensor | None) -> torch.Tensor:
+        spec = self.spec
+        return fake_quantize(x, spec.quant, spec.quant_axis, spec.group or None, spec.sym, valid, protect)
+
+    def _massive(self, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.spec.needs_selection:
+            return None
+        norms = column_norms(x, prompt)
+        if self.spec.select == "topk":
+            return massive_mask_topk(norms, self.spec.topk)
+        return massive_mask_threshold(norms, self.spec.lam)
+
+    def _control_scores(self, layer: int, name: str, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+        if self.spec.control == "smallest":
+            return column_norms(x, prompt)
+        key = (layer, name, x.device)
+        if key not in self._scores:
+            salt = layer * 3 + "qkv".index(name)
+            self._scores[key] = random_scores(x.shape[1], x.shape[3], self.spec.seed, salt, x.device)
+        return self._scores[key]
+
+
+def _widen(mask: torch.Tensor | None, start: int, width: int) -> torch.Tensor | None:
+    """A `[B, H, d]` mask of dims `start:start+d` as a `[B, H, width]` one (False elsewhere)."""
+    if mask is None or mask.shape[-1] == width:
+        return mask
+    before = mask.new_zeros((*mask.shape[:-1], start))
+    after = mask.new_zeros((*mask.shape[:-1], width - start - mask.shape[-1]))
+    return torch.cat([before, mask, after], dim=-1)

@@ -1,0 +1,140 @@
+"""Post-RoPE (`rope=post`): a wrapper registered in transformers' `AttentionInterface`.
+
+The model is switched, with its public `set_attn_implementation`, to `qk_ablate:<original>`,
+a function that edits query/key/value and then calls the user's own kernel (SDPA, eager, flex),
+so no S x S tensor is ever built. It finds its work in its own call, not in a global: a forward
+pre-hook on each attention module adds the keyword `qk_ablate_site` (the attachment's editor and
+that layer's site) to the module's call, which transformers hands on to the attention function
+with the rest of its `**kwargs`; the wrapper pops it before the kernel sees it, and refuses to
+run without it. (The keyword is added per attention module rather than once at the model's
+forward because some decoder layers, StableLM's among them, do not pass `**kwargs` down.)
+
+Keys and values are edited in place: transformers hands the attention function the tensors it
+has just written into the KV cache, so the destroyed prompt keys stay destroyed for every
+decode step. MLA (DeepSeek-V3) caches a latent instead and rebuilds K/V every step; there the
+prompt's edit is applied again to the rebuilt prompt positions (`Editor`'s `recomputed`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import torch
+from torch import nn
+
+from qk_ablate.arch import AttentionSite, ModelLayout
+from qk_ablate.edits import Editor
+from qk_ablate.errors import QKAblateError
+
+PREFIX = "qk_ablate:"
+KEYWORD = "qk_ablate_site"
+
+
+def install(model: nn.Module, layout: ModelLayout, editor: Editor) -> tuple[list, str]:
+    """Switch `model` to the wrapper and hook its attention modules; returns (hooks, original implementation)."""
+    original = _check(model, layout)
+    _register_wrapper(original)
+    model.set_attn_implementation(PREFIX + original)
+    stale = [s.layer for s in layout.sites if not _implementation(s.module, model).startswith(PREFIX)]
+    if stale:
+        model.set_attn_implementation(original)
+        raise QKAblateError(
+            f"{layout.model_type}: attention layer {stale[0]} kept its own attention implementation, so post-RoPE "
+            "Q/K cannot be reached; use rope=pre"
+        )
+    handles = [site.module.register_forward_pre_hook(_injector(editor, site), with_kwargs=True) for site in layout.sites]
+    return handles, original
+
+
+def restore(model: nn.Module, original: str) -> None:
+    """Give the model back its attention implementation."""
+    model.set_attn_implementation(original)
+
+
+def _check(model: nn.Module, layout: ModelLayout) -> str:
+    """The model's current attention implementation, or a one-line reason why post-RoPE work cannot reach it."""
+    original = _implementation(layout.sites[0].module, model)
+    if original.startswith(PREFIX):
+        raise QKAblateError("this model already has a qk-ablate attachment; remove it before attaching another")
+    can_set = getattr(model, "_can_set_attn_implementation", None)
+    if not layout.post_rope or not hasattr(model, "set_attn_implementation") or (can_set is not None and not can_set()):
+        raise QKAblateError(
+            f"{layout.model_type} computes attention inside its own modules, not through transformers' "
+            "AttentionInterface, so post-RoPE Q/K cannot be reached; use rope=pre (the projection outputs)"
+        )
+    if "flash" in original:
+        raise QKAblateError(
+            f"attn_implementation={original} looks itself up by the model's attention name, so it cannot run behind "
+            "the post-RoPE wrapper; load the model with attn_implementation=sdpa (or eager), or use rope=pre"
+        )
+    for site in layout.sites:
+        params = inspect.signature(site.module.forward).parameters.values()
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            raise QKAblateError(
+                f"{type(site.module).__name__}.forward takes no **kwargs, so qk-ablate cannot hand its attention "
+                "function the layer's work; use rope=pre"
+            )
+    return original
+
+
+def _implementation(module: nn.Module, model: nn.Module) -> str:
+    config = getattr(module, "config", None)
+    config = model.config if config is None else config
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def _injector(editor: Editor, site: AttentionSite):
+    def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, KEYWORD: (editor, site)}
+
+    return inject
+
+
+def edit(
+    editor: Editor, site: AttentionSite, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edit query (a new tensor) and the new positions of key/value (in place: they are the cache's tensors)."""
+    q_len = query.shape[2]
+    new_query = editor.edit(site.layer, "q", "post", query, site.select)
+    tensors = {"k": key, "v": value}
+    for name, tensor in tensors.items():
+        select = site.select if name == "k" else None
+        if site.recomputed:  # rebuilt from a latent cache: a new tensor every step, edited as a whole
+            new = editor.edit(site.layer, name, "post", tensor, select, recomputed=True)
+            tensors[name] = tensor if new is None else new
+            continue
+        span = tensor[:, :, :q_len] if editor.step.prefill else tensor[:, :, -q_len:]
+        new = editor.edit(site.layer, name, "post", span, select)
+        if new is not None:
+            span.copy_(new)
+    return query if new_query is None else new_query, tensors["k"], tensors["v"]
+
+
+def _register_wrapper(original: str) -> None:
+    """Register `qk_ablate:<original>` for attention and for mask creation (once per process)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = PREFIX + original
+    if name in ALL_ATTENTION_FUNCTIONS:
+        return
+
+    def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+        entry = kwargs.pop(KEYWORD, None)
+        if entry is None:
+            raise QKAblateError(
+                f"{type(module).__name__} called its attention function without the qk-ablate keyword "
+                "(its forward does not pass **kwargs on), so post-RoPE work cannot reach it; use rope=pre"
+            )
+        query, key, value = edit(*entry, query, key, value)
+        if original in ALL_ATTENTION_FUNCTIONS:
+            kernel = ALL_ATTENTION_FUNCTIONS[original]
+        else:  # "eager": each modeling file has its own eager function (softcapping etc.)
+            kernel = sys.modules[type(module).__module__].eager_attention_forward
+        return kernel(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(name, attention)
+    if original in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
