@@ -2,8 +2,11 @@
 model's own `inv_freq` buffer (so scaled RoPE variants such as llama3 are reported as they run).
 
 Hugging Face's `rotate_half` layout: with a rotary width R (= head_dim, or head_dim times the
-partial rotary factor), dim d < R belongs to pair d mod R/2 and turns at `inv_freq[d mod R/2]`
-radians per token; dims >= R are not rotated. Bands, by wavelength 2*pi/freq in tokens:
+partial rotary factor, as in GPT-NeoX, Phi and StableLM), dim d < R belongs to pair d mod R/2
+and turns at `inv_freq[d mod R/2]` radians per token; dims >= R are not rotated. The rotary dims
+may start later in the head (MLA: `[nope | rope]`, so `start` = qk_nope_head_dim) and may pair
+interleaved (DeepSeek's projection outputs with `rope_interleave`: dims 2i and 2i+1 form pair i;
+its post-RoPE tensors are back in rotate-half order). Bands, by wavelength 2*pi/freq in tokens:
 
 * `high`: shorter than 64 tokens, many turns within any sentence;
 * `low`: longer than the model's context window (`max_position_embeddings`), less than one turn
@@ -51,21 +54,23 @@ def inv_freq_of(model: nn.Module) -> torch.Tensor:
     raise QKAblateError("this model has no rotary embedding (no inv_freq buffer), so its dims have no RoPE band")
 
 
-def rope_dims(inv_freq: torch.Tensor, head_dim: int, context: int) -> RopeDims:
+def rope_dims(
+    inv_freq: torch.Tensor, head_dim: int, context: int, start: int = 0, interleaved: bool = False
+) -> RopeDims:
     """Pair, frequency, wavelength and band of each of `head_dim` dims (see the module docstring)."""
     half = int(inv_freq.numel())
     rotary = 2 * half
-    if rotary > head_dim:
-        raise QKAblateError(f"inv_freq has {half} frequencies, more than half the head dim {head_dim}")
+    if start + rotary > head_dim:
+        raise QKAblateError(f"inv_freq has {half} frequencies, more than fit the head dim {head_dim} from dim {start}")
     pairs, freqs, waves, bands = [], [], [], []
     for dim in range(head_dim):
-        if dim >= rotary:
+        if not start <= dim < start + rotary:
             pairs.append(-1)
             freqs.append(0.0)
             waves.append(math.inf)
             bands.append("none")
             continue
-        pair = dim % half
+        pair = (dim - start) // 2 if interleaved else (dim - start) % half
         freq = float(inv_freq[pair])
         wave = 2 * math.pi / freq if freq > 0 else math.inf
         pairs.append(pair)
@@ -75,8 +80,23 @@ def rope_dims(inv_freq: torch.Tensor, head_dim: int, context: int) -> RopeDims:
     return RopeDims(tuple(pairs), tuple(freqs), tuple(waves), tuple(bands), context)
 
 
-def model_rope_dims(model: nn.Module, head_dim: int) -> RopeDims:
-    """`rope_dims` for a loaded model, with its `max_position_embeddings` as the context window."""
+def model_rope_dims(model: nn.Module, head_dim: int | None = None, where: str = "post", name: str = "q") -> RopeDims:
+    """`rope_dims` of one tensor (`where` 'pre'|'post', `name` 'q'|'k') of a loaded model.
+
+    Its geometry (head dim, first rotary dim, pairing) comes from `arch.find_layout`, so MLA's
+    `[nope | rope]` heads are right; `head_dim`, when given, must agree with it. The context
+    window is the model's `max_position_embeddings`.
+    """
+    from qk_ablate.arch import find_layout
+
+    site = find_layout(model).sites[0]
+    source = site.sources[name]
+    if where == "post":
+        dims, start, interleaved = site.head_dim, site.rotary_start, False
+    else:
+        dims, start, interleaved = source.head_dim, source.rotary_start, source.interleaved
+    if head_dim is not None and head_dim != dims:
+        raise QKAblateError(f"{where}-RoPE {name} has heads of {dims} dims, not {head_dim}")
     config = getattr(model, "config", None)
     context = int(getattr(config, "max_position_embeddings", 0) or 0) or 4096
-    return rope_dims(inv_freq_of(model), head_dim, context)
+    return rope_dims(inv_freq_of(model), dims, context, start, interleaved)
