@@ -10,14 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from qk_ablate.catalogue import GROUPS, tasks
+
 ROOT = Path(__file__).resolve().parents[1]
-LENGTHS = ("1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k")
-# Every task name of SPEC section 5 (gsm8k is lm-eval's own; qk_gsm8k is our offline one), and the groups.
-SPEC_TASKS = (
-    [f"{family}_{n}" for family in ("passkey", "niah", "niah_essay", "niah_multikey", "ctxqa") for n in LENGTHS]
-    + ["imdb", "gsm8k", "qk_gsm8k", "city_facts", "city_facts_tf", "country_capital", "country_continent"]
-    + ["qk_contextual", "qk_parametric", "qk_knowledge", "qk_passkey", "niah", "niah_essay", "niah_multikey", "ctxqa"]
-)
+# Every task of the catalogue (SPEC section 5; gsm8k is lm-eval's own, qk_gsm8k our offline one), and the groups.
+SPEC_TASKS = tasks() + list(GROUPS)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qk_ablate.cli import main
-from qk_ablate.compare import compare, task_kind
+from qk_ablate.compare import compare
 from qk_ablate.errors import QKAblateError
 from qk_ablate.gate import FAIL, PASS, UNUSABLE, parse_budgets, run_gate
 from qk_ablate.report import build_report, to_csv, to_html, to_markdown, write_report
@@ -20,8 +20,9 @@ STAMP = "2026-01-01T00-00-00.000000"
 
 
 def write_run(folder: Path, scores: dict[str, list[float]], spec: dict | None = None, texts: str = "doc",
-              stamp: str = STAMP) -> Path:
-    """An lm_eval --output_path folder: results JSON and one samples file per task."""
+              stamp: str = STAMP, declared: dict[str, str] | None = None) -> Path:
+    """An lm_eval --output_path folder: results JSON and one samples file per task; `declared`
+    puts a task's `kind` into its config's metadata, as a task YAML with `metadata: {kind: ...}` does."""
     sub = folder / "smollm2-135m"
     sub.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -32,7 +33,10 @@ def write_run(folder: Path, scores: dict[str, list[float]], spec: dict | None = 
                 doc_hash = hashlib.sha256(f"{texts}/{task}/{i}".encode()).hexdigest()
                 handle.write(json.dumps({"doc_id": i, "doc_hash": doc_hash, "filter": "none", "metrics": ["acc"], "acc": value}) + "\n")
     config = {"model": "qk_ablated", "qk_ablate": {"model": "smollm2-135m", "version": "0", **(spec or {"ablate": "none"})}}
-    (sub / f"results_{stamp}.json").write_text(json.dumps({"results": results, "group_subtasks": {t: [] for t in scores}, "config": config}))
+    configs = {t: {"task": t, "metadata": {"version": 1.0, **({"kind": declared[t]} if t in (declared or {}) else {})}}
+               for t in scores}
+    (sub / f"results_{stamp}.json").write_text(json.dumps({"results": results, "group_subtasks": {t: [] for t in scores},
+                                                           "configs": configs, "config": config}))
     return folder
 
 
@@ -93,12 +97,6 @@ def test_samples_with_unicode_line_separators_in_documents(tmp_path):
     lines[0] = json.dumps(record, ensure_ascii=False)
     samples.write_text("\n".join(lines), encoding="utf-8")
     assert load_run(run).tasks["imdb"].scores.tolist() == [1.0, 0.0]
-
-
-def test_task_kinds():
-    assert task_kind("passkey_128k") == task_kind("niah_essay_4k") == task_kind("imdb") == "contextual"
-    assert task_kind("country_continent") == task_kind("city_facts_tf") == "parametric"
-    assert task_kind("my_facts") is None and task_kind("my_facts", {"my_facts": "parametric"}) == "parametric"
 
 
 def test_describe_names_only_what_matters():
@@ -201,3 +199,83 @@ def test_parse_budgets():
     for bad in ("", "contextual", "contextual=-1", "=2"):
         with pytest.raises(QKAblateError):
             parse_budgets(bad)
+
+
+@pytest.fixture
+def own(tmp_path):
+    """Runs with a user's own contextual task `my_niah` (40 of 100 documents lost) beside passkey_1k (unchanged)."""
+    niah = [1.0] * 100
+    lost = [0.0] * 40 + [1.0] * 60
+    keys = bernoulli(100, 0.8, 5)
+
+    def make(name: str, declared: dict | None = None) -> tuple[Path, Path]:
+        base = write_run(tmp_path / f"{name}_base", {"passkey_1k": keys, "my_niah": niah, "city_facts": keys}, declared=declared)
+        cand = write_run(tmp_path / f"{name}_cand", {"passkey_1k": keys, "my_niah": lost, "city_facts": keys},
+                         {"ablate": "massive"}, declared=declared)
+        return base, cand
+
+    return make
+
+
+def test_own_tasks_count_alike_in_report_and_gate_with_kinds(own, capsys):
+    base, cand = own("flag")
+    unflagged = run_gate(base, cand, "contextual=2")
+    assert unflagged.code == PASS and "contextual dropped 0.0 points" in unflagged.reason
+    assert "Warning: my_niah counted in neither the contextual nor the parametric mean" in unflagged.reason
+    flagged = run_gate(base, cand, "contextual=2", kinds={"my_niah": "contextual"})
+    assert flagged.code == FAIL and "contextual dropped 20.0 points" in flagged.reason and "Warning" not in flagged.reason
+    report = build_report([load_run(base), load_run(cand)], kinds={"my_niah": "contextual"}, iterations=500)
+    assert report.rows[1][1].deltas["contextual"].value == pytest.approx(-0.20)
+    assert build_report([load_run(base), load_run(cand)], iterations=500).unclassified == ["my_niah"]
+    assert main(["gate", "--baseline", str(base), "--candidate", str(cand), "--max-drop", "contextual=2",
+                 "--kinds", "my_niah=contextual"]) == 1
+    assert main(["report", str(base), str(cand), "--iterations", "200"]) == 0
+    assert "qk-ablate: warning: my_niah counted in neither" in capsys.readouterr().err
+
+
+def test_kind_declared_in_the_task_yaml_needs_no_flag(own):
+    base, cand = own("declared", declared={"my_niah": "contextual"})
+    assert load_run(base).kinds == {"my_niah": "contextual"}
+    verdict = run_gate(base, cand, "contextual=2")
+    assert verdict.code == FAIL and "contextual dropped 20.0 points" in verdict.reason
+    report = build_report([load_run(base), load_run(cand)], iterations=500)
+    assert report.unclassified == [] and report.rows[1][1].deltas["contextual"].value == pytest.approx(-0.20)
+    overridden = run_gate(base, cand, "parametric=2", kinds={"my_niah": "parametric"})  # --kinds wins
+    assert overridden.code == FAIL and "parametric dropped 20.0 points" in overridden.reason  # 40 of 200 pooled documents
+
+
+def test_bad_declared_kind_is_one_line(own):
+    base, _ = own("bad", declared={"my_niah": "factual"})
+    with pytest.raises(QKAblateError, match="the kind of my_niah must be contextual or parametric, got 'factual'"):
+        load_run(base)
+
+
+def test_runs_split_over_several_lm_eval_calls_are_grouped(tmp_path, pair, capsys):
+    """One lm_eval call per task gives one folder per task; report and gate put them together."""
+    whole = run_gate(pair[0], pair[1], "contextual=2,parametric=2")
+    parts = {}
+    for role, folder, spec in (("base", pair[0], None), ("cand", pair[1], {"ablate": "massive"})):
+        run = load_run(folder)
+        for task in run.tasks:
+            parts[(role, task)] = write_run(tmp_path / f"{role}_{task}", {task: list(run.tasks[task].scores)}, spec)
+    bases = [parts[("base", t)] for t in ("passkey_1k", "city_facts")]
+    cands = [parts[("cand", t)] for t in ("passkey_1k", "city_facts")]
+    split = run_gate(bases, cands, "contextual=2,parametric=2")
+    assert split.code == whole.code == FAIL
+    assert [c.drop for c in split.checks] == [c.drop for c in whole.checks]
+    report = build_report([load_run(p) for p in bases + cands], iterations=500)
+    assert [run.label for run, _ in report.rows] == ["baseline", "ablate=massive"]
+    assert set(report.rows[1][0].tasks) == {"passkey_1k", "city_facts"}
+    assert main(["gate", "--baseline", *map(str, bases), "--candidate", *map(str, cands),
+                 "--max-drop", "contextual=2"]) == 1
+    mixed = run_gate([bases[0], cands[1]], cands, "contextual=2")
+    assert mixed.code == UNUSABLE and "the baseline folders hold 2 different runs" in mixed.reason
+    with pytest.raises(QKAblateError, match="are both smollm2-135m / baseline and both have passkey_1k"):
+        build_report([load_run(p) for p in (bases[0], pair[0])])
+
+
+def test_help_of_every_command():
+    for argv in (["--help"], ["report", "--help"], ["gate", "--help"], ["profile", "--help"], ["sweep", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0

@@ -10,29 +10,15 @@ groups are), and the interaction is the contextual delta minus the parametric de
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from qk_ablate.catalogue import KINDS, task_kind
 from qk_ablate.errors import QKAblateError
 from qk_ablate.runs import Run
 
-KINDS = ("contextual", "parametric")
-_CONTEXTUAL = re.compile(r"^(passkey|niah|niah_multikey|niah_essay|ctxqa)_\d+k$|^(imdb|gsm8k|qk_gsm8k)$")
-_PARAMETRIC = re.compile(r"^(city_facts|city_facts_tf|city_facts_tf_gen|country_capital|country_continent)$")
-DEFAULT_ITERATIONS = 10_000
-
-
-def task_kind(task: str, overrides: dict[str, str] | None = None) -> str | None:
-    """'contextual', 'parametric', or None (a task outside both means) for a task name."""
-    if overrides and task in overrides:
-        return overrides[task]
-    if _CONTEXTUAL.match(task):
-        return "contextual"
-    if _PARAMETRIC.match(task):
-        return "parametric"
-    return None
+DEFAULT_ITERATIONS = 10_000  # bootstrap replicates of report, gate and sweep
 
 
 @dataclass(frozen=True)
@@ -56,6 +42,7 @@ class Comparison:
     deltas: dict[str, Estimate]  # candidate - baseline, per kind
     interaction: Estimate | None  # contextual delta - parametric delta
     docs: dict[str, int]
+    unclassified: tuple[str, ...] = ()  # tasks in neither mean: no kind in the catalogue, --kinds or YAML
 
 
 def _paired_scores(baseline: Run, candidate: Run, tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -110,9 +97,11 @@ def compare(
     task_estimates = {
         t: estimate(pairs[t][1].mean() - pairs[t][0].mean(), boot[t][1] - boot[t][0]) for t in names
     }
+    declared = {**candidate.kinds, **baseline.kinds}
+    kind_of = {t: task_kind(t, kinds, declared) for t in names}
     means, deltas, kind_boot = {}, {}, {}
     for kind in KINDS:
-        members = [t for t in names if task_kind(t, kinds) == kind]
+        members = [t for t in names if kind_of[t] == kind]
         if not members:
             continue
         sizes = np.array([len(pairs[t][0]) for t in members], dtype=np.float64)
@@ -137,4 +126,5 @@ def compare(
         deltas=deltas,
         interaction=interaction,
         docs={t: len(pairs[t][0]) for t in names},
+        unclassified=tuple(t for t in names if kind_of[t] is None),
     )

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from qk_ablate.compare import KINDS, Comparison, Estimate, compare
+from qk_ablate.catalogue import KINDS
+from qk_ablate.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.errors import QKAblateError
-from qk_ablate.runs import load_run
+from qk_ablate.runs import Run, load_runs
 
 PASS, FAIL, UNUSABLE = 0, 1, 2
 
@@ -91,21 +92,42 @@ def evaluate(comparison: Comparison, budgets: dict[str, float]) -> Verdict:
         f"Candidate '{comparison.candidate.path}' against baseline '{comparison.baseline.path}' on {tasks}: "
         f"{'pass' if code == PASS else 'FAIL'}. " + "; ".join(c.sentence() for c in checks) + "."
     )
+    if comparison.unclassified and any(name in KINDS for name in budgets):
+        reason += f" Warning: {unclassified_warning(comparison.unclassified)}."
     return Verdict(code, reason, checks)
 
 
-def run_gate(baseline: str | Path, candidate: str | Path, max_drop: str, junit: str | Path | None = None,
-             iterations: int = 10_000, json_path: str | Path | None = None) -> Verdict:
+def _one_run(paths: list[str | Path], role: str) -> Run:
+    """The run that folders of one model and intervention make together (one lm_eval call per task, say)."""
+    runs = load_runs(paths)
+    if len(runs) > 1:
+        names = "; ".join(f"'{run.path}' ({run.model} / {run.label})" for run in runs)
+        raise QKAblateError(f"the {role} folders hold {len(runs)} different runs ({names}); give the folders of one run")
+    return runs[0]
+
+
+def unclassified_warning(tasks: list[str] | tuple[str, ...]) -> str:
+    """The one line that names tasks counted in neither the contextual nor the parametric mean."""
+    return (f"{', '.join(tasks)} counted in neither the contextual nor the parametric mean; classify with "
+            f"--kinds {tasks[0]}=contextual (or parametric), or `kind:` in the task YAML's metadata")
+
+
+def run_gate(baseline: str | Path | list[str | Path], candidate: str | Path | list[str | Path], max_drop: str,
+             junit: str | Path | None = None, iterations: int = DEFAULT_ITERATIONS,
+             json_path: str | Path | None = None, kinds: dict[str, str] | None = None) -> Verdict:
     """Load, compare and judge; an unusable input gives exit code 2 with its reason, never a pass.
 
+    `baseline` and `candidate` are run folders (several folders of one run are merged); `kinds`
+    classifies tasks the catalogue and the tasks' own YAML do not (as `report --kinds` does).
     The verdict is also written as JUnit XML (`junit`) and/or JSON (`json_path`) for the CI page.
     """
+    as_list = lambda paths: list(paths) if isinstance(paths, (list, tuple)) else [paths]  # noqa: E731
     try:
         budgets = parse_budgets(max_drop)
-        base, cand = load_run(baseline), load_run(candidate)
+        base, cand = _one_run(as_list(baseline), "baseline"), _one_run(as_list(candidate), "candidate")
         if not base.tasks:
-            raise QKAblateError(f"the baseline '{baseline}' holds no task results")
-        verdict = evaluate(compare(base, cand, iterations=iterations), budgets)
+            raise QKAblateError(f"the baseline '{base.path}' holds no task results")
+        verdict = evaluate(compare(base, cand, kinds=kinds, iterations=iterations), budgets)
     except QKAblateError as exc:
         verdict = Verdict(UNUSABLE, f"could not compare the runs: {exc}", [])
     for path, write in ((junit, write_junit), (json_path, write_json)):

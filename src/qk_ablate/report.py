@@ -11,15 +11,21 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from qk_ablate.compare import DEFAULT_ITERATIONS, KINDS, Comparison, Estimate, compare, task_kind
+from qk_ablate.catalogue import KINDS, task_kind
+from qk_ablate.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.errors import QKAblateError
-from qk_ablate.runs import Run
+from qk_ablate.runs import Run, merge_runs
 
 
 @dataclass(frozen=True)
 class Report:
     tasks: list[str]
     rows: list[tuple[Run, Comparison]]  # each run against its model's baseline (the baseline too)
+
+    @property
+    def unclassified(self) -> list[str]:
+        """Tasks counted in neither mean (no kind from the catalogue, --kinds or their YAML)."""
+        return sorted({t for _, comparison in self.rows for t in comparison.unclassified})
 
 
 def build_report(
@@ -30,9 +36,11 @@ def build_report(
     only: list[str] | None = None,
 ) -> Report:
     """Compare every run with the baseline of its model (`baseline`, or the model's run with no
-    intervention), over the baselines' tasks (or just `only`)."""
+    intervention), over the baselines' tasks (or just `only`). Runs of one model and intervention
+    from several folders are merged first."""
     if not runs:
         raise QKAblateError("no runs to report; give one or more lm_eval --output_path folders")
+    runs = merge_runs(runs)
     baselines: dict[str, Run] = {}
     if baseline is not None:
         baselines = {run.model: baseline for run in runs}
@@ -50,7 +58,9 @@ def build_report(
         raise QKAblateError(
             f"no baseline (ablate=none, quant=none) run for {', '.join(missing)}; add one, or name it with --baseline"
         )
-    tasks = sorted({t for b in baselines.values() for t in b.tasks}, key=lambda t: (_kind_order(task_kind(t, kinds)), t))
+    declared = {t: k for b in baselines.values() for t, k in b.kinds.items()}
+    tasks = sorted({t for b in baselines.values() for t in b.tasks},
+                   key=lambda t: (_kind_order(task_kind(t, kinds, declared)), t))
     if only is not None:
         unknown = sorted(set(only) - set(tasks))
         if unknown:

@@ -3,7 +3,8 @@
 A run folder is what `lm_eval --output_path DIR --log_samples` writes (`DIR/<model>/results_<time>.json`
 and `samples_<task>_<time>.jsonl`), or any folder above it. Several results files in one folder
 (runs added later) are merged task by task, the newest file winning; each task's samples come
-from the file written with the results that report it. Anything unusable is a QKAblateError that
+from the file written with the results that report it. Runs of one model and intervention made
+by several `lm_eval` invocations (one per task, say) are merged into one by `merge_runs`. Anything unusable is a QKAblateError that
 names the file and says what is wrong.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from qk_ablate.catalogue import check_kind
 from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
 from qk_ablate.vocabulary import ABLATION_KEYS, PLACE_KEYS, QUANT_KEYS, is_noop
@@ -40,12 +42,14 @@ class TaskScores:
 
 @dataclass(frozen=True)
 class Run:
-    """What one run folder holds: a label, the intervention, and per-task scores."""
+    """What one run folder holds: a label, the intervention, per-task scores, and the kinds its
+    tasks declared in their YAML metadata (`kind: contextual|parametric`)."""
 
     path: Path
     model: str
     intervention: dict[str, Any]
     tasks: dict[str, TaskScores] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -133,6 +137,7 @@ def load_run(path: str | Path) -> Run:
         raise QKAblateError(f"run '{path}' holds no results_*.json; give the --output_path folder of an lm_eval run")
     sources: dict[str, Path] = {}
     config: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
     for file in files:  # oldest first, so newer files win
         data = _read_json(file)
         config = data.get("config") or config
@@ -140,6 +145,9 @@ def load_run(path: str | Path) -> Run:
         for task in data["results"]:
             if task not in groups:  # group means are recomputed from their members, not read
                 sources[task] = file
+                declared = ((data.get("configs") or {}).get(task) or {}).get("metadata") or {}
+                if "kind" in declared:
+                    kinds[task] = check_kind(task, declared["kind"], f"results file '{file}' (the task's YAML metadata)")
     tasks = {}
     for task, file in sources.items():
         samples = file.parent / f"samples_{task}_{_stamp(file)}.jsonl"
@@ -152,7 +160,33 @@ def load_run(path: str | Path) -> Run:
     spec = dict(config.get("qk_ablate") or {})
     model = str(spec.pop("model", None) or _model_name(config))
     spec.pop("version", None)
-    return Run(path=root, model=model, intervention=spec, tasks=tasks)
+    return Run(path=root, model=model, intervention=spec, tasks=tasks, kinds=kinds)
+
+
+def merge_runs(runs: list[Run]) -> list[Run]:
+    """One run per (model, intervention), in first-seen order: the tasks of runs made by separate
+    `lm_eval` invocations are put together. A task present in two of them is an error."""
+    merged: dict[tuple[str, str], Run] = {}
+    for run in runs:
+        key = (run.model, json.dumps(run.intervention, sort_keys=True, default=str))
+        if key not in merged:
+            merged[key] = run
+            continue
+        first = merged[key]
+        twice = sorted(set(first.tasks) & set(run.tasks))
+        if twice:
+            raise QKAblateError(
+                f"'{first.path}' and '{run.path}' are both {run.model} / {run.label} and both have {twice[0]}; "
+                "give only one of them"
+            )
+        merged[key] = Run(first.path, first.model, first.intervention, {**first.tasks, **run.tasks},
+                          {**first.kinds, **run.kinds})
+    return list(merged.values())
+
+
+def load_runs(paths: list[str | Path]) -> list[Run]:
+    """`load_run` of every path, merged by model and intervention (`merge_runs`)."""
+    return merge_runs([load_run(path) for path in paths])
 
 
 def _model_name(config: dict[str, Any]) -> str:
