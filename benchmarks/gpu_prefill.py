@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from qk_ablate import InterventionSpec, attach
-from qk_ablate.profile import collect_massive_stats
+from qk_ablate.massive_stats import collect_massive_stats
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def passkey_prompt(tokenizer, key: str = "68204", filler_repeats: int = 20) -> t
 
 
 def test_massive_values_sit_in_post_rope_q_and_k_not_v(smollm):
-    from qk_ablate.profile import collect_massive_stats
+    from qk_ablate.massive_stats import collect_massive_stats
 
     model, tokenizer = smollm
     ids = passkey_prompt(tokenizer, filler_repeats=30)

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from qk_ablate.errors import QKAblateError
+from qk_ablate.figures import save_heatmaps
 from qk_ablate.profile import profile_model, save_profile, summarize
 from qk_ablate.rope import inv_freq_of, model_rope_dims, rope_dims
 
@@ -82,7 +83,7 @@ def test_profile_finds_the_planted_pair_in_every_head(tmp_path):
         for name in ("q", "k"):
             pairs = summary["results"][length]["pre"][name]["pairs"]
             assert {p["pair"] for p in pairs if p["share_of_heads"] == 1.0} >= planted_pairs
-    written = save_profile(profile, tmp_path)
+    written = save_profile(profile, tmp_path) + save_heatmaps(profile, tmp_path)
     names = {p.name for p in written}
     assert {"profile.npz", "profile.json", "heatmap_post_q.png", "layers_pre_k_48.png"} <= names
     arrays = np.load(tmp_path / "profile.npz")

@@ -77,3 +77,16 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_heatmaps(profile: Profile, folder: str | Path) -> list[Path]:
+    """The PNG heatmaps: every tensor averaged over layers, and Q and K per layer at each length."""
+    out = Path(folder)
+    written = []
+    for where in profile.where:
+        for name in "qkv":
+            written.append(averaged_heatmap(profile, where, name, out / f"heatmap_{where}_{name}.png"))
+        for name in "qk":
+            for length in profile.lengths:
+                written.append(layer_heatmaps(profile, length, where, name, out / f"layers_{where}_{name}_{length}.png"))
+    return written

@@ -18,6 +18,7 @@ from qk_ablate import __version__
 from qk_ablate.attachment import Attachment
 from qk_ablate.embedded import resolve_pretrained
 from qk_ablate.errors import QKAblateError
+from qk_ablate.loading import load_error
 from qk_ablate.spec import InterventionSpec, split_model_args
 
 
@@ -36,11 +37,7 @@ class QKAblatedLM(HFLM):
         try:
             super().__init__(pretrained=pretrained, gguf_file=gguf_file, **rest)
         except OSError as error:  # unknown model id, missing files, no network for a Hub id
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise QKAblateError(
-                f"could not load model {self._requested_model!r} ({first_line}); "
-                "give a local folder, a Hub id already in the cache, or pretrained=smollm2-135m"
-            ) from error
+            raise load_error(self._requested_model, error) from error
         self.attachment = Attachment(self.model, self.spec).attach()
         self._context_lengths: dict[tuple[int, ...], int] | None = None
 

@@ -1,91 +1,28 @@
-"""What comes out of a profiling pass: M matrices and massive-dim masks, reduced as the forward runs.
+"""A massive-value profile: M matrices and massive fractions per length, saved and summarised.
 
-An `Attachment` observer receives each prefill tensor; only `[H, D]` summaries are kept, never
-the activations themselves. `profile_model` runs that at several context lengths and
-`summarize` turns it into the JSON summary of `qk-ablate profile`: massive dims per layer and
-head, their counts, concentration, and each dim's RoPE pair, frequency, wavelength and band.
+`profile_model` reduces the statistics observer (`massive_stats`) at several context lengths
+into a `Profile` of `[layers, H, D]` arrays; `summarize` turns it into the JSON summary of
+`qk-ablate profile` (massive dims per layer and head, counts, concentration, and each dim's RoPE
+pair, frequency, wavelength and band); `save_profile` / `load_profile` write and read it.
+The pictures are `figures.py`'s.
 """
 
 from __future__ import annotations
 
-import inspect
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from qk_ablate.attachment import Attachment
-from qk_ablate.selection import column_norms, massive_mask_threshold
-from qk_ablate.spec import InterventionSpec
-
-if TYPE_CHECKING:
-    from qk_ablate.rope import RopeDims
-
-
-@dataclass
-class MassiveStats:
-    """Per (layer, tensor, where): summed M matrices, summed massive masks, and the sample count."""
-
-    lam: float = 5.0
-    norms: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
-    massive: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
-    samples: dict[tuple[int, str, str], int] = field(default_factory=dict)
-
-    def __call__(self, layer: int, name: str, where: str, x: torch.Tensor, prompt: torch.Tensor | None) -> None:
-        key = (layer, name, where)
-        norms = column_norms(x, prompt)  # [B, H, D]
-        mask = massive_mask_threshold(norms, self.lam)
-        # Sums stay on the model's device: no host copy (and sync) per layer during the forward.
-        self.norms[key] = self.norms.get(key, 0) + norms.sum(0, dtype=torch.float32)
-        self.massive[key] = self.massive.get(key, 0) + mask.sum(0)
-        self.samples[key] = self.samples.get(key, 0) + x.shape[0]
-
-    def mean_norms(self, layer: int, name: str, where: str) -> torch.Tensor:
-        """M averaged over samples: `[H, D]` on the CPU."""
-        key = (layer, name, where)
-        return self.norms[key].cpu() / self.samples[key]
-
-    def massive_fraction(self, layer: int, name: str, where: str) -> torch.Tensor:
-        """How often each (head, dim) was massive across samples: `[H, D]` in [0, 1], on the CPU."""
-        key = (layer, name, where)
-        return self.massive[key].cpu().float() / self.samples[key]
-
-    def massive_count(self, layer: int, name: str, where: str) -> float:
-        """Mean number of massive (head, dim) columns per sample in this layer and tensor."""
-        return float(self.massive_fraction(layer, name, where).sum())
-
-    def layers(self) -> list[int]:
-        return sorted({layer for layer, _, _ in self.samples})
-
-
-@torch.no_grad()
-def collect_massive_stats(
-    model: nn.Module,
-    batches: Iterable[dict[str, torch.Tensor]],
-    where: tuple[str, ...] = ("pre", "post"),
-    lam: float = 5.0,
-) -> MassiveStats:
-    """Run `model` on `batches` (input_ids, attention_mask) and return the reduced statistics.
-
-    No KV cache and logits for the last position only: at 128k tokens a cache or full-sequence
-    logits would cost more memory than the statistics' whole reason for existing.
-    """
-    stats = MassiveStats(lam=lam)
-    lean = _lean_forward_kwargs(model)
-    with Attachment(model, InterventionSpec(), observer=stats, observe=where):
-        for batch in batches:
-            model(**batch, **lean)
-    return stats
-
-
-def _lean_forward_kwargs(model: nn.Module) -> dict[str, object]:
-    params = inspect.signature(model.forward).parameters
-    lean = {"use_cache": False, "logits_to_keep": 1}
-    return {name: value for name, value in lean.items() if name in params}
+from qk_ablate.arch import find_layout
+from qk_ablate.catalogue import PROFILE_SOURCES
+from qk_ablate.errors import QKAblateError
+from qk_ablate.massive_stats import MassiveStats, collect_massive_stats
+from qk_ablate.rope import RopeDims, model_rope_dims
 
 
 MOSTLY = 0.5  # a (head, dim) counts as massive when it is massive in at least half the samples
@@ -105,7 +42,7 @@ class Profile:
     samples: int
     lam: float
     source: str
-    rope: "RopeDims | None"
+    rope: RopeDims | None
     where: tuple[str, ...]
     arrays: dict[str, np.ndarray]
 
@@ -134,9 +71,6 @@ def profile_model(
     lam: float = 5.0,
 ) -> Profile:
     """Reduce statistics for each length's batches (`documents[length]`), pre and post RoPE."""
-    from qk_ablate.arch import find_layout
-    from qk_ablate.rope import model_rope_dims
-
     layout = find_layout(model)
     where = ("pre", "post") if layout.has_rope else ("pre",)
     rope = model_rope_dims(model, layout.sites[0].head_dim) if layout.has_rope else None
@@ -148,9 +82,6 @@ def profile_model(
         counted = min(stats.samples.values())
         samples = counted if samples is None else min(samples, counted)
     return Profile(model_name, sorted(documents), int(samples or 0), lam, source, rope, where, arrays)
-
-
-SOURCES = ("ctxqa", "passkey", "niah")
 
 
 def run_profile(
@@ -169,14 +100,13 @@ def run_profile(
     """
     from tqdm import tqdm
 
-    from qk_ablate.errors import QKAblateError
     from qk_ablate.task_data.ctxqa import build_ctxqa_docs
     from qk_ablate.task_data.niah import build_niah_docs
     from qk_ablate.task_data.passkey import build_passkey_docs
 
     builders = {"ctxqa": build_ctxqa_docs, "passkey": build_passkey_docs, "niah": build_niah_docs}
     if source not in builders:
-        raise QKAblateError(f"profile source '{source}' is not one of {', '.join(SOURCES)}")
+        raise QKAblateError(f"profile source '{source}' is not one of {', '.join(PROFILE_SOURCES)}")
     if not lengths or samples < 1:
         raise QKAblateError("a profile needs at least one length (e.g. 1k,2k) and at least 1 sample")
     window = int(getattr(model.config, "max_position_embeddings", 0) or 0)
@@ -207,11 +137,6 @@ def run_profile(
 
 def load_profile(folder: str | Path) -> Profile:
     """A Profile back from the profile.npz and profile.json that `save_profile` wrote."""
-    import json
-
-    from qk_ablate.errors import QKAblateError
-    from qk_ablate.rope import RopeDims
-
     root = Path(folder)
     try:
         summary = json.loads((root / "profile.json").read_text(encoding="utf-8"))
@@ -232,7 +157,7 @@ def load_profile(folder: str | Path) -> Profile:
                    summary["source"], rope, where, arrays)
 
 
-def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: "RopeDims | None") -> dict:
+def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: RopeDims | None) -> dict:
     """One layer's `[H, D]` massive fractions and mean norms as JSON-ready facts.
 
     `top_pair` is the rotary pair that the most heads of this layer have a massive dim in, and
@@ -264,7 +189,7 @@ def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: "RopeDims | Non
     }
 
 
-def _pair_agreement(massive: np.ndarray, rope: "RopeDims") -> list[dict]:
+def _pair_agreement(massive: np.ndarray, rope: RopeDims) -> list[dict]:
     """For each rotary pair: the share of (layer, head) slots where one of its dims is massive."""
     hit = massive >= MOSTLY  # [L, H, D]
     slots = hit.shape[0] * hit.shape[1]
@@ -331,27 +256,10 @@ def headline(profile: Profile) -> str:
 
 
 def save_profile(profile: Profile, folder: str | Path) -> list[Path]:
-    """profile.npz (M and massive fractions, `[layers, H, D]` per length/where/tensor),
-    profile.json (the summary) and PNG heatmaps (Q and K per layer, every tensor averaged)."""
-    import json
-
+    """profile.npz (M and massive fractions, `[layers, H, D]` per length/where/tensor) and
+    profile.json (the summary); `figures.save_heatmaps` draws the pictures."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "profile.npz", **profile.arrays)
     (out / "profile.json").write_text(json.dumps(summarize(profile), indent=1) + "\n", encoding="utf-8")
-    return [out / "profile.npz", out / "profile.json", *save_heatmaps(profile, out)]
-
-
-def save_heatmaps(profile: Profile, folder: str | Path) -> list[Path]:
-    """The PNG heatmaps: every tensor averaged over layers, and Q and K per layer at each length."""
-    from qk_ablate.figures import averaged_heatmap, layer_heatmaps
-
-    out = Path(folder)
-    written = []
-    for where in profile.where:
-        for name in "qkv":
-            written.append(averaged_heatmap(profile, where, name, out / f"heatmap_{where}_{name}.png"))
-        for name in "qk":
-            for length in profile.lengths:
-                written.append(layer_heatmaps(profile, length, where, name, out / f"layers_{where}_{name}_{length}.png"))
-    return written
+    return [out / "profile.npz", out / "profile.json"]

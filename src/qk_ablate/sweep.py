@@ -37,14 +37,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import time
+from difflib import get_close_matches
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qk_ablate.catalogue import KINDS, PROFILE_SOURCES, check_kind
 from qk_ablate.errors import QKAblateError
+from qk_ablate.loading import auto_device
 from qk_ablate.spec import InterventionSpec
+from qk_ablate.task_data.lengths import parse_length
 
 _KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata",
          "include_path", "kinds", "profile"}
@@ -66,9 +69,6 @@ class ProfileSettings:
 
 
 def _profile_settings(raw: Any, path: str | Path) -> ProfileSettings | None:
-    from qk_ablate.profile import SOURCES
-    from qk_ablate.task_data.lengths import parse_length
-
     if raw is None:
         return None
     where = f"sweep config '{path}', profile"
@@ -88,8 +88,8 @@ def _profile_settings(raw: Any, path: str | Path) -> ProfileSettings | None:
         raise QKAblateError(f"{where}: lengths names no length")
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise QKAblateError(f"{where}: samples must be a whole number >= 1, got {samples!r}")
-    if source not in SOURCES:
-        raise QKAblateError(f"{where}: source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source not in PROFILE_SOURCES:
+        raise QKAblateError(f"{where}: source must be one of {', '.join(PROFILE_SOURCES)}, got {source!r}")
     if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam <= 0:
         raise QKAblateError(f"{where}: lam must be a number > 0, got {lam!r}")
     return ProfileSettings(parsed, samples, source, float(lam))
@@ -134,8 +134,13 @@ def load_config(path: str | Path) -> SweepConfig:
     if unknown:
         raise QKAblateError(f"sweep config '{path}': unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_KEYS))}")
     models = raw.get("models") or []
-    if not isinstance(models, list) or not models or not all(isinstance(m, dict) and m.get("pretrained") for m in models):
+    if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
         raise QKAblateError(f"sweep config '{path}': 'models' must be a list of mappings with 'pretrained'")
+    for number, model in enumerate(models, 1):
+        if not model.get("pretrained"):
+            near = get_close_matches("pretrained", [str(k) for k in model], n=1, cutoff=0.6)
+            hint = f"'{near[0]}' is not a model argument; did you mean 'pretrained'?" if near else "add pretrained: <model>"
+            raise QKAblateError(f"sweep config '{path}': model {number} has no 'pretrained'; {hint}")
     interventions = raw.get("interventions") or {}
     if not isinstance(interventions, dict) or not interventions:
         raise QKAblateError(f"sweep config '{path}': 'interventions' must map names to qk_ablated arguments")
@@ -159,9 +164,10 @@ def load_config(path: str | Path) -> SweepConfig:
         if not Path(folder).is_dir():
             raise QKAblateError(f"sweep config '{path}': include_path '{folder}' is not a folder of task YAMLs")
     kinds = raw.get("kinds") or {}
-    bad = [f"{t}={k}" for t, k in kinds.items() if k not in ("contextual", "parametric")] if isinstance(kinds, dict) else [str(kinds)]
-    if bad:
-        raise QKAblateError(f"sweep config '{path}': kinds entry '{bad[0]}' must map a task to contextual or parametric")
+    if not isinstance(kinds, dict):
+        raise QKAblateError(f"sweep config '{path}': kinds must map tasks to {' or '.join(KINDS)}, got {kinds!r}")
+    for task, kind in kinds.items():
+        check_kind(str(task), kind, f"sweep config '{path}', kinds entry '{task}={kind}'")
     output = Path(raw.get("output") or Path("runs") / _slug(raw.get("name") or file.stem))
     board = raw.get("leaderboard")
     return SweepConfig(
@@ -237,14 +243,13 @@ def plan(config: SweepConfig, model: dict[str, Any]) -> tuple[list[PlannedCell],
 
 def run_sweep(config: SweepConfig, log=print) -> list[Path]:
     """Run every unfinished cell; return every cell folder of the grid, finished ones included."""
-    import torch
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     import qk_ablate.plugin  # noqa: F401  (our tasks and templates for the TaskManager)
     from qk_ablate.lm import QKAblatedLM
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    device = auto_device(config.device)
     cells: list[Path] = []
     for model in config.models:
         planned, needs_profile = plan(config, model)
@@ -283,6 +288,7 @@ def _profile_done(folder: Path, settings: ProfileSettings) -> bool:
 
 def _profile(lm: Any, name: str, settings: ProfileSettings, folder: Path, log) -> None:
     """Profile the loaded model with no intervention attached."""
+    from qk_ablate.figures import save_heatmaps
     from qk_ablate.profile import headline, run_profile, save_profile
 
     started = time.time()
@@ -290,12 +296,11 @@ def _profile(lm: Any, name: str, settings: ProfileSettings, folder: Path, log) -
     profile = run_profile(lm.model, lm.tokenizer, name, list(settings.lengths), settings.samples, settings.source,
                           settings.lam)
     save_profile(profile, folder)
+    save_heatmaps(profile, folder)
     log(f"[{name} / profile] done in {time.time() - started:.0f}s -> {folder}\n{headline(profile)}")
 
 
 def _check_tasks(config: SweepConfig, manager: Any) -> None:
-    from difflib import get_close_matches
-
     known = set(manager.all_tasks)
     for task in config.tasks:
         if task not in known:
@@ -320,21 +325,3 @@ def write_leaderboard(config: SweepConfig, markdown: str, path: Path, command: s
         encoding="utf-8",
     )
     return path
-
-
-def main_sweep(path: str, iterations: int = 10_000) -> int:
-    """`qk-ablate sweep CONFIG`: run the grid, print the report, write it and the leaderboard."""
-    from qk_ablate.report import build_report, to_markdown, write_report
-    from qk_ablate.runs import load_run
-
-    config = load_config(path)
-    cells = run_sweep(config, log=lambda line: print(line, file=sys.stderr))
-    report = build_report([load_run(cell) for cell in cells], kinds=config.kinds, iterations=iterations)
-    markdown = to_markdown(report)
-    print(markdown)
-    for written in write_report(report, config.output):
-        print(f"wrote {written}", file=sys.stderr)
-    if config.leaderboard is not None:
-        board = write_leaderboard(config, markdown, config.leaderboard, f"qk-ablate sweep {path}")
-        print(f"wrote {board}", file=sys.stderr)
-    return 0
