@@ -32,6 +32,21 @@ def test_plugin_puts_our_tasks_on_the_default_search_path():
     assert {"passkey_1k", "city_facts", "qk_contextual", "qk_parametric"} <= set(manager.all_tasks)
 
 
+def test_plugin_hands_the_chat_template_flags_to_the_tasks(monkeypatch):
+    """The CLI's --apply_chat_template reaches the task metadata, where exact-length prompts are sized."""
+    import qk_ablate.plugin  # noqa: F401
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    seen = {}
+    monkeypatch.setattr("lm_eval.tasks.TaskManager.__init__", lambda self, **kw: seen.update(kw) or None)
+    config = EvaluatorConfig(tasks=["passkey_1k"], apply_chat_template=True, system_instruction="Be brief.")
+    try:
+        config.process_tasks({"num_docs": 3})
+    except Exception:  # the stub manager knows no tasks; only what it was built with matters here
+        pass
+    assert seen["metadata"] == {"apply_chat_template": True, "system_instruction": "Be brief.", "num_docs": 3}
+
+
 def test_start_up_hook_is_inert_outside_lm_eval():
     import subprocess
     import sys

@@ -1,6 +1,9 @@
 """lm-eval integration: the `qk_ablated` model, our tasks on the default search path, one-line errors.
 
 Imported by the start-up hook when the `lm_eval` CLI runs; importing it by hand does the same.
+lm-eval 0.4.13 has no plugin hooks for these, so four of its behaviours are wrapped (each wrapper
+is idempotent and marked `__qk_ablate__`); the line above each says what it replaces and which
+test fails if an lm-eval release changes it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def _with_our_tasks(init):
     return wrapper
 
 
+# Replaces: TaskManager searching only lm-eval's own tasks plus include_path.
+# Pinned by: tests/test_lm.py::test_plugin_puts_our_tasks_on_the_default_search_path.
 if not getattr(TaskManager.__init__, "__qk_ablate__", False):
     TaskManager.__init__ = _with_our_tasks(TaskManager.__init__)
 
@@ -56,6 +61,8 @@ try:
     from lm_eval.config.evaluate_config import EvaluatorConfig
 except ImportError:  # an lm-eval without the CLI config: Python callers pass the metadata themselves
     EvaluatorConfig = None
+# Replaces: the CLI keeping --apply_chat_template / --system_instruction from the tasks' metadata.
+# Pinned by: tests/test_lm.py::test_plugin_hands_the_chat_template_flags_to_the_tasks.
 if EvaluatorConfig is not None and not getattr(EvaluatorConfig.process_tasks, "__qk_ablate__", False):
     EvaluatorConfig.process_tasks = _with_prompt_frame(EvaluatorConfig.process_tasks)
 
@@ -79,7 +86,9 @@ def _with_our_templates(load_yaml):
     return wrapper
 
 
-# Includes are loaded by the module's own (global) `load_yaml`, so patching the module is enough.
+# Replaces: `include:` read as a file path only (lm-eval's private _yaml_loader.load_yaml, which
+# loads includes through its module global, so patching the module is enough).
+# Pinned by: tests/test_tasks_user.py::test_facts_csv_template and ::test_unknown_template_is_a_readable_error.
 if not getattr(_yaml_loader.load_yaml, "__qk_ablate__", False):
     _yaml_loader.load_yaml = _with_our_templates(_yaml_loader.load_yaml)
 
@@ -95,5 +104,7 @@ def _one_line_errors(hook):
     return excepthook
 
 
+# Replaces: the traceback lm_eval prints for any exception, for our QKAblateError only.
+# Pinned by: tests/test_embedded.py::test_bad_model_args_give_one_line_through_lm_eval.
 if not getattr(sys.excepthook, "__qk_ablate__", False):
     sys.excepthook = _one_line_errors(sys.excepthook)
