@@ -2,7 +2,7 @@
 
 Plain Hugging Face forward vs the same model with an intervention attached, and vs the profile's
 statistics observer (M of Q/K/V pre and post RoPE, reduced as the forward runs); same prompt,
-SDPA, batch 1, logits for the last position only (as SPEC section 7's reference numbers). Needs
+SDPA, batch 1, logits for the last position only (the set-up of the README's GPU table). Needs
 no lm-eval: only torch, transformers and qk_ablate.
 
     PYTHONPATH=src python benchmarks/gpu_prefill.py --tokens 32768

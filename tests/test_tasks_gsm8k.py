@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = ROOT / "tasks"
 
 
-GSM8K_FILE = Path(__file__).parent / "data" / "gsm8k_test_20.jsonl"  # real problems, shared/data format
+GSM8K_FILE = Path(__file__).parent / "data" / "gsm8k_test_20.jsonl"  # real problems, the Hub file's format
 
 
 @pytest.fixture(scope="module")

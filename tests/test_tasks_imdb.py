@@ -11,7 +11,7 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import imdb
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-SHARED_CSV = Path(__file__).resolve().parent / "data" / "imdb_test_200.csv"  # copy of shared/data/imdb/test_200.csv
+SHARED_CSV = Path(__file__).resolve().parent / "data" / "imdb_test_200.csv"  # 200 real IMDB test reviews
 
 
 

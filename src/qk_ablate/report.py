@@ -1,4 +1,4 @@
-"""The results table of SPEC section 6: rows = model x intervention, columns = tasks, contextual and
+"""The results table: rows = model x intervention, columns = tasks, contextual and
 parametric means, their deltas to the baseline and the interaction, each with a 95% paired
 bootstrap interval; written as markdown, CSV and HTML, with a bar chart of the deltas as PNG.
 """

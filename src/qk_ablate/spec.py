@@ -22,7 +22,7 @@ _LAYER_SEPARATORS = re.compile(r"[;+\s]+")
 
 @dataclass(frozen=True)
 class InterventionSpec:
-    """Which dims, what is done to them, and where (SPEC section 3). Defaults follow the paper."""
+    """Which dims, what is done to them, and where (the README's Model arguments). Defaults follow the paper."""
 
     ablate: str = "none"
     select: str = "threshold"

@@ -1,7 +1,7 @@
 """GSM8K that runs offline (`qk_gsm8k`): lm-eval's gsm8k prompt, filters and metric on local data.
 
 Data: `--metadata '{"gsm8k_path": "..."}'` names a JSON-lines file in the format of
-shared/data/gsm8k/test.jsonl (one object a line: `question`, `answer` = reasoning then
+tests/data/gsm8k_test_20.jsonl (one object a line: `question`, `answer` = reasoning then
 `#### <number>`), or a folder holding `test.jsonl`; without it, the Hub dataset `openai/gsm8k`
 (config `main`, split `test`). Every problem of the file is evaluated, in file order.
 

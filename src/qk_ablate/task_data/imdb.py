@@ -1,6 +1,6 @@
 """IMDB sentiment (contextual: the answer is in the review given in the prompt).
 
-Data: a local CSV in the format of shared/data/imdb/test_200.csv (columns `review` and
+Data: a local CSV in the format of tests/data/imdb_test_200.csv (columns `review` and
 `sentiment`, 1 = positive, 0 = negative), named by the metadata key `imdb_path`
 (`--metadata '{"imdb_path": "/path/test.csv"}'`); without it, the Hub dataset `stanfordnlp/imdb`,
 split `test` (columns `text`, `label`). The train split is never read: it is sorted by label, and
