@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from qk_ablate.loading import auto_device
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -56,24 +58,21 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
+    args.device = auto_device(args.device)
     if not args.device.startswith("cuda") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM
 
-    from qk_ablate.embedded import load_tokenizer, resolve_pretrained
     from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.loading import load_model
     from qk_ablate.spec import InterventionSpec
 
-    path, gguf = resolve_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype), **({"gguf_file": gguf} if gguf else {}))
-    model = model.to(args.device).eval()
-    tokenizer = load_tokenizer(args.model)
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
     common = dict(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=args.device)
     plain = HFLM(**common)
     ours = QKAblatedLM(**common)
