@@ -27,6 +27,12 @@ _COMMON = dict(
     eos_token_id=2,
 )
 
+_NO_HEAD_DIM = {k: v for k, v in _COMMON.items() if k != "head_dim"}
+_FALCON = dict(
+    vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+    max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, alibi=False,
+)
+
 ROPE_CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(**_COMMON),
     "mistral": lambda: transformers.MistralConfig(**_COMMON, sliding_window=None),
@@ -34,9 +40,26 @@ ROPE_CONFIGS = {
     "qwen3": lambda: transformers.Qwen3Config(**_COMMON),
     "gemma2": lambda: transformers.Gemma2Config(**_COMMON, query_pre_attn_scalar=HEAD_DIM, sliding_window=8),
     "gemma3_text": lambda: transformers.Gemma3TextConfig(**_COMMON, query_pre_attn_scalar=HEAD_DIM, sliding_window=8),
-    "phi3": lambda: transformers.Phi3Config(**{k: v for k, v in _COMMON.items() if k != "head_dim"}),
+    "phi3": lambda: transformers.Phi3Config(**_NO_HEAD_DIM),
     "olmo2": lambda: transformers.Olmo2Config(**_COMMON),
+    # partial rotary: Phi-2 rotates half of each head, Pythia and StableLM a quarter
+    "phi": lambda: transformers.PhiConfig(**_NO_HEAD_DIM, partial_rotary_factor=0.5),
+    "stablelm": lambda: transformers.StableLmConfig(**_NO_HEAD_DIM, partial_rotary_factor=0.25, qk_layernorm=True),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        **{k: v for k, v in _NO_HEAD_DIM.items() if k != "num_key_value_heads"}, rotary_pct=0.25
+    ),
+    # Falcon-40B/180B (KV groups), Falcon-7B (multi-query), and the original per-head layout
+    "falcon": lambda: transformers.FalconConfig(**_FALCON, new_decoder_architecture=True, num_kv_heads=KV_HEADS),
+    "falcon_mq": lambda: transformers.FalconConfig(**_FALCON, multi_query=True),
+    "falcon_mha": lambda: transformers.FalconConfig(**_FALCON, multi_query=False),
+    # multi-head latent attention: heads of [nope 16 | rope 16] for Q/K, V of 24 dims, Q through a LoRA
+    "deepseek_v3": lambda: transformers.DeepseekV3Config(
+        **{**_NO_HEAD_DIM, "num_key_value_heads": HEADS}, q_lora_rank=48, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=24, first_k_dense_replace=LAYERS,
+        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+    ),
 }
+NO_POST_ROPE = {"falcon", "falcon_mq", "falcon_mha"}  # attention computed inline, not through AttentionInterface
 NON_ROPE_CONFIGS = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=512),
     "opt": lambda: transformers.OPTConfig(
@@ -44,7 +67,7 @@ NON_ROPE_CONFIGS = {
         num_attention_heads=HEADS, max_position_embeddings=512, word_embed_proj_dim=HIDDEN,
     ),
 }
-MASSIVE_DIMS = (1, 1 + HEAD_DIM // 2)  # one rotary pair (rotate-half layout) in every head
+MASSIVE_DIMS = (1, 1 + HEAD_DIM // 2)  # one rotary pair (rotate-half layout) in every head of a full-rotary model
 
 
 def build(arch: str, attn: str | None = None, plant: bool = True, seed: int = 0) -> nn.Module:
@@ -58,33 +81,88 @@ def build(arch: str, attn: str | None = None, plant: bool = True, seed: int = 0)
     return model
 
 
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """Every layer's attention module, in order (found by name, independently of qk_ablate.arch)."""
+    names = ("self_attn", "attention", "self_attention", "attn")
+    return [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in names and n.split(".")[-2].isdigit()]
+
+
+def rotary_pair(model: nn.Module, name: str) -> tuple[int, int]:
+    """The planted rotary pair, as dims of a pre-RoPE head (MLA: its rotary dims start after the nope ones)."""
+    config = model.config
+    if config.model_type == "deepseek_v3":  # interleaved pairs (2i, 2i+1); K is the 16-dim rotary head alone
+        start = config.qk_nope_head_dim if name == "q" else 0
+        return start + 2, start + 3
+    if config.model_type not in ROPE_CONFIGS:
+        return MASSIVE_DIMS
+    half = config.rope_parameters.get("partial_rotary_factor", 1.0) * HEAD_DIM // 2
+    return 1, 1 + int(half)
+
+
+def post_span(model: nn.Module) -> tuple[int, int] | None:
+    """The dims a post-RoPE Q/K head's selection runs over: MLA's rotary dims only (None: all)."""
+    config = model.config
+    if config.model_type == "deepseek_v3":
+        return config.qk_nope_head_dim, config.qk_nope_head_dim + config.qk_rope_head_dim
+    return None
+
+
+def projection_columns(model: nn.Module, attn: nn.Module, name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The projection whose output holds `name` of this layer, and each (head, dim)'s column in it: [H, D]."""
+    config, d = model.config, HEAD_DIM
+    kind = config.model_type
+    if kind == "deepseek_v3":
+        qk, rank = config.qk_nope_head_dim + config.qk_rope_head_dim, config.kv_lora_rank
+        if name == "q":
+            return attn.q_b_proj, torch.arange(HEADS * qk).view(HEADS, qk)
+        if name == "k":
+            return attn.kv_a_proj_with_mqa, rank + torch.arange(config.qk_rope_head_dim)[None]
+        width = config.qk_nope_head_dim + config.v_head_dim
+        return attn.kv_b_proj, torch.arange(HEADS)[:, None] * width + config.qk_nope_head_dim + torch.arange(config.v_head_dim)
+    heads = torch.arange(HEADS)[:, None]
+    dims = torch.arange(d)[None]
+    slot = "qkv".index(name)
+    if kind == "gpt_neox" or (kind == "falcon" and not config.multi_query and not config.new_decoder_architecture):
+        return attn.query_key_value, heads * 3 * d + slot * d + dims
+    if kind == "falcon" and config.new_decoder_architecture:
+        per = HEADS // config.num_kv_heads
+        groups = torch.arange(config.num_kv_heads)[:, None]
+        if name == "q":
+            return attn.query_key_value, (heads // per) * (per + 2) * d + (heads % per) * d + dims
+        return attn.query_key_value, groups * (per + 2) * d + (per + slot - 1) * d + dims
+    if kind == "falcon":  # multi-query: [Q (H heads) | K (1) | V (1)]
+        offset = (0, HEADS * d, HEADS * d + d)[slot]
+        return attn.query_key_value, offset + (heads if name == "q" else heads[:1]) * d + dims
+    fused = getattr(attn, "qkv_proj", None) or getattr(attn, "c_attn", None)
+    kv = KV_HEADS if kind not in NON_ROPE_CONFIGS else HEADS
+    count = HEADS if name == "q" else kv
+    if fused is not None:
+        offset = (0, HEADS * d, HEADS * d + kv * d)[slot]
+        return fused, offset + heads[:count] * d + dims
+    return getattr(attn, f"{name}_proj"), heads[:count] * d + dims
+
+
 @torch.no_grad()
 def plant_massive(model: nn.Module, factor: float = 25.0) -> None:
-    """Scale the weight rows that produce MASSIVE_DIMS of every Q and K head."""
-    from qk_ablate.arch import find_layout
-
-    for site in find_layout(model).sites:
+    """Scale the weight rows that produce one rotary pair of every Q and K head."""
+    for attn in attention_modules(model):
         for name in ("q", "k"):
-            source = site.sources[name]
-            proj = _projection(site.module, name)
-            offset = source.start if proj is getattr(site.module, "qkv_proj", None) or proj is getattr(site.module, "c_attn", None) else 0
-            rows = torch.tensor([offset + h * site.head_dim + d for h in range(source.num_heads) for d in MASSIVE_DIMS])
-            weight = proj.weight
+            proj, columns = projection_columns(model, attn, name)
+            rows = columns[:, list(rotary_pair(model, name))].flatten()
             if isinstance(proj, nn.Linear):
-                weight[rows] *= factor
+                proj.weight[rows] *= factor
             else:  # GPT-2 Conv1D stores [in, out]
-                weight[:, rows] *= factor
-
-
-def _projection(module: nn.Module, name: str) -> nn.Module:
-    for attr in (f"{name}_proj", "qkv_proj", "c_attn"):
-        if isinstance(getattr(module, attr, None), nn.Module):
-            return getattr(module, attr)
-    raise AttributeError(name)
+                proj.weight[:, rows] *= factor
 
 
 @pytest.fixture(params=sorted(ROPE_CONFIGS))
 def rope_arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=sorted(set(ROPE_CONFIGS) - NO_POST_ROPE))
+def post_arch(request) -> str:
+    """RoPE architectures whose post-RoPE Q/K qk-ablate reaches."""
     return request.param
 
 

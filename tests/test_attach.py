@@ -9,7 +9,17 @@ import pytest
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from conftest import HEAD_DIM, KV_HEADS, MASSIVE_DIMS, build, prompts
+from conftest import (
+    HEAD_DIM,
+    KV_HEADS,
+    MASSIVE_DIMS,
+    NO_POST_ROPE,
+    attention_modules,
+    build,
+    post_span,
+    projection_columns,
+    prompts,
+)
 from qk_ablate import InterventionSpec, QKAblateError, attach
 from qk_ablate.arch import find_layout
 from qk_ablate.destroy import fill_values
@@ -62,11 +72,12 @@ def test_noop_is_bit_identical_with_hooks_installed_and_after_removal(rope_arch)
     plain = logits(model, ids)
     implementation = model.config._attn_implementation
     seen = []
+    where = ("pre",) if rope_arch in NO_POST_ROPE else ("pre", "post")
     # An observer forces both the pre-RoPE hooks and the post-RoPE attention wrapper to be installed.
-    with attach(model, spec(), observer=lambda *a: seen.append(a[:3]), observe=("pre", "post")):
-        assert model.config._attn_implementation.startswith("qk_ablate:")
+    with attach(model, spec(), observer=lambda *a: seen.append(a[:3]), observe=where):
+        assert model.config._attn_implementation.startswith("qk_ablate:") == ("post" in where)
         assert torch.equal(logits(model, ids), plain)
-    assert len(seen) == 2 * 3 * len(find_layout(model).sites)  # q, k, v at pre and post, per layer
+    assert len(seen) == len(where) * 3 * len(find_layout(model).sites)  # q, k, v at pre (and post), per layer
     assert model.config._attn_implementation == implementation
     assert torch.equal(logits(model, ids), plain)
     assert not model._forward_pre_hooks and all(not m._forward_hooks for m in model.modules())
@@ -81,8 +92,9 @@ def test_noop_exact_for_each_kernel(arch, attn):
         assert torch.equal(logits(model, ids), plain)
 
 
-def test_massive_changes_exactly_the_selected_post_rope_columns(rope_arch, record_post):
-    model = build(rope_arch)
+def test_massive_changes_exactly_the_selected_post_rope_columns(post_arch, record_post):
+    model = build(post_arch)
+    lo, hi = post_span(model) or (0, HEAD_DIM)
     record_post = record_post(model)
     ids = prompts()
     logits(model, ids)
@@ -93,7 +105,8 @@ def test_massive_changes_exactly_the_selected_post_rope_columns(rope_arch, recor
     edited = {layer: (q, k) for layer, q, k in record_post}
     assert torch.equal(edited[0][0], base[0][0]) and torch.equal(edited[0][1], base[0][1])  # layer 0 untouched
     for before, after in zip(base[1], edited[1]):
-        columns = massive_mask_threshold(column_norms(before), 5.0)
+        columns = torch.zeros(before.shape[:2] + before.shape[3:], dtype=torch.bool)
+        columns[..., lo:hi] = massive_mask_threshold(column_norms(before[..., lo:hi]), 5.0)
         assert columns.any(), "the planted massive pair should be found"
         changed = (before != after).any(dim=2)  # [B, H, D]
         assert torch.equal(changed, columns)
@@ -121,30 +134,35 @@ def test_fill_values(fill, record_post):
 
 @pytest.mark.parametrize("length", [24, KV_HEADS])  # S == H_kv: a per-head k_norm's layout is ambiguous by shape
 def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_arch, length):
+    """Q and K of layer 0 change in exactly their selected (head, dim) columns, and nothing else of a fused output."""
     model = build(rope_arch)
     ids = prompts(length=length)
-    site = find_layout(model).sites[0]
-    source = site.sources["k"]
-    outputs = []
-    handle = source.module.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
-    logits(model, ids)
-    handle.remove()
-    with attach(model, spec(ablate="massive", rope="pre", targets="k", layers="0")):
-        handle = source.module.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
-        logits(model, ids)
-        handle.remove()
-    def heads(out):  # -> [B, H, S, D]
-        if out.ndim == 4:  # per-head k_norm: Gemma3 runs it on [B, H, S, D], Qwen3 on [B, S, H, D]
-            return out if rope_arch == "gemma3_text" else out.transpose(1, 2)
-        flat = out[..., source.start : source.stop]
-        return flat.unflatten(-1, (source.num_heads, source.head_dim)).transpose(1, 2)
-    before, after = heads(outputs[0]), heads(outputs[1])
-    columns = massive_mask_threshold(column_norms(before), 5.0)
-    assert torch.equal((before != after).any(dim=2), columns)
-    if source.module is not getattr(site.module, "qkv_proj", None):
-        return
-    q_and_v = torch.cat([outputs[0][..., : source.start], outputs[0][..., source.stop :]], -1)
-    assert torch.equal(q_and_v, torch.cat([outputs[1][..., : source.start], outputs[1][..., source.stop :]], -1))
+    attn = attention_modules(model)[0]
+    span = post_span(model)  # MLA: Q's selection runs over its rotary dims; K (k_pe) is all rotary
+    for name in "qk":
+        norm = getattr(attn, f"{name}_norm", None) or getattr(attn, f"{name}_layernorm", None)
+        proj, cols = projection_columns(model, attn, name)
+        module = norm or proj
+        outputs = []
+        hook = lambda m, a, out: outputs.append(out.detach().clone())  # noqa: E731
+        for intervention in (spec(), spec(ablate="massive", rope="pre", targets=name, layers="0")):
+            with attach(model, intervention):
+                handle = module.register_forward_hook(hook)  # after ours, so it sees the edited output
+                logits(model, ids)
+                handle.remove()
+        if outputs[0].ndim == 4:  # per-head norm: Gemma3, Phi, StableLM run it on [B, H, S, D], Qwen3 on [B, S, H, D]
+            heads_first = rope_arch in ("gemma3_text", "phi", "stablelm")
+            before, after = (o if heads_first else o.transpose(1, 2) for o in outputs)
+        else:
+            before, after = (o[..., cols].transpose(1, 2) for o in outputs)  # [B, H, S, D]
+            rest = torch.ones(outputs[0].shape[-1], dtype=torch.bool)
+            rest[cols.flatten()] = False
+            assert torch.equal(outputs[0][..., rest], outputs[1][..., rest])
+        lo, hi = span if (span and name == "q") else (0, before.shape[-1])
+        columns = torch.zeros(before.shape[:2] + before.shape[3:], dtype=torch.bool)
+        columns[..., lo:hi] = massive_mask_threshold(column_norms(before[..., lo:hi]), 5.0)
+        assert columns.any()
+        assert torch.equal((before != after).any(dim=2), columns)
 
 
 def test_planted_dims_are_the_ones_found():
@@ -168,17 +186,23 @@ def left_pad(rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        dict(ablate="massive"),
-        dict(ablate="nonmassive"),
-        dict(ablate="massive", rope="pre"),
-        dict(quant="int4", quant_axis="channel", quant_targets="kv", protect="massive"),
-    ],
-)
-def test_batch_of_left_padded_prompts_matches_each_alone(args):
-    model = build("qwen2")
+BATCH_CASES = [
+    dict(ablate="massive"),
+    dict(ablate="nonmassive"),
+    dict(ablate="massive", rope="pre"),
+    dict(quant="int4", quant_axis="channel", quant_targets="kv", protect="massive"),
+]
+
+
+@pytest.mark.parametrize("arch,args", [
+    (arch, args)
+    for arch in ("qwen2", "gpt_neox", "falcon", "deepseek_v3", "phi", "stablelm")
+    for args in BATCH_CASES
+    if arch not in NO_POST_ROPE or args.get("rope") == "pre"  # falcon: pre-RoPE only
+])
+def test_batch_of_left_padded_prompts_matches_each_alone(arch, args):
+    where = "pre" if arch in NO_POST_ROPE else "post"
+    model = build(arch)
     long, short = prompts(1, 24, seed=3)[0], prompts(1, 15, seed=4)[0]
     ids, mask = left_pad([long, short])
     masks: list[torch.Tensor] = []
@@ -186,7 +210,7 @@ def test_batch_of_left_padded_prompts_matches_each_alone(args):
     def observe(layer, name, where, x, prompt):
         masks.append(massive_mask_threshold(column_norms(x, prompt), 5.0))
 
-    with attach(model, spec(**args), observer=observe, observe=("post",)):
+    with attach(model, spec(**args), observer=observe, observe=(where,)):
         batched = logits(model, ids, mask)[:, -1]
         batched_masks, masks[:] = list(masks), []
         alone, alone_masks = [], []
@@ -205,8 +229,12 @@ def test_batch_of_left_padded_prompts_matches_each_alone(args):
 
 @pytest.mark.parametrize("change", [{"ablate": "massive"}, {"ablate": "massive", "fill": "zero"},
                                     {"quant": "int2", "quant_targets": "qk"}], ids=["destroy", "zero", "int2"])
-@pytest.mark.parametrize("rope", ["post", "pre"])
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("arch,rope", [
+    (arch, rope)
+    for arch in ("llama", "gemma3_text", "gpt_neox", "falcon", "deepseek_v3", "phi", "stablelm")
+    for rope in ("post", "pre")
+    if not (arch in NO_POST_ROPE and rope == "post")  # falcon refuses post-RoPE (tested in test_architectures)
+])
 def test_prefill_stage_with_cache_equals_cache_free_recomputation(arch, rope, change):
     model = build(arch)
     prompt = prompts(1, 20, seed=5)
