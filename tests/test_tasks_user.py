@@ -1,5 +1,6 @@
 """A user's own data as tasks without Python: `include: qk_ablate:facts_csv` and
-`include: qk_ablate:niah_documents`; the essay haystack of niah_essay_{len}; country_continent."""
+`include: qk_ablate:niah_documents` (their documents, seeded few-shot prefixes, one-line errors);
+the essay haystack of niah_essay_{len}; country_continent."""
 
 from __future__ import annotations
 
@@ -29,24 +30,57 @@ In which country is Kyoto?,Japan,
 def _manager(folder: Path, **metadata):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(folder), metadata={"pretrained": "smollm2-135m", **metadata})
+    return TaskManager(include_path=str(folder), include_defaults=False, metadata={"pretrained": "smollm2-135m", **metadata})
+
+
+def _write(folder: Path, content: str | bytes, name: str = "data.csv") -> Path:
+    path = folder / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+def _one_line_error(call, match: str) -> None:
+    with pytest.raises(QKAblateError, match=match) as caught:
+        call()
+    assert "\n" not in str(caught.value)
+
+
+def _facts_task(folder: Path, **metadata):
+    csv_path = _write(folder, FACTS, "facts.csv")
+    (folder / "my_facts.yaml").write_text(
+        f"include: qk_ablate:facts_csv\ntask: my_facts\ndataset_kwargs:\n  facts_csv: {csv_path}\n  facts_fewshot: 2\n"
+    )
+    return _manager(folder, **metadata).load(["my_facts"])["tasks"]["my_facts"]
 
 
 def test_facts_csv_template(tmp_path):
-    (tmp_path / "facts.csv").write_text(FACTS, encoding="utf-8")
-    (tmp_path / "my_facts.yaml").write_text(
-        f"include: qk_ablate:facts_csv\ntask: my_facts\ndataset_kwargs:\n  facts_csv: {tmp_path / 'facts.csv'}\n  facts_fewshot: 2\n"
-    )
-    task = _manager(tmp_path).load(["my_facts"])["tasks"]["my_facts"]
+    task = _facts_task(tmp_path)
     docs = list(task.test_docs())
-    assert [d["answer"] for d in docs] == ["William Shakespeare", "Jupiter", "Japan"]
-    assert docs[0]["input"] == (
-        "Q: What is the capital of France?\nA: Paris\n\nQ: What is the chemical symbol of gold?\nA: Au\n\n"
+    # task_seed 0 draws rows 4 and 3 (not the first two); the others stay, in file order
+    assert [d["answer"] for d in docs] == ["Paris", "Au", "William Shakespeare"]
+    assert [d["row"] for d in docs] == [0, 1, 2]
+    assert docs[2]["input"] == (
+        "Q: In which country is Kyoto?\nA: Japan\n\nQ: What is the largest planet?\nA: Jupiter\n\n"
         "Q: Who wrote Hamlet?\nA:"
     )
-    score = lambda out: alias_process_results(docs[0], [out])["acc"]  # noqa: E731
+    score = lambda out: alias_process_results(docs[2], [out])["acc"]  # noqa: E731
     assert score(" Shakespeare.") == score(" William Shakespeare") == 1.0
     assert score(" Not Shakespeare") == score(" Marlowe") == 0.0
+
+
+def test_facts_csv_prefix_is_a_seeded_draw(tmp_path):
+    rows = user_facts.load_facts(_write(tmp_path, FACTS))
+    prefixes = {}
+    for seed in range(4):
+        docs = user_facts.build_docs(rows, 2, seed)
+        assert docs == user_facts.build_docs(rows, 2, seed)
+        assert [d["row"] for d in docs] == sorted(d["row"] for d in docs)  # file order
+        prefixes[seed] = docs[0]["input"].rsplit("Q: ", 1)[0]
+        assert prefixes[seed].count("Q: ") == 2 and len(docs) == 3
+    assert len(set(prefixes.values())) == 4
+    # task_seed reaches the draw through lm-eval's run metadata
+    docs = list(_facts_task(tmp_path, task_seed=2).test_docs())
+    assert docs[0]["input"].rsplit("Q: ", 1)[0] == prefixes[2]
 
 
 def test_documents_template(tmp_path, essay_dir, smol):
@@ -69,22 +103,30 @@ def test_unknown_template_is_a_readable_error(tmp_path, capsys):
     with pytest.raises(KeyError, match="bad_one"):  # lm-eval's index skips the file...
         _manager(tmp_path).load(["bad_one"])
     # ... so the reason is printed as it is skipped
-    assert "qk-ablate: error: unknown task template 'qk_ablate:nope'; qk-ablate ships qk_ablate:facts_csv" in capsys.readouterr().err
+    assert ("qk-ablate: error: unknown task template 'qk_ablate:nope'; qk-ablate ships qk_ablate:facts_csv, "
+            "qk_ablate:niah_documents") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
-    ("content", "match"),
-    [("q,a\nx,y\n", "has columns"), ("question,answer\n,y\nx,z\n", "empty question"), (b"\xff\xfe", "UTF-8")],
+    ("content", "options", "match"),
+    [
+        (None, {}, r"facts_csv '.*missing.csv' does not exist"),
+        ("q,a\nx,y\n", {}, r"has no column 'question', 'answer' \(found \['q', 'a'\]\); expected a CSV with columns"),
+        ("question,answer\nx,y\n,z\n", {}, "empty question or answer on line 3"),
+        (b"question,answer\n\xff\xfe,x\n", {}, "is not UTF-8 text"),
+        ("question,answer\n", {}, "has no rows below its header"),
+        (FACTS, {"facts_fewshot": 5}, "facts_fewshot is 5 but the CSV has 5 rows; it needs more rows than few-shot"),
+        (FACTS, {"facts_fewshot": "three"}, "facts_fewshot must be a whole number of at least 0, got 'three'"),
+        (FACTS, {"facts_fewshot": -1}, "facts_fewshot must be a whole number"),
+    ],
 )
-def test_bad_facts_csv(tmp_path, content, match):
-    path = tmp_path / "f.csv"
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(QKAblateError, match=match):
-        user_facts.load_facts(path)
-    with pytest.raises(QKAblateError, match="more rows than few-shot"):
-        user_facts.build_docs([{"question": "q", "answer": "a", "aliases": ["a"]}], fewshot=1)
-    with pytest.raises(QKAblateError, match="needs dataset_kwargs"):
-        user_facts.facts_dataset()
+def test_bad_facts_csv(tmp_path, content, options, match):
+    path = tmp_path / "missing.csv" if content is None else _write(tmp_path, content)
+    _one_line_error(lambda: user_facts.facts_dataset(facts_csv=str(path), **options), match)
+
+
+def test_facts_csv_option_missing():
+    _one_line_error(user_facts.facts_dataset, r"needs dataset_kwargs: \{facts_csv: <path to the CSV>\}")
 
 
 def test_niah_essay_task_reads_the_metadata_folder(essay_dir, smol):
