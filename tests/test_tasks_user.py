@@ -1,6 +1,6 @@
 """A user's own data as tasks without Python: `include: qk_ablate:facts_csv` and
-`include: qk_ablate:niah_documents` (their documents, seeded few-shot prefixes, one-line errors);
-the essay haystack of niah_essay_{len}; country_continent."""
+`include: qk_ablate:niah_documents` (their documents, seeded few-shot prefixes, one-line errors
+and declared kinds); the essay haystack of niah_essay_{len}; country_continent."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def test_facts_csv_template(tmp_path):
         "Q: In which country is Kyoto?\nA: Japan\n\nQ: What is the largest planet?\nA: Jupiter\n\n"
         "Q: Who wrote Hamlet?\nA:"
     )
+    assert task.config.metadata["kind"] == "parametric"
     score = lambda out: alias_process_results(docs[2], [out])["acc"]  # noqa: E731
     assert score(" Shakespeare.") == score(" William Shakespeare") == 1.0
     assert score(" Not Shakespeare") == score(" Marlowe") == 0.0
@@ -96,6 +97,14 @@ def test_documents_template(tmp_path, essay_dir, smol):
         assert first_words in doc["input"]  # the haystack is the user's documents
         assert 0.99 * 2048 <= token_count(smol, doc["input"]) + 12 <= 2048
     assert task.config.generation_kwargs["max_gen_toks"] == 12
+    # lm-eval replaces an included `metadata` whole: niah_documents repeats the niah template's keys
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from qk_ablate.paths import tasks_dir
+
+    niah = load_yaml(Path(tasks_dir()) / "niah" / "_niah_template_yaml", resolve_func=False)["metadata"]
+    documents = load_yaml(Path(tasks_dir()) / "templates" / "niah_documents", resolve_func=False)["metadata"]
+    assert documents == {**niah, "kind": "contextual"} and task.config.metadata["kind"] == "contextual"
 
 
 def test_unknown_template_is_a_readable_error(tmp_path, capsys):
