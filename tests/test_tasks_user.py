@@ -1,6 +1,7 @@
-"""A user's own data as tasks without Python: `include: qk_ablate:facts_csv` and
-`include: qk_ablate:niah_documents` (their documents, seeded few-shot prefixes, one-line errors
-and declared kinds); the essay haystack of niah_essay_{len}; country_continent."""
+"""A user's own data as tasks without Python: `include: qk_ablate:facts_csv`,
+`include: qk_ablate:statements_csv` and `include: qk_ablate:niah_documents` (their documents,
+seeded few-shot prefixes, one-line errors and declared kinds); the essay haystack of
+niah_essay_{len}; country_continent."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import qk_ablate.plugin  # noqa: F401  (the include resolver)
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_continent as continent
-from qk_ablate.task_data import haystack, user_facts
+from qk_ablate.task_data import haystack, user_facts, user_statements
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
 from qk_ablate.task_data.scoring import alias_process_results
 from qk_ablate.task_data.niah import build_niah_docs
@@ -113,7 +114,7 @@ def test_unknown_template_is_a_readable_error(tmp_path, capsys):
         _manager(tmp_path).load(["bad_one"])
     # ... so the reason is printed as it is skipped
     assert ("qk-ablate: error: unknown task template 'qk_ablate:nope'; qk-ablate ships qk_ablate:facts_csv, "
-            "qk_ablate:niah_documents") in capsys.readouterr().err
+            "qk_ablate:niah_documents, qk_ablate:statements_csv") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -134,8 +135,149 @@ def test_bad_facts_csv(tmp_path, content, options, match):
     _one_line_error(lambda: user_facts.facts_dataset(facts_csv=str(path), **options), match)
 
 
-def test_facts_csv_option_missing():
+STATEMENTS = """statement,label
+Paris is the capital of France.,true
+The Sun orbits the Earth.,false
+Water is made of hydrogen and oxygen.,Yes
+Tokyo is in Brazil.,no
+Gold is a metal.,1
+Spiders have six legs.,0
+Rome is in Italy.,TRUE
+The Moon is larger than the Earth.,False
+Mount Everest is in Asia.,true
+Penguins live at the North Pole.,false
+"""
+
+
+def _statements_task(folder: Path, name: str = "my_statements", extra: str = "", **metadata):
+    csv_path = _write(folder, STATEMENTS, "statements.csv")
+    (folder / f"{name}.yaml").write_text(
+        f"include: qk_ablate:statements_csv\ntask: {name}\ndataset_kwargs:\n  statements_csv: {csv_path}\n{extra}"
+    )
+    return _manager(folder, **metadata).load([name])["tasks"][name]
+
+
+def test_statements_csv_template(tmp_path):
+    task = _statements_task(tmp_path)
+    docs = list(task.test_docs())
+    assert task.config.output_type == "multiple_choice" and task.config.metadata["kind"] == "parametric"
+    assert len(docs) == 6  # 10 rows, 4 in the prefix
+    assert [d["row"] for d in docs] == sorted(d["row"] for d in docs)  # file order
+    for doc in docs:  # the CSV alternates true and false; label 0 = " True", as in city_facts_tf
+        assert doc["is_true"] is (doc["row"] % 2 == 0) and doc["label"] == doc["row"] % 2
+        assert task.doc_to_choice(doc) == ["True", "False"] and task.doc_to_target(doc) == doc["label"]
+        prompt = task.doc_to_text(doc)
+        assert prompt.endswith(f"Statement: {doc['statement']}\nTrue or false? Answer:")
+        head = prompt.rsplit("Statement: ", 1)[0]
+        assert head.count(" Answer: True\n\n") == head.count(" Answer: False\n\n") == 2
+        assert head == docs[0]["input"].rsplit("Statement: ", 1)[0]  # one fixed prefix
+    requests = task.construct_requests(docs[0], task.doc_to_text(docs[0]))  # lm-eval scores " True" / " False"
+    assert [r.arguments[1] for r in requests] == [" True", " False"]
+    assert not any(f"Statement: {d['statement']}\nTrue or false? Answer: " in head for d in docs)  # shots not evaluated
+
+
+def test_statements_prefix_is_seeded_and_balanced(tmp_path):
+    truths = [True] * 14 + [False] * 6  # a file sorted by label, mostly true
+    draws = {seed: user_statements.draw_fewshot(truths, 6, seed) for seed in range(3)}
+    assert draws[0] == user_statements.draw_fewshot(truths, 6, 0)
+    assert len(set(map(tuple, draws.values()))) == 3
+    for shots in draws.values():
+        assert len(set(shots)) == 6
+        for pair in (shots[0:2], shots[2:4], shots[4:6]):  # one true and one false in each pair
+            assert sorted(truths[i] for i in pair) == [False, True]
+    # an odd count gives the extra shot to the label with more rows to spare
+    assert sum(truths[i] for i in user_statements.draw_fewshot(truths, 5, 0)) == 3
+    # task_seed reaches the draw through lm-eval's run metadata
+    rows = user_statements.load_statements(_write(tmp_path, STATEMENTS))
+    head = lambda docs: docs[0]["input"].rsplit("Statement: ", 1)[0]  # noqa: E731
+    seeded = head(list(_statements_task(tmp_path, task_seed=1).test_docs()))
+    assert seeded == head(user_statements.build_docs(rows, 4, 1)) != head(user_statements.build_docs(rows, 4, 0))
+
+
+def test_statements_csv_with_bom_crlf_and_extra_columns(tmp_path):
+    path = _write(tmp_path, "\ufeffstatement,label,source\r\nA is B.,true,x\r\n\"C, D\",No,y\r\n")
+    assert user_statements.load_statements(path) == [
+        {"statement": "A is B.", "is_true": True}, {"statement": "C, D", "is_true": False}
+    ]
+
+
+def test_statements_prefix_when_a_label_is_short(caplog):
+    truths = [True] * 2 + [False] * 10
+    with caplog.at_level("WARNING", logger="qk_ablate.task_data.user_statements"):
+        shots = user_statements.draw_fewshot(truths, 4, 0)
+    # the short label gives all but one row (one true stays evaluated); false rows fill the prefix
+    assert sorted(truths[i] for i in shots) == [False, False, False, True]
+    assert "the prefix holds 1 true and 3 false" in caplog.text
+    assert sorted(user_statements.draw_fewshot([True] * 5, 4, 0)) == [1, 2, 3, 4]  # one label only: a seeded 4 of 5
+    _one_line_error(lambda: user_statements.draw_fewshot([True] * 5, 5, 0), r"at most 4\)")
+
+
+def test_statements_choice_words(tmp_path):
+    task = _statements_task(tmp_path, extra='  statements_choices: ["Yes", "No"]\n  statements_fewshot: 2\n')
+    docs = list(task.test_docs())
+    assert len(docs) == 8 and task.doc_to_choice(docs[0]) == ["Yes", "No"]
+    head, question = docs[0]["input"].rsplit("Statement: ", 1)
+    assert question.endswith("\nYes or no? Answer:")
+    assert head.count(" Answer: Yes\n\n") == head.count(" Answer: No\n\n") == 1
+
+
+def test_statements_scored_by_likelihood(tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.api.model import LM
+
+    class SaysTrue(LM):  # always prefers " True"
+        def loglikelihood(self, requests, disable_tqdm=False):
+            return [(0.0 if r.arguments[1] == " True" else -1.0, True) for r in requests]
+
+        loglikelihood_rolling = generate_until = None  # a multiple_choice task asks for neither
+
+    skewed = STATEMENTS + "".join(f"Statement {i} is true.,true\n" for i in range(4))  # 9 true, 5 false
+    _write(tmp_path, skewed, "skewed.csv")
+    (tmp_path / "skewed.yaml").write_text(
+        f"include: qk_ablate:statements_csv\ntask: skewed\ndataset_kwargs:\n  statements_csv: {tmp_path / 'skewed.csv'}\n"
+    )
+    results = simple_evaluate(model=SaysTrue(), tasks=["skewed"], task_manager=_manager(tmp_path))
+    # always " True" is right on the 7 true of the 10 evaluated statements (the prefix took 2 + 2)
+    assert results["results"]["skewed"]["acc,none"] == pytest.approx(7 / 10)
+
+
+@pytest.mark.parametrize(
+    ("content", "options", "match"),
+    [
+        (None, {}, r"statements_csv '.*missing.csv' does not exist"),
+        ("statement,truth\nA,true\n", {}, r"has no column 'label' \(found \['statement', 'truth'\]\)"),
+        ("statement,label\nA,true\nB,maybe\n", {},
+         r"has label 'maybe' on line 3, which is not one of true, false, yes, no, 1, 0 \(any case\)"),
+        ("statement,label\nA,true\n,false\n", {}, "has an empty statement on line 3"),
+        (b"statement,label\n\xe9t\xe9,true\n", {}, "is not UTF-8 text"),
+        ("statement,label\n", {}, "has no rows below its header"),
+        ("statement,label\nA,true\nB,false\nC,false\n", {"statements_fewshot": 2},
+         r"statements_fewshot is 2 but the CSV has 1 true and 2 false statements; .* \(at most 1\)"),
+        (STATEMENTS, {"statements_fewshot": "many"}, "statements_fewshot must be a whole number"),
+        (STATEMENTS, {"statements_choices": [True, False]}, "statements_choices must be two different quoted words"),
+        (STATEMENTS, {"statements_choices": ["Yes", "Yes"]}, "statements_choices must be two different"),
+        (STATEMENTS, {"statements_choices": "Yes,No"}, "statements_choices must be two different"),
+    ],
+)
+def test_bad_statements_csv(tmp_path, content, options, match):
+    path = tmp_path / "missing.csv" if content is None else _write(tmp_path, content)
+    _one_line_error(lambda: user_statements.statements_dataset(statements_csv=str(path), **options), match)
+
+
+def test_bad_file_through_lm_eval_and_missing_option(tmp_path):
+    path = _write(tmp_path, "statement,label\nA,true\nB,False\nC,maybe\n")
+    (tmp_path / "bad.yaml").write_text(
+        f"include: qk_ablate:statements_csv\ntask: bad\ndataset_kwargs:\n  statements_csv: {path}\n"
+    )
+    _one_line_error(lambda: _manager(tmp_path).load(["bad"]), "label 'maybe' on line 4")
+    _one_line_error(user_statements.statements_dataset, r"needs dataset_kwargs: \{statements_csv: <path to the CSV>\}")
     _one_line_error(user_facts.facts_dataset, r"needs dataset_kwargs: \{facts_csv: <path to the CSV>\}")
+
+
+def test_users_yaml_may_declare_another_kind(tmp_path):
+    metadata = "metadata:\n  version: 1.0\n  kind: contextual\n"  # replaces the template's whole mapping
+    task = _statements_task(tmp_path, extra=metadata)
+    assert task.config.metadata["kind"] == "contextual" and "task_seed" not in task.config.metadata
 
 
 def test_niah_essay_task_reads_the_metadata_folder(essay_dir, smol):
