@@ -27,26 +27,28 @@ def install(layout: ModelLayout, editor: Editor) -> list[torch.utils.hooks.Remov
 
 def _hook(editor: Editor, entries: list[tuple[int, str, TensorSource]]) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if output.ndim == 4:  # a per-head q_norm/k_norm: one source, [B, S, H, D] or [B, H, S, D]
-            (layer, name, source), = entries
+        if output.ndim == 4 and output.shape[-1] == entries[0][2].head_dim:  # a per-head q_norm/k_norm
+            (layer, name, source), = entries  # one source, [B, S, H, D] or [B, H, S, D]
             heads_first = _heads_first(args[0], output, source.num_heads)
             x = output if heads_first else output.transpose(1, 2)
             new = editor.edit(layer, name, "pre", x, source.select, source.recomputed)
             if new is None:
                 return None
             return new if heads_first else new.transpose(1, 2)
+        latent = output.ndim == 4  # MLA's kv_b_proj runs on the latent as one head: [B, 1, S, width]
+        flat = output.flatten(1, 2) if latent else output
         edited: list[tuple[TensorSource, torch.Tensor]] = []
         for layer, name, source in entries:  # [B, S, width], maybe a fused q|k|v projection
-            x = source.heads(output).transpose(1, 2)
+            x = source.heads(flat).transpose(1, 2)
             new = editor.edit(layer, name, "pre", x, source.select, source.recomputed)
             if new is not None:
                 edited.append((source, new))
         if not edited:
             return None
-        result = output.clone()
+        result = flat.clone()
         for source, new in edited:
             source.write(result, new.transpose(1, 2))
-        return result
+        return result.unflatten(1, output.shape[1:3]) if latent else result
 
     return hook
 

@@ -1,0 +1,249 @@
+"""Architecture coverage beyond test_attach's shared exactness tests: layouts agree with an
+independent reading of each modeling file, MLA's rotary geometry, what is refused and how, a
+no-op on a model we cannot read, layers split over devices, and the stock lm_eval CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from conftest import (
+    HEAD_DIM,
+    HEADS,
+    NON_ROPE_CONFIGS,
+    ROPE_CONFIGS,
+    VOCAB,
+    attention_modules,
+    build,
+    projection_columns,
+    prompts,
+)
+from qk_ablate import InterventionSpec, QKAblateError, attach
+from qk_ablate.arch import find_layout
+from qk_ablate.rope import model_rope_dims
+from qk_ablate.selection import column_norms, massive_mask_threshold
+
+LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
+
+
+def spec(**kwargs) -> InterventionSpec:
+    return InterventionSpec.from_args(kwargs)
+
+
+@torch.no_grad()
+def logits(model, ids):
+    return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("arch", sorted({**ROPE_CONFIGS, **NON_ROPE_CONFIGS}))
+def test_layout_reads_the_same_columns_as_the_modeling_file(arch):
+    """arch.TensorSource.heads picks, for every (head, dim), the column conftest derives from each modeling file."""
+    model = build(arch, plant=False)
+    layout = find_layout(model)
+    for site, attn in zip(layout.sites, attention_modules(model), strict=True):
+        assert site.module is attn
+        for name in "qkv":
+            proj, columns = projection_columns(model, attn, name)
+            source = site.sources[name]
+            if source.module is not proj:  # the output of a q_norm/k_norm, taken after the projection
+                assert name in "qk" and source.module is (getattr(attn, f"{name}_norm", None) or getattr(attn, f"{name}_layernorm"))
+                continue
+            width = proj.weight.shape[0 if isinstance(proj, torch.nn.Linear) else 1]
+            assert torch.equal(source.heads(torch.arange(width)), columns)
+            ones = torch.zeros(width)
+            source.write(ones, torch.ones(columns.shape))
+            assert torch.equal(ones.nonzero().flatten(), columns.flatten().sort().values)
+
+
+def test_partial_rotary_bands_stop_at_the_rotary_width():
+    """Pythia rotates a quarter of each head (rotate-half within it): the rest has no pair and no band."""
+    dims = model_rope_dims(build("gpt_neox", plant=False))
+    assert dims.pair[:8] == (0, 1, 2, 3, 0, 1, 2, 3)
+    assert set(dims.pair[8:]) == {-1} and set(dims.band[8:]) == {"none"}
+
+
+def test_mla_rotary_geometry_pre_and_post():
+    """DeepSeek-V3: [nope 16 | rope 16] heads; rotary pairs interleaved in the projections, rotate-half after RoPE."""
+    model = build("deepseek_v3")
+    post = model_rope_dims(model, where="post", name="k")
+    assert post.pair == (-1,) * 16 + tuple(range(8)) * 2
+    pre_q, pre_k = model_rope_dims(model, where="pre", name="q"), model_rope_dims(model, where="pre", name="k")
+    assert pre_q.pair == (-1,) * 16 + tuple(i // 2 for i in range(16))
+    assert pre_k.pair == tuple(i // 2 for i in range(16))
+    # the pair planted at projection dims nope+2, nope+3 (pair 1) is what post-RoPE selection finds: dims 17 and 25
+    seen = {}
+    observer = lambda layer, name, where, x, p: seen.setdefault((name, where), x)  # noqa: E731
+    with attach(model, spec(), observer=observer, observe=("pre", "post")):
+        logits(model, prompts())
+    for name in "qk":
+        top = column_norms(seen[(name, "post")]).topk(2).indices.sort(-1).values
+        assert (top == torch.tensor([17, 25])).all(), name
+    assert seen[("k", "pre")].shape == (2, 1, 24, 16)  # the one shared rotary key head k_pe
+    assert seen[("v", "pre")].shape == seen[("v", "post")].shape == (2, HEADS, 24, 24)
+
+
+def test_mla_control_is_drawn_from_the_rotary_dims_only(monkeypatch):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = build("deepseek_v3")
+    kernel, seen = ALL_ATTENTION_FUNCTIONS["sdpa"], []
+
+    def recorder(module, query, key, value, attention_mask, **kwargs):
+        seen.append(query.detach().clone())
+        return kernel(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", recorder)
+    ids = prompts()
+    logits(model, ids)
+    before = seen[0]
+    seen.clear()
+    with attach(model, spec(ablate="nonmassive", targets="q", layers="0")):
+        logits(model, ids)
+    changed = (before != seen[0]).any(dim=2)  # [B, H, D]
+    massive = massive_mask_threshold(column_norms(before[..., 16:]), 5.0)
+    assert massive.any() and not changed[..., :16].any()
+    assert torch.equal(changed[..., 16:].sum(-1), massive.sum(-1)) and not (changed[..., 16:] & massive).any()
+
+
+def test_mla_value_rebuilt_every_step_stays_edited_in_generation():
+    """rope=pre V of MLA comes from kv_b_proj, which reruns on the whole latent cache at each step."""
+    model = build("deepseek_v3")
+    prompt = prompts(1, 20, seed=5)
+    with attach(model, spec(rope="pre", quant="int2", quant_targets="v")) as attachment:
+        cached = model.generate(prompt, max_new_tokens=6, do_sample=False)[0, 20:]
+        sequence = prompt[0]
+        for _ in range(6):
+            with attachment.positions((torch.arange(len(sequence)) < 20)[None]):
+                sequence = torch.cat([sequence, logits(model, sequence[None])[0, -1].argmax()[None]])
+    assert torch.equal(cached, sequence[20:])
+    assert not torch.equal(cached, model.generate(prompt, max_new_tokens=6, do_sample=False)[0, 20:])
+    with pytest.raises(QKAblateError, match="stage=all with quantization is not supported for deepseek_v3"):
+        attach(model, spec(rope="pre", quant="int4", quant_targets="kv", stage="all"))
+
+
+@pytest.mark.parametrize("arch", ["falcon", "falcon_mq", "falcon_mha"])
+def test_falcon_refuses_post_rope_in_one_line_and_leaves_the_model_alone(arch):
+    model = build(arch)
+    implementation = model.config._attn_implementation
+    for kwargs in (dict(args=spec(ablate="massive")), dict(args=spec(), observer=lambda *a: None, observe=("post",))):
+        with pytest.raises(QKAblateError, match=r"^falcon computes attention inside its own modules.*use rope=pre"):
+            attach(model, kwargs["args"], **{k: v for k, v in kwargs.items() if k != "args"})
+    assert model.config._attn_implementation == implementation
+    assert not model._forward_pre_hooks and all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_wrapper_called_without_its_keyword_refuses_to_run():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = build("llama")
+    with attach(model, spec(ablate="massive")):
+        wrapper = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
+        q = torch.zeros(1, HEADS, 3, HEAD_DIM)
+        with pytest.raises(QKAblateError, match="without the qk-ablate keyword.*use rope=pre"):
+            wrapper(attention_modules(model)[0], q, q, q, None)
+
+
+def test_attention_forward_without_kwargs_is_refused(monkeypatch):
+    model = build("llama")
+    attn = attention_modules(model)[0]
+    plain = attn.forward
+    monkeypatch.setattr(attn, "forward", lambda hidden_states, position_embeddings, attention_mask: plain(
+        hidden_states, position_embeddings, attention_mask))
+    with pytest.raises(QKAblateError, match=r"forward takes no \*\*kwargs.*use rope=pre"):
+        attach(model, spec(ablate="massive"))
+    assert model.config._attn_implementation == "sdpa" and not attn._forward_pre_hooks
+
+
+def test_noop_runs_on_a_model_whose_layout_is_unknown():
+    """ablate=none installs nothing, so it needs no layout: BLOOM's fused layout is one qk-ablate does not read."""
+    model = transformers.AutoModelForCausalLM.from_config(
+        transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4)
+    ).eval()
+    ids = prompts()
+    plain = logits(model, ids)
+    with attach(model, spec()):
+        assert torch.equal(logits(model, ids), plain)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(QKAblateError, match="bloom has a fused query_key_value projection"):
+        attach(model, spec(ablate="massive", rope="pre"))
+
+
+# ----------------------------------------------------------------------------- devices
+def _to(device: torch.device, obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device) if obj.device != device else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(device, o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(device, v) for k, v in obj.items()}
+    return obj
+
+
+def _split_second_layer_to_meta(model) -> None:
+    """Put layer 1 on a second device, as device_map does: its inputs move there, its outputs come back.
+
+    'meta' stands in for a second GPU: it refuses to mix with CPU tensors exactly as cuda:1 refuses
+    cuda:0 ones, and it computes shapes only (the outputs brought back are zeros).
+    """
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    name = next(n for n, m in model.named_modules() if m is attention_modules(model)[1]).rsplit(".", 1)[0]
+    layer = model.get_submodule(name).to(meta)
+    layer.register_forward_pre_hook(lambda m, args, kwargs: (_to(meta, args), _to(meta, kwargs)), with_kwargs=True)
+
+    def back(obj):
+        if isinstance(obj, torch.Tensor):
+            return torch.zeros(obj.shape, dtype=obj.dtype, device=cpu)
+        return type(obj)(back(o) for o in obj) if isinstance(obj, tuple) else obj
+
+    layer.register_forward_hook(lambda m, args, out: back(out))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "deepseek_v3"])
+@pytest.mark.parametrize("args", [
+    dict(ablate="massive"),
+    dict(ablate="nonmassive", rope="pre", stage="all"),
+    dict(ablate="nonmassive", control="smallest", fill="tensor_mean"),
+    dict(quant="int4", quant_targets="qkv", quant_axis="channel", protect="massive"),
+    dict(ablate="massive", quant="int8", quant_targets="q", stage="all", protect="massive"),
+], ids=["massive", "control-pre-all", "smallest", "quant-protect", "all"])
+def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, monkeypatch):
+    """With layer 1 on another device, every tensor handed to the pure functions sits on x's device.
+
+    What this proves without GPUs: masks made by the model pre-hook (from attention_mask or from
+    `positions`), kept columns/fills/protect masks of stage=all, control scores and fills all
+    follow the layer's device, at prefill and at a decode step. What it does not: numbers on GPUs.
+    """
+    import qk_ablate.edits as edits
+
+    calls: list[tuple[str, torch.device]] = []
+
+    def checked(name, function):
+        def wrapper(x, *rest, **kwargs):
+            others = [t for t in (*rest, *kwargs.values()) if isinstance(t, torch.Tensor) and t.ndim > 0]
+            assert all(t.device == x.device for t in others), (name, x.device, [t.device for t in others])
+            calls.append((name, x.device))
+            return function(x, *rest, **kwargs)
+        return wrapper
+
+    for name in ("column_norms", "control_mask", "fill_values", "destroy_columns", "fake_quantize"):
+        monkeypatch.setattr(edits, name, checked(name, getattr(edits, name)))
+    model = build(arch)
+    _split_second_layer_to_meta(model)
+    ids = prompts(2, 12)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with attach(model, spec(**args)) as attachment, torch.no_grad():
+        cache = transformers.DynamicCache(config=model.config)
+        model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        step = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+        model(input_ids=ids[:, :1], attention_mask=step, past_key_values=cache, use_cache=True)  # a decode step
+        with attachment.positions(mask.bool()):
+            model(input_ids=ids, use_cache=False)
+    assert {device.type for _, device in calls} == {"cpu", "meta"}
