@@ -247,3 +247,48 @@ def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, 
         with attachment.positions(mask.bool()):
             model(input_ids=ids, use_cache=False)
     assert {device.type for _, device in calls} == {"cpu", "meta"}
+
+
+# ----------------------------------------------------------------------------- stock lm_eval CLI
+def _char_tokenizer():
+    """An offline character-level tokenizer: every printable character its own id (3-98), within the tiny vocab."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def _samples(folder: Path) -> list[tuple[int, object]]:
+    (path,) = folder.rglob("samples_city_facts_tf_*.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return sorted((row["doc_id"], row["resps"]) for row in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt_neox", "falcon", "deepseek_v3", "phi", "stablelm"])
+def test_stock_lm_eval_cli_no_op_equals_hf_bit_for_bit(arch, tmp_path):
+    """`lm_eval --model qk_ablated ...,ablate=none` gives the very log-likelihoods of `--model hf`."""
+    model_dir = tmp_path / arch
+    build(arch).save_pretrained(model_dir)
+    _char_tokenizer().save_pretrained(model_dir)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}  # one thread each: the two processes run side by side and must sum alike
+    runs = {}
+    for engine, extra in (("hf", ""), ("qk_ablated", ",ablate=none")):
+        command = [
+            LM_EVAL, "--model", engine, "--model_args", f"pretrained={model_dir},dtype=float32{extra}",
+            "--tasks", "city_facts_tf", "--limit", "4", "--device", "cpu", "--batch_size", "2",
+            "--log_samples", "--output_path", str(tmp_path / engine),
+        ]
+        runs[engine] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+    for engine, process in runs.items():
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, (engine, stderr[-3000:])
+    hf, ours = _samples(tmp_path / "hf"), _samples(tmp_path / "qk_ablated")
+    assert len(hf) == 4 and all(len(resps) == 2 for _, resps in hf)  # 4 statements x (True, False)
+    assert hf == ours
