@@ -38,6 +38,7 @@ def test_kinds():
     assert task_kind("my_facts") is None
     assert task_kind("my_facts", declared={"my_facts": "parametric"}) == "parametric"
     assert task_kind("my_facts", {"my_facts": "contextual"}, {"my_facts": "parametric"}) == "contextual"
+    assert task_kind("city_facts", declared={"city_facts": "contextual"}) == "parametric"  # a run-wide --metadata kind
     assert all(task_kind(t) in KINDS for t in tasks())
 
 

@@ -95,6 +95,12 @@ def test_bad_bytes(tmp_path):
         imdb.load_csv(path)
 
 
+def test_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("review,sentiment\r\ngreat,1\r\nawful,0\r\n".encode("utf-8-sig"))
+    assert imdb.load_csv(path) == [("great", 1), ("awful", 0)]
+
+
 def test_hub_loader_asks_only_for_the_test_split(monkeypatch):
     import datasets
 

@@ -78,13 +78,14 @@ _KIND_OF = {task: family.kind for family in FAMILIES for task in family.tasks()}
 def task_kind(task: str, overrides: Mapping[str, str] | None = None, declared: Mapping[str, str] | None = None) -> str | None:
     """'contextual', 'parametric', or None for a task outside both means.
 
-    A user's `overrides` (`--kinds`) win, then what the task declared in its YAML metadata
-    (`declared`, read from the results file), then the catalogue.
+    A user's `overrides` (`--kinds`) win, then the catalogue, then what the task declared in its
+    YAML metadata (`declared`, read from the results file). The catalogue comes before what was
+    declared because lm-eval lets `--metadata '{"kind": ...}'` set `kind` for every task of a run,
+    ours included.
     """
-    for source in (overrides, declared):
-        if source and task in source:
-            return source[task]
-    return _KIND_OF.get(task)
+    if overrides and task in overrides:
+        return overrides[task]
+    return _KIND_OF.get(task) or (declared or {}).get(task)
 
 
 def check_kind(task: str, kind: object, where: str) -> str:

@@ -7,8 +7,11 @@ Contextual (the answer is in the prompt):
 * `imdb`: balanced, seeded sample of the IMDB test split; `gsm8k`: local GSM8K for `qk_gsm8k`.
 
 Parametric (the answer is in the weights), all from GeoNames:
-* `city_facts` (city -> country), `country_capital`, `country_continent`; `user_facts` for a
-  user's own CSV through the `qk_ablate:facts_csv` template.
+* `city_facts` (city -> country), `country_capital`, `country_continent`.
+
+A user's own data, through templates (`include: qk_ablate:<name>`): `user_facts` (facts_csv),
+`user_statements` (statements_csv, true/false by likelihood), both read by `user_csv`; and
+`niah` in a folder of documents (niah_documents).
 
 Each task module holds its builder and the `!function` hooks its YAMLs name. Shared: `lengths`
 (`1k` ... `128k`), `filler` (the "grass is green" filler / noise haystack), `tokens` (token

@@ -56,7 +56,7 @@ def load_csv(path: str | Path) -> list[tuple[str, int]]:
         raise _bad_file(path, "does not exist or is not a file")
     csv.field_size_limit(1 << 24)
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
+        with file.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a byte-order mark
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
             missing = [c for c in CSV_COLUMNS if c not in columns]
