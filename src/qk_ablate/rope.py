@@ -61,7 +61,8 @@ def rope_dims(
     half = int(inv_freq.numel())
     rotary = 2 * half
     if start + rotary > head_dim:
-        raise QKAblateError(f"inv_freq has {half} frequencies, more than fit the head dim {head_dim} from dim {start}")
+        after = f" after its first {start} dims" if start else ""
+        raise QKAblateError(f"inv_freq has {half} frequencies, more than half the head dim {head_dim}{after}")
     pairs, freqs, waves, bands = [], [], [], []
     for dim in range(head_dim):
         if not start <= dim < start + rotary:
