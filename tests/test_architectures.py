@@ -249,6 +249,36 @@ def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, 
     assert {device.type for _, device in calls} == {"cpu", "meta"}
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (run it on the GPU machine)")
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "stablelm", "gpt_neox", "falcon", "deepseek_v3"])
+def test_layers_on_two_gpus_give_what_one_gpu_gives(arch):
+    """accelerate's dispatch_model puts layer 1 on cuda:1: logits and generations equal those on cuda:0 alone."""
+    from accelerate import dispatch_model
+
+    model = build(arch)
+    base = model.base_model_prefix
+    device_map = {name: 0 for name, _ in model.named_children() if name != base}  # lm_head may be tied to the embedding
+    for name, child in getattr(model, base).named_children():
+        count = len(child) if isinstance(child, torch.nn.ModuleList) else 0
+        device_map.update({f"{base}.{name}.{i}": i % 2 for i in range(count)} or {f"{base}.{name}": 0})
+    split = dispatch_model(build(arch), device_map=device_map)
+    single = model.to("cuda:0")
+    ids = prompts(2, 24).to("cuda:0")
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    for args in (dict(ablate="massive"), dict(ablate="nonmassive", stage="all"), dict(ablate="massive", rope="pre"),
+                 dict(quant="int4", quant_axis="channel", quant_targets="qk", protect="massive")):
+        if arch == "falcon" and args.get("rope") != "pre":
+            continue
+        outs = []
+        for each in (single, split):
+            with attach(each, spec(**args)), torch.no_grad():
+                outs.append((each(input_ids=ids, attention_mask=mask).logits.to("cuda:0"),
+                             each.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False).to("cuda:0")))
+        (one, gen_one), (two, gen_two) = outs
+        torch.testing.assert_close(one[mask.bool()], two[mask.bool()], rtol=1e-4, atol=1e-4)
+        assert torch.equal(gen_one, gen_two), args
+
 # ----------------------------------------------------------------------------- stock lm_eval CLI
 def _char_tokenizer():
     """An offline character-level tokenizer: every printable character its own id (3-98), within the tiny vocab."""
