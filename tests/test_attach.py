@@ -80,7 +80,7 @@ def test_noop_is_bit_identical_with_hooks_installed_and_after_removal(rope_arch)
     assert len(seen) == len(where) * 3 * len(find_layout(model).sites)  # q, k, v at pre (and post), per layer
     assert model.config._attn_implementation == implementation
     assert torch.equal(logits(model, ids), plain)
-    assert not model._forward_pre_hooks and all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 @pytest.mark.parametrize("arch,attn", [("llama", "eager"), ("llama", "sdpa"), ("gemma2", "eager")])

@@ -94,6 +94,7 @@ class Editor:
             self._kept.clear()
 
     def clear(self) -> None:
+        """Forget the prompt's decisions (on detach: they hold device tensors)."""
         self._kept.clear()
 
     def edit(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -84,7 +85,9 @@ def _implementation(module: nn.Module, model: nn.Module) -> str:
     return getattr(config, "_attn_implementation", None) or "eager"
 
 
-def _injector(editor: Editor, site: AttentionSite):
+def _injector(editor: Editor, site: AttentionSite) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict]]:
+    """A pre-hook that adds this layer's work to the attention module's keyword arguments."""
+
     def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return args, {**kwargs, KEYWORD: (editor, site)}
 
