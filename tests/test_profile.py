@@ -139,3 +139,24 @@ def test_cli_profile_in_bfloat16(tmp_path, monkeypatch):
     assert loaded == [(torch.bfloat16, "eager")]
     arrays = np.load(out / "profile.npz")
     assert arrays["L128_post_q_M"].dtype == np.float32 and np.isfinite(arrays["L128_post_q_M"]).all()
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v3", "falcon"])
+def test_profile_of_latent_attention_and_falcon(arch, tmp_path):
+    """MLA: each tensor's own rotary layout labels its pairs (the planted pair 1 everywhere, pre and
+    post, Q and K); Falcon, whose post-RoPE Q/K cannot be reached, is profiled pre-RoPE only."""
+    from qk_ablate.profile import load_profile
+
+    model = build(arch)
+    profile = profile_model(model, {24: [{"input_ids": prompts(2, 24, seed=1)}]}, arch, "random")
+    summary = summarize(profile)
+    if arch == "falcon":
+        assert profile.where == ("pre",) and set(summary["results"]["24"]) == {"pre"}
+        return
+    assert set(summary["rope_other"]) >= {"pre_q", "pre_k"}  # interleaved pairs in the projections
+    for where in ("pre", "post"):
+        for name in ("q", "k"):
+            top = summary["results"]["24"][where][name]["pairs"][0]
+            assert (top["pair"], top["share_of_heads"]) == (1, 1.0), (where, name, top)
+    save_profile(profile, tmp_path)
+    assert summarize(load_profile(tmp_path)) == summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +42,14 @@ class Profile:
     samples: int
     lam: float
     source: str
-    rope: RopeDims | None
+    rope: RopeDims | None  # post-RoPE Q's dims (every Q/K tensor's, for most models)
     where: tuple[str, ...]
     arrays: dict[str, np.ndarray]
+    other_rope: dict[str, RopeDims] = field(default_factory=dict)  # "<where>_<name>" laid out otherwise (MLA)
+
+    def rope_of(self, where: str, name: str) -> RopeDims | None:
+        """The rotary pair of each dim of one tensor (None for V, which does not rotate)."""
+        return None if name == "v" else self.other_rope.get(f"{where}_{name}", self.rope)
 
     @staticmethod
     def key(length: int, where: str, name: str, kind: str) -> str:
@@ -72,8 +77,15 @@ def profile_model(
 ) -> Profile:
     """Reduce statistics for each length's batches (`documents[length]`), pre and post RoPE."""
     layout = find_layout(model)
-    where = ("pre", "post") if layout.has_rope else ("pre",)
-    rope = model_rope_dims(model, layout.sites[0].head_dim) if layout.has_rope else None
+    where = ("pre", "post") if layout.has_rope and layout.post_rope else ("pre",)  # falcon: pre only
+    rope = model_rope_dims(model) if layout.has_rope else None
+    other = {}
+    if rope is not None:
+        for w in where:
+            for name in "qk":
+                dims = model_rope_dims(model, where=w, name=name)
+                if dims != rope:
+                    other[f"{w}_{name}"] = dims
     arrays: dict[str, np.ndarray] = {}
     samples = None
     for length, batches in documents.items():
@@ -81,7 +93,7 @@ def profile_model(
         arrays.update(_arrays(stats, length, where))
         counted = min(stats.samples.values())
         samples = counted if samples is None else min(samples, counted)
-    return Profile(model_name, sorted(documents), int(samples or 0), lam, source, rope, where, arrays)
+    return Profile(model_name, sorted(documents), int(samples or 0), lam, source, rope, where, arrays, other)
 
 
 def run_profile(
@@ -144,17 +156,26 @@ def load_profile(folder: str | Path) -> Profile:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
         raise QKAblateError(f"'{folder}' holds no readable profile.json and profile.npz ({type(exc).__name__})") from None
-    rope = None
+    rope, other = None, {}
     if summary.get("rope"):
-        dims = summary["rope"]["dims"]
-        rope = RopeDims(
-            tuple(d["pair"] for d in dims), tuple(d["frequency"] for d in dims),
-            tuple(d["wavelength"] if d["wavelength"] is not None else float("inf") for d in dims),
-            tuple(d["band"] for d in dims), summary["rope"]["context"],
-        )
+        context = summary["rope"]["context"]
+        rope = _rope_from_json(summary["rope"]["dims"], context)
+        other = {key: _rope_from_json(dims, context) for key, dims in (summary.get("rope_other") or {}).items()}
     where = tuple(summary["results"][str(summary["lengths"][0])])
     return Profile(summary["model"], summary["lengths"], summary["samples_per_length"], summary["lam"],
-                   summary["source"], rope, where, arrays)
+                   summary["source"], rope, where, arrays, other)
+
+
+def _rope_to_json(rope: RopeDims) -> list[dict]:
+    return [{"dim": d, **rope.as_dict(d)} for d in range(len(rope.pair))]
+
+
+def _rope_from_json(dims: list[dict], context: int) -> RopeDims:
+    return RopeDims(
+        tuple(d["pair"] for d in dims), tuple(d["frequency"] for d in dims),
+        tuple(d["wavelength"] if d["wavelength"] is not None else float("inf") for d in dims),
+        tuple(d["band"] for d in dims), context,
+    )
 
 
 def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: RopeDims | None) -> dict:
@@ -212,10 +233,9 @@ def summarize(profile: Profile) -> dict:
     out: dict = {
         "model": profile.model, "lengths": profile.lengths, "samples_per_length": profile.samples,
         "lam": profile.lam, "massive_when_in_fraction_of_samples": MOSTLY, "source": profile.source,
-        "rope": None if profile.rope is None else {
-            "context": profile.rope.context,
-            "dims": [{"dim": d, **profile.rope.as_dict(d)} for d in range(len(profile.rope.pair))],
-        },
+        "rope": None if profile.rope is None else {"context": profile.rope.context, "dims": _rope_to_json(profile.rope)},
+        **({"rope_other": {key: _rope_to_json(dims) for key, dims in profile.other_rope.items()}}
+           if profile.other_rope else {}),
         "results": {},
     }
     for length in profile.lengths:
@@ -225,14 +245,14 @@ def summarize(profile: Profile) -> dict:
             for name in ("q", "k", "v"):
                 massive = profile.array(length, where, name, "massive")
                 norms = profile.array(length, where, name, "M")
-                layers = [{"layer": i, **_layer_summary(massive[i], norms[i], profile.rope if name != "v" else None)}
-                          for i in range(massive.shape[0])]
+                rope = profile.rope_of(where, name)
+                layers = [{"layer": i, **_layer_summary(massive[i], norms[i], rope)} for i in range(massive.shape[0])]
                 entry = {"layers_with_massive": sum(1 for l in layers if l["count"]), "layers": layers}
                 shares = [l["top_pair_heads"] for l in layers if "top_pair_heads" in l]
                 if shares:  # within a layer, how many heads share its most common massive pair
                     entry["mean_top_pair_heads"] = round(float(np.mean(shares)), 3)
-                if profile.rope is not None and name != "v":
-                    entry["pairs"] = _pair_agreement(massive, profile.rope)
+                if rope is not None:
+                    entry["pairs"] = _pair_agreement(massive, rope)
                 per_where[name] = entry
             per_length[where] = per_where
         out["results"][str(length)] = per_length
