@@ -232,3 +232,14 @@ def essay_dir(tmp_path_factory):
         for i, row in enumerate(csv.DictReader(handle)):
             (folder / f"essay_{i:03d}.txt").write_text(row["review"].replace("<br />", " "), encoding="utf-8")
     return folder
+
+
+def word_tokenizer():
+    """A tiny offline word-level tokenizer whose ids fit the tiny models' vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(120)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")

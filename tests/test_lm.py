@@ -94,25 +94,14 @@ def test_cli_rejects_bad_model_args_before_loading_anything(tmp_path, capsys):
     assert err == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, tensor_mean, zero"
 
 
-def _word_tokenizer():
-    """A tiny offline word-level tokenizer whose ids fit the tiny models' vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(120)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-
-
 def test_loglikelihood_continuation_is_not_prompt():
     """A multi-token continuation is scored as generated text: not destroyed, not in the statistics."""
-    from conftest import build
+    from conftest import build, word_tokenizer
 
     from qk_ablate.lm import QKAblatedLM
 
     model = build("llama")
-    lm = QKAblatedLM(pretrained=model, tokenizer=_word_tokenizer(), ablate="massive", device="cpu", batch_size=2)
+    lm = QKAblatedLM(pretrained=model, tokenizer=word_tokenizer(), ablate="massive", device="cpu", batch_size=2)
     context = " ".join(f"w{i}" for i in range(10, 30))
     requests = [(context, " w40 w41 w42"), (context + " w5", " w7")]
     from lm_eval.api.instance import Instance
@@ -133,12 +122,12 @@ def test_loglikelihood_continuation_is_not_prompt():
 
 
 def test_prompts_longer_than_the_window_are_refused_not_truncated():
-    from conftest import build
+    from conftest import build, word_tokenizer
     from lm_eval.api.instance import Instance
 
     from qk_ablate.lm import QKAblatedLM
 
-    lm = QKAblatedLM(pretrained=build("llama"), tokenizer=_word_tokenizer(), device="cpu", batch_size=1, max_length=40)
+    lm = QKAblatedLM(pretrained=build("llama"), tokenizer=word_tokenizer(), device="cpu", batch_size=1, max_length=40)
     short = Instance("generate_until", {}, (" ".join(["w5"] * 30), {"until": ["w9"], "max_gen_toks": 4}), 0,
                      metadata=("passkey_1k", 0, 1))
     long = Instance("generate_until", {}, (" ".join(["w5"] * 38), {"until": ["w9"], "max_gen_toks": 4}), 0,

@@ -97,12 +97,12 @@ def test_profile_finds_the_planted_pair_in_every_head(tmp_path):
 
 
 def test_cli_profile_on_a_tiny_saved_model(tmp_path, capsys):
-    from test_lm import _word_tokenizer
+    from conftest import word_tokenizer
 
     from qk_ablate.cli import main
 
     build("llama").save_pretrained(tmp_path / "tiny")
-    _word_tokenizer().save_pretrained(tmp_path / "tiny")
+    word_tokenizer().save_pretrained(tmp_path / "tiny")
     out = tmp_path / "profile"
     assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "128,256", "--samples", "2",
                  "--source", "passkey", "--out", str(out)]) == 0
@@ -118,7 +118,7 @@ def test_cli_profile_on_a_tiny_saved_model(tmp_path, capsys):
 
 def test_cli_profile_in_bfloat16(tmp_path, monkeypatch):
     """A researcher's 7B model is profiled in the dtype and kernel asked for; statistics stay float32."""
-    from test_lm import _word_tokenizer
+    from conftest import word_tokenizer
 
     from qk_ablate.cli import main
 
@@ -132,7 +132,7 @@ def test_cli_profile_in_bfloat16(tmp_path, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", recording)
     build("llama").save_pretrained(tmp_path / "tiny")
-    _word_tokenizer().save_pretrained(tmp_path / "tiny")
+    word_tokenizer().save_pretrained(tmp_path / "tiny")
     out = tmp_path / "profile"
     assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "128", "--samples", "2",
                  "--source", "passkey", "--dtype", "bfloat16", "--attn-implementation", "eager", "--out", str(out)]) == 0

@@ -14,11 +14,11 @@ from qk_ablate.sweep import MARKER, load_config, run_sweep
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from conftest import build
-    from test_lm import _word_tokenizer
+    from conftest import word_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny")
     build("llama").save_pretrained(folder)
-    _word_tokenizer().save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
     return folder
 
 
