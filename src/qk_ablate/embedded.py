@@ -79,3 +79,37 @@ def _tokenizer(path: str, gguf_file: str | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+
+
+def hf_folder() -> str:
+    """The embedded model as a float32 Hugging Face folder (what vLLM loads), made once.
+
+    transformers dequantises the GGUF to float32 but will not save a model that still carries its
+    GGUF quantizer, so that state is dropped before `save_pretrained`. The folder goes to
+    `$QK_ABLATE_CACHE` or `$XDG_CACHE_HOME/qk-ablate` (default `~/.cache/qk-ablate`), about 517 MB,
+    keyed by the GGUF's sha256 and written to a temporary name first, so a cut-short
+    conversion is never taken for a finished one.
+    """
+    import os
+    import shutil
+
+    root = Path(os.environ.get("QK_ABLATE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qk-ablate")
+    folder = root / f"{EMBEDDED_NAME}-float32-{_SHA256[:12]}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    from transformers import AutoModelForCausalLM
+
+    location = embedded_gguf()
+    model = AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.filename)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = root / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    load_tokenizer(EMBEDDED_NAME).save_pretrained(partial)
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished first: keep its folder
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(folder)

@@ -1,0 +1,102 @@
+"""The lm-eval model `qk_ablated_vllm`: lm-eval's `VLLM` with the same interventions inside vLLM.
+
+Our keys are taken out of model_args and validated into the same `InterventionSpec` as the HF
+engine's; every other vLLM argument keeps working. The spec travels to vLLM's worker
+(`LLM.apply_model`, so it also reaches a worker in another process) where `vllm_hooks` installs
+it; the results JSON records it under `config.qk_ablate` with `engine: vllm`.
+
+vLLM features that would change the experiment are switched off or refused, never silently
+kept: CUDA graphs and torch.compile (hooks would not run on replayed steps: eager mode is
+forced), prefix caching (a cached prefix is never seen by a prefill, so its statistics would be
+missing) and chunked prefill (a prompt split over steps would be selected from a part of itself).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from typing import Any
+
+from qk_ablate.vllm_compat import alias_cpu_build
+
+alias_cpu_build()  # before lm-eval's vLLM module reads the version of `vllm`
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model sends our functions to the worker
+
+import lm_eval.models  # noqa: E402,F401  (lm-eval's own models are registered before ours)
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
+
+from qk_ablate import __version__, vllm_hooks  # noqa: E402
+from qk_ablate.embedded import hf_folder, is_embedded  # noqa: E402
+from qk_ablate.errors import QKAblateError  # noqa: E402
+from qk_ablate.spec import InterventionSpec, split_model_args  # noqa: E402
+
+# vLLM arguments that would change what the intervention sees: (name, value we need, why).
+_FORCED = (
+    ("enforce_eager", True, "CUDA graphs and torch.compile replay steps without running the hooks"),
+    ("enable_prefix_caching", False, "a cached prefix skips the prefill that selects and destroys its dims"),
+    ("enable_chunked_prefill", False, "a prompt split over steps would be selected from a part of itself"),
+)
+
+
+@register_model("qk_ablated_vllm")
+class QKAblatedVLLM(VLLM):
+    """lm-eval's VLLM whose attention destroys or quantizes Q/K/V dims as its `InterventionSpec` says."""
+
+    def __init__(self, pretrained: str = "smollm2-135m", **kwargs: Any) -> None:
+        ours, rest = split_model_args(kwargs)
+        self.spec = InterventionSpec.from_args(ours)
+        _check_engine_args(self.spec, rest)
+        for name, value, _ in _FORCED:
+            rest[name] = value
+        self._requested_model = str(pretrained)
+        if is_embedded(pretrained):
+            pretrained = hf_folder()
+        super().__init__(pretrained=pretrained, **rest)
+        self.use(self.spec)
+
+    def use(self, spec: InterventionSpec) -> None:
+        """Install `spec` in the worker (replacing the current one) without reloading the model."""
+        self.spec = spec
+        self.model.apply_model(partial(vllm_hooks.attach, spec=spec.to_dict()))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+        """Tell the worker each input's context length, so only context tokens count as the prompt.
+
+        The inputs are built as lm-eval's VLLM builds them (context + continuation, cut from the
+        left to the window); the continuation plays the part of generated tokens.
+        """
+        window = self.max_length - 1
+        lengths = {}
+        for _, context, continuation in requests:
+            tokens = tuple((context + continuation)[-window:])
+            lengths[tokens] = len(context) - max(0, len(context) + len(continuation) - window)
+        self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=lengths))
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=None))
+
+    def get_model_info(self) -> dict:
+        """The validated intervention spec and the engine, so results say what produced them."""
+        return {"qk_ablate": {"model": self._requested_model, "version": __version__, "engine": "vllm",
+                              **self.spec.to_dict()}}
+
+
+def _check_engine_args(spec: InterventionSpec, args: dict[str, Any]) -> None:
+    """One line for every vLLM setting this engine cannot honour (yet)."""
+    for name, value, why in _FORCED:
+        if name in args and _as_bool(args[name]) != value:
+            raise QKAblateError(f"qk_ablated_vllm needs {name}={value}: {why}; drop {name} from model_args")
+    if int(args.get("data_parallel_size", 1) or 1) > 1:
+        raise QKAblateError("qk_ablated_vllm does not run with data_parallel_size > 1 (its Ray replicas would "
+                            "load the model without the hooks); use tensor_parallel_size, or several runs")
+    if int(args.get("tensor_parallel_size", 1) or 1) > 1:
+        raise QKAblateError("qk_ablated_vllm does not run with tensor_parallel_size > 1 yet; use 1, or the HF "
+                            "engine (--model qk_ablated with parallelize=True) for a model split over GPUs")
+    if spec.stage == "all" and not spec.is_noop:
+        raise QKAblateError("stage=all is not available on the vLLM engine yet; use stage=prefill, or --model qk_ablated")
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
