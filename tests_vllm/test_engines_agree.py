@@ -111,3 +111,51 @@ def test_each_prompt_alone_equals_the_prompt_in_a_batch_of_eight(engines):
     together = [value for value, _ in vllm.loglikelihood(requests, disable_tqdm=True)]
     alone = [vllm.loglikelihood([request], disable_tqdm=True)[0][0] for request in requests[::2]]
     assert max(abs(a - b) for a, b in zip(alone, together[::2])) <= 1e-4
+
+
+def _capture(model, layer: int) -> None:
+    """Record the q, k that layer's attention is handed, before (first hook) and after (last hook) ours."""
+    attn = next(m for n, m in model.named_modules() if n.endswith(f"layers.{layer}.self_attn.attn"))
+    store = []
+    model._test_capture = store
+    model._test_handles = (
+        attn.register_forward_pre_hook(lambda mod, args: store.append(("in", args[0].clone(), args[1].clone())), prepend=True),
+        attn.register_forward_pre_hook(lambda mod, args: store.append(("out", args[0].clone(), args[1].clone()))),
+    )
+
+
+def _captured(model) -> list:
+    """The records as bytes and shapes (vLLM's result encoding does not bring nested tensors back)."""
+    for handle in model._test_handles:
+        handle.remove()
+    return [[tag, *[(t.float().numpy().tobytes(), list(t.shape)) for t in tensors]] for tag, *tensors in model._test_capture]
+
+
+@pytest.mark.parametrize("protect", ["none", "massive"])
+def test_the_vllm_path_quantizes_its_own_inputs_as_the_hf_engine_would(engines, protect):
+    """Round-to-nearest turns float noise into whole steps, so the engines' int4 loglikelihoods cannot
+    agree to 1e-4 (README); instead, what vLLM's attention receives is exactly the HF engine's
+    `fake_quantize` of what it would have received, on a prompt's prefill."""
+    from functools import partial
+
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from qk_ablate.quantize import fake_quantize
+    from qk_ablate.selection import column_norms, massive_mask_threshold
+
+    _, vllm = engines
+    vllm.use(InterventionSpec(quant="int4", quant_targets="qk", protect=protect))
+    vllm.model.apply_model(partial(_capture, layer=3))  # the worker imports this module (spawn keeps sys.path)
+    context = _requests(2)[0].args[0]
+    vllm.generate_until([Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 1}), 0)],
+                        disable_tqdm=True)
+    (records,) = vllm.model.apply_model(_captured)
+    (_, q_in, k_in), (_, q_out, k_out) = records[:2]  # the prefill; decode steps are left alone
+    for before, after, heads in ((q_in, q_out, 9), (k_in, k_out, 3)):
+        before, after = (torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape) for data, shape in (before, after))
+        x = before.unflatten(-1, (heads, 64)).transpose(0, 1)[None]  # [1, H, T, D]
+        mask = massive_mask_threshold(column_norms(x), 5.0) if protect == "massive" else None
+        expected = fake_quantize(x, "int4", "token", None, True, None, mask)
+        assert torch.equal(after.unflatten(-1, (heads, 64)).transpose(0, 1)[None], expected)
+        assert not torch.equal(after, before)
