@@ -41,7 +41,9 @@ def _config(tmp_path: Path, tiny: Path, **extra) -> Path:
     [({"interventions": {"x": {"ablate": "massiv"}}}, "intervention 'x'.*ablate='massiv'"),
      ({"colour": "red"}, "unknown key 'colour'"), ({"tasks": []}, "names no task"), ({"limit": 0}, "'limit'"),
      ({"models": [{"dtype": "float32"}]}, "'pretrained'"),
-     ({"models": [{"pretrianed": "x"}]}, "model 1 has no 'pretrained'; 'pretrianed' is not a model argument; did you mean 'pretrained'")],
+     ({"models": [{"pretrianed": "x"}]}, "model 1 has no 'pretrained'; 'pretrianed' is not a model argument; did you mean 'pretrained'"),
+     ({"engine": "sglang"}, "engine must be one of hf, vllm"),
+     ({"engine": "vllm", "profile": {"lengths": [128]}}, "profile runs the HF model")],
 )
 def test_bad_configs_fail_before_any_model_loads(tmp_path, tiny, change, match):
     with pytest.raises(QKAblateError, match=match):

@@ -26,6 +26,7 @@ Config (YAML)::
     include_path: my_tasks             # optional: folder(s) of your own task YAMLs
     kinds: {my_facts: parametric}      # optional: the kind of each of your own tasks, for the report
     profile: {lengths: [1k, 2k], samples: 10}   # optional: `qk-ablate profile` of each model too
+    engine: hf                         # or vllm: qk_ablated_vllm (run it from the vLLM environment)
 
 With `profile`, each model is also profiled (M of Q/K/V pre and post RoPE, `source` ctxqa by
 default, `lam` 5) into `<output>/<model>/profile/`, before its cells run; a profile with the same
@@ -50,8 +51,9 @@ from qk_ablate.spec import InterventionSpec
 from qk_ablate.task_data.lengths import parse_length
 
 _KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata",
-         "include_path", "kinds", "profile"}
+         "include_path", "kinds", "profile", "engine"}
 _PROFILE_KEYS = {"lengths", "samples", "source", "lam"}
+ENGINES = ("hf", "vllm")
 MARKER = "cell.json"
 
 
@@ -111,6 +113,7 @@ class SweepConfig:
     kinds: dict[str, str] = field(default_factory=dict)
     profile: ProfileSettings | None = None
     source: Path | None = None
+    engine: str = "hf"  # or "vllm": qk_ablated_vllm, in the vLLM environment
 
 
 def _slug(text: str) -> str:
@@ -168,6 +171,11 @@ def load_config(path: str | Path) -> SweepConfig:
         raise QKAblateError(f"sweep config '{path}': kinds must map tasks to {' or '.join(KINDS)}, got {kinds!r}")
     for task, kind in kinds.items():
         check_kind(str(task), kind, f"sweep config '{path}', kinds entry '{task}={kind}'")
+    engine = str(raw.get("engine", "hf"))
+    if engine not in ENGINES:
+        raise QKAblateError(f"sweep config '{path}': engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "vllm" and raw.get("profile") is not None:
+        raise QKAblateError(f"sweep config '{path}': profile runs the HF model; drop it from an engine: vllm sweep")
     output = Path(raw.get("output") or Path("runs") / _slug(raw.get("name") or file.stem))
     board = raw.get("leaderboard")
     return SweepConfig(
@@ -185,12 +193,14 @@ def load_config(path: str | Path) -> SweepConfig:
         kinds={str(t): str(k) for t, k in kinds.items()},
         profile=_profile_settings(raw.get("profile"), path),
         source=file,
+        engine=engine,
     )
 
 
 def _cell_settings(config: SweepConfig, model: dict[str, Any], spec: InterventionSpec) -> dict[str, Any]:
-    return {"model": model, "intervention": spec.to_dict(), "tasks": config.tasks, "limit": config.limit,
-            "metadata": config.metadata}
+    settings = {"model": model, "intervention": spec.to_dict(), "tasks": config.tasks, "limit": config.limit,
+                "metadata": config.metadata}
+    return settings if config.engine == "hf" else {**settings, "engine": config.engine}  # hf cells predate the key
 
 
 def _is_done(cell: Path, settings: dict[str, Any]) -> bool:
@@ -262,7 +272,12 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
             continue
         manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
         _check_tasks(config, manager)  # before the model loads
-        lm = QKAblatedLM(batch_size=config.batch_size, device=device, **model)
+        if config.engine == "vllm":
+            from qk_ablate.lm_vllm import QKAblatedVLLM
+
+            lm = QKAblatedVLLM(batch_size=config.batch_size, **model)
+        else:
+            lm = QKAblatedLM(batch_size=config.batch_size, device=device, **model)
         if needs_profile:
             _profile(lm, str(model["pretrained"]), config.profile, _model_folder(config, model) / "profile", log)
         for cell in todo:
