@@ -114,11 +114,9 @@ class Editor:
         step, spec = self.step, self.spec
         if step.prefill and self.observer is not None and where in self.observe:
             self.observer(layer, name, where, x, step.masks(x.device)[0])
-        if spec.is_noop or where != spec.rope or layer not in self.layers:
+        if not self.changes(layer, name, where):
             return None
         destroy, quantize = name in self._destroyed, name in self._quantized
-        if not (destroy or quantize):
-            return None
         if step.prefill:
             keep = recomputed or spec.stage == "all"
             return self._edit_prompt(layer, name, x, destroy, quantize, select, keep)
@@ -127,6 +125,12 @@ class Editor:
         if spec.stage == "all":
             return self._edit_new_tokens(self._kept_for(layer, name), x, destroy, quantize)
         return None
+
+    def changes(self, layer: int, name: str, where: str) -> bool:
+        """Whether `edit` can change this tensor (so a caller may skip building its view)."""
+        spec = self.spec
+        return (not spec.is_noop and where == spec.rope and layer in self.layers
+                and (name in self._destroyed or name in self._quantized))
 
     def _edit_prompt(
         self, layer: int, name: str, x: torch.Tensor, destroy: bool, quantize: bool,

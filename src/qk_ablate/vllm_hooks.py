@@ -106,6 +106,11 @@ class VllmAttachment:
             else:
                 self._handles.append(site.qkv_proj.register_forward_hook(self._pre_hook(site)))
 
+    def set_prompt_lengths(self, lengths: dict[tuple[int, ...], int] | None) -> None:
+        """Loglikelihood inputs' context lengths, by their tokens; the next step is packed anew."""
+        self.prompt_lengths = lengths
+        self._metadata = None
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -160,6 +165,8 @@ class VllmAttachment:
 
     # ------------------------------------------------------------ hooks
     def _edit(self, site: VllmSite, name: str, where: str, flat: torch.Tensor, heads: int) -> torch.Tensor:
+        if not self.editor.changes(site.layer, name, where):  # no gather for a tensor left alone
+            return flat
         packing = self._packing_now(site)
         if packing is None:
             return flat
@@ -216,5 +223,4 @@ def set_prompt_lengths(model: nn.Module, lengths: dict[tuple[int, ...], int] | N
     """Loglikelihood requests: each input's context length, by its tokens (None: every token is prompt)."""
     attachment = getattr(model, _ATTRIBUTE, None)
     if attachment is not None:
-        attachment.prompt_lengths = lengths
-        attachment._metadata = None
+        attachment.set_prompt_lengths(lengths)
