@@ -25,8 +25,8 @@ def test_lm_evals_vllm_model_imports_under_the_cpu_build():
      ({"enable_prefix_caching": True}, "needs enable_prefix_caching=False"),
      ({"enable_chunked_prefill": "true"}, "needs enable_chunked_prefill=False"),
      ({"data_parallel_size": 2}, "data_parallel_size > 1"),
-     ({"tensor_parallel_size": 2}, "tensor_parallel_size > 1 yet"),
-     ({"ablate": "massive", "stage": "all"}, "stage=all is not available on the vLLM engine yet"),
+     ({"pipeline_parallel_size": 2}, "pipeline_parallel_size > 1"),
+     ({"speculative_config": "{}"}, "speculative_config"),
      ({"ablate": "massiv"}, "ablate='massiv' is not valid")],
 )
 def test_what_the_engine_cannot_honour_is_refused_in_one_line_before_loading(args, match):

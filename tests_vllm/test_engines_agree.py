@@ -70,7 +70,8 @@ def _passkey_requests(tokenizer, count: int = 30):
                      metadata=("passkey_1k", i, 1)) for i, d in enumerate(docs)]
 
 
-@pytest.mark.parametrize("args", [{}, {"ablate": "massive"}], ids=["none", "massive"])
+@pytest.mark.parametrize("args", [{}, {"ablate": "massive"}, {"ablate": "massive", "stage": "all"}],
+                         ids=["none", "massive", "massive-stage-all"])
 def test_greedy_generations_agree_on_30_passkey_documents(engines, args):
     hf, vllm = engines
     spec = InterventionSpec.from_args(args)
@@ -85,6 +86,28 @@ def test_greedy_generations_agree_on_30_passkey_documents(engines, args):
 
         found = sum(passkey_correct(out, r.args[0].split("The pass key is ")[1].split(".")[0]) for out, r in zip(ours, requests))
         assert found < len(requests) // 2
+
+
+@pytest.mark.parametrize("rope", ["post", "pre"])
+def test_stage_all_edits_every_decoded_token_of_every_sequence(engines, rope):
+    """12 prompts of mixed lengths decode 2-13 tokens each, so sequences join and leave the running
+    batch at different steps; the worker's counts show every decoded token edited in every layer."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    hf, vllm = engines
+    vllm.use(InterventionSpec(ablate="massive", stage="all", rope=rope))
+    prompts = [hf.tokenizer(r.args[0]).input_ids for r in _requests(24)[::2]]
+    params = [SamplingParams(max_tokens=3 + i, temperature=0, ignore_eos=True) for i in range(len(prompts))]
+    outputs = vllm.model.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    decoded = sum(len(out.outputs[0].token_ids) - 1 for out in outputs)  # the last token is never fed back
+    counts = vllm.counts()
+    assert decoded == sum(2 + i for i in range(len(prompts)))
+    assert counts["prefills"] == len(prompts)
+    for layer in range(hf.model.config.num_hidden_layers):
+        assert counts[f"prefill:{layer}:q"] == counts[f"prefill:{layer}:k"] == sum(map(len, prompts))
+        assert counts[f"decode:{layer}:q"] == counts[f"decode:{layer}:k"] == decoded
+        assert f"decode:{layer}:v" not in counts  # targets=qk: V is left alone
 
 
 def test_post_rope_key_constant_fill_equals_zero_fill(engines):

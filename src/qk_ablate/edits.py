@@ -9,7 +9,7 @@ made on that tensor's device.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -36,13 +36,18 @@ class Step:
 
     prompt: [B, S] positions whose statistics select and fill (None: all positions);
     tokens: [B, S] non-padding positions, edited by `stage=all` (None: all positions);
-    prefill: the cache was empty, so every position of this forward is new.
+    prefill: the cache was empty, so every position of this forward is new;
+    slots: [B] each sample's place in a store of decisions that outlives the batch (vLLM's
+    continuous batching, where a later step's decode rows are other samples than this prefill's),
+    below `slot_count`; None: the decisions are kept for this batch as a whole (HF generation).
     Both masks are on the input's device; `masks(device)` gives them where a layer runs.
     """
 
     prompt: torch.Tensor | None
     tokens: torch.Tensor | None
     prefill: bool
+    slots: torch.Tensor | None = None
+    slot_count: int = 0
     _moved: dict[torch.device, tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=dict, repr=False)
 
     def masks(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -77,25 +82,32 @@ class Editor:
         layers: frozenset[int],
         observer: Observer | None = None,
         observe: frozenset[str] = frozenset(),
+        shard: Mapping[str, tuple[int, tuple[int, ...]]] | None = None,
     ) -> None:
+        """`shard`: per tensor name, (the model's head count, the heads this process holds), for an
+        engine that splits heads over devices: the random control is drawn for all heads and sliced,
+        so every split of a model selects what the whole model would."""
         self.spec = spec
         self.layers = layers
         self.observer = observer
         self.observe = observe
         self._destroyed, self._quantized = spec.ablate_targets(), spec.quant_target_set()
         self.step = Step(prompt=None, tokens=None, prefill=True)
+        self.shard = shard or {}
         self._kept: dict[tuple[int, str], _Kept] = {}
+        self._stored: dict[tuple[int, str], _Kept] = {}
         self._scores: dict[tuple[int, str, torch.device], torch.Tensor] = {}
 
     def begin(self, step: Step) -> None:
-        """Start a forward; a prefill forgets the previous prompt's decisions."""
+        """Start a forward; a prefill of a whole batch forgets the previous batch's decisions."""
         self.step = step
-        if step.prefill:
+        if step.prefill and step.slots is None:
             self._kept.clear()
 
     def clear(self) -> None:
-        """Forget the prompt's decisions (on detach: they hold device tensors)."""
+        """Forget the prompts' decisions (on detach: they hold device tensors)."""
         self._kept.clear()
+        self._stored.clear()
 
     def edit(
         self,
@@ -105,13 +117,17 @@ class Editor:
         x: torch.Tensor,
         select: tuple[int, int] | None = None,
         recomputed: bool = False,
+        step: Step | None = None,
     ) -> torch.Tensor | None:
         """The intervention on `x: [B, H, S, D]`; None = unchanged.
 
         `select`: the span of dims that selection runs over (MLA's rotary dims; None: all).
         `recomputed`: `x` holds every cached position again at each decode step (MLA's K/V).
+        `step`: what `x`'s samples are, when not the forward given to `begin` (an engine whose
+        step mixes prefills and decodes edits each part with its own).
         """
-        step, spec = self.step, self.spec
+        spec = self.spec
+        step = self.step if step is None else step
         if step.prefill and self.observer is not None and where in self.observe:
             self.observer(layer, name, where, x, step.masks(x.device)[0])
         if not self.changes(layer, name, where):
@@ -119,11 +135,11 @@ class Editor:
         destroy, quantize = name in self._destroyed, name in self._quantized
         if step.prefill:
             keep = recomputed or spec.stage == "all"
-            return self._edit_prompt(layer, name, x, destroy, quantize, select, keep)
+            return self._edit_prompt(step, layer, name, x, destroy, quantize, select, keep)
         if recomputed:
-            return self._edit_again(layer, name, x, destroy, quantize)
+            return self._edit_again(self._kept_for(step, layer, name), x, destroy, quantize)
         if spec.stage == "all":
-            return self._edit_new_tokens(self._kept_for(layer, name), x, destroy, quantize)
+            return self._edit_new_tokens(self._kept_for(step, layer, name), x, destroy, quantize)
         return None
 
     def changes(self, layer: int, name: str, where: str) -> bool:
@@ -133,12 +149,12 @@ class Editor:
                 and (name in self._destroyed or name in self._quantized))
 
     def _edit_prompt(
-        self, layer: int, name: str, x: torch.Tensor, destroy: bool, quantize: bool,
+        self, step: Step, layer: int, name: str, x: torch.Tensor, destroy: bool, quantize: bool,
         select: tuple[int, int] | None, keep: bool,
     ) -> torch.Tensor:
         """Select and fill from the prompt; edit the prompt (`stage=prefill`) or every real token (`all`)."""
         spec = self.spec
-        prompt, tokens = self.step.masks(x.device)
+        prompt, tokens = step.masks(x.device)
         edited = prompt if spec.stage == "prefill" else tokens
         lo, hi = select or (0, x.shape[-1])
         span = x[..., lo:hi]
@@ -153,12 +169,11 @@ class Editor:
         if quantize:
             x = self._quantize(x, edited, protect)
         if keep:
-            self._kept[(layer, name)] = _Kept(columns, fill, protect, edited, x.shape[2])
+            self._keep(step, (layer, name), _Kept(columns, fill, protect, edited, x.shape[2]))
         return x
 
-    def _edit_again(self, layer: int, name: str, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
+    def _edit_again(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
         """A decode step of a tensor rebuilt from its cache: the prompt's edit again, then the new tokens'."""
-        kept = self._kept_for(layer, name)
         head, rest = x[:, :, : kept.length], x[:, :, kept.length :]
         if destroy:
             head = destroy_columns(head, kept.columns, kept.edited, kept.fill)
@@ -175,11 +190,22 @@ class Editor:
             x = self._quantize(x, None, kept.protect)
         return x
 
-    def _kept_for(self, layer: int, name: str) -> _Kept:
-        kept = self._kept.get((layer, name))
+    def _keep(self, step: Step, key: tuple[int, str], kept: _Kept) -> None:
+        if step.slots is None:
+            self._kept[key] = kept
+            return
+        old = self._stored.get(key) or _Kept(None, None, None, None, 0)
+        self._stored[key] = _Kept(*(_store(o, n, step.slots, step.slot_count) for o, n in
+                                    ((old.columns, kept.columns), (old.fill, kept.fill), (old.protect, kept.protect))),
+                                  None, 0)
+
+    def _kept_for(self, step: Step, layer: int, name: str) -> _Kept:
+        kept = (self._kept if step.slots is None else self._stored).get((layer, name))
         if kept is None:
             raise QKAblateError("a decode step came without its prefill; start generation from an empty cache")
-        return kept
+        if step.slots is None:
+            return kept
+        return _Kept(*(_rows(t, step.slots) for t in (kept.columns, kept.fill, kept.protect)), None, 0)
 
     def _quantize(self, x: torch.Tensor, valid: torch.Tensor | None, protect: torch.Tensor | None) -> torch.Tensor:
         spec = self.spec
@@ -199,8 +225,29 @@ class Editor:
         key = (layer, name, x.device)
         if key not in self._scores:
             salt = layer * 3 + "qkv".index(name)
-            self._scores[key] = random_scores(x.shape[1], x.shape[3], self.spec.seed, salt, x.device)
+            heads, local = self.shard.get(name, (x.shape[1], None))
+            scores = random_scores(heads, x.shape[3], self.spec.seed, salt, x.device)
+            self._scores[key] = scores if local is None else scores[:, list(local)]
         return self._scores[key]
+
+
+def _store(store: torch.Tensor | None, value: torch.Tensor | None, slots: torch.Tensor, count: int) -> torch.Tensor | None:
+    """`value`'s per-sample rows written at `slots` of a `[count, ...]` store (grown as needed)."""
+    if value is None or value.dim() == 0:  # nothing, or one value for every sample (zero fill)
+        return value
+    if store is None or store.dim() == 0 or store.shape[1:] != value.shape[1:] or store.device != value.device:
+        store = value.new_zeros((0, *value.shape[1:]))
+    if store.shape[0] < count:
+        store = torch.cat([store, value.new_zeros((count - store.shape[0], *value.shape[1:]))])
+    store[slots.to(value.device)] = value
+    return store
+
+
+def _rows(store: torch.Tensor | None, slots: torch.Tensor) -> torch.Tensor | None:
+    """The stored decisions of the samples at `slots` (a value shared by all samples as it is)."""
+    if store is None or store.dim() == 0:
+        return store
+    return store[slots.to(store.device)]
 
 
 def _widen(mask: torch.Tensor | None, start: int, width: int) -> torch.Tensor | None:

@@ -9,11 +9,17 @@ vLLM features that would change the experiment are switched off or refused, neve
 kept: CUDA graphs and torch.compile (hooks would not run on replayed steps: eager mode is
 forced), prefix caching (a cached prefix is never seen by a prefill, so its statistics would be
 missing) and chunked prefill (a prompt split over steps would be selected from a part of itself).
+Every input is registered with the worker before it is sent (`vllm_hooks.set_prompt_lengths`),
+so a loglikelihood continuation is not counted as prompt and a preempted generation, recomputed
+by vLLM from its prompt and generated tokens, is edited as it was the first time.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -46,7 +52,7 @@ class QKAblatedVLLM(VLLM):
     def __init__(self, pretrained: str = "smollm2-135m", **kwargs: Any) -> None:
         ours, rest = split_model_args(kwargs)
         self.spec = InterventionSpec.from_args(ours)
-        _check_engine_args(self.spec, rest)
+        _check_engine_args(rest)
         for name, value, _ in _FORCED:
             rest[name] = value
         self._requested_model = str(pretrained)
@@ -71,11 +77,33 @@ class QKAblatedVLLM(VLLM):
         for _, context, continuation in requests:
             tokens = tuple((context + continuation)[-window:])
             lengths[tokens] = len(context) - max(0, len(context) + len(continuation) - window)
+        with self._registered(lengths):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
+
+    def _model_generate(self, requests, generate: bool = False, sampling_params=None):  # type: ignore[override]
+        """Register each generation prompt, so a preempted and recomputed request keeps its prompt."""
+        if not generate:
+            return super()._model_generate(requests, generate, sampling_params)
+        with self._registered({tuple(tokens): len(tokens) for tokens in requests}):
+            return super()._model_generate(requests, generate, sampling_params)
+
+    @contextmanager
+    def _registered(self, lengths: dict[tuple[int, ...], int]) -> Iterator[None]:
+        if self.spec.is_noop:
+            yield
+            return
         self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=lengths))
         try:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
+            yield
         finally:
             self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=None))
+
+    def counts(self) -> dict[str, int]:
+        """What the intervention has edited so far, summed over the workers (see `vllm_hooks.counts`)."""
+        total: Counter[str] = Counter()
+        for worker in self.model.apply_model(vllm_hooks.counts):
+            total.update(worker)
+        return dict(total)
 
     def get_model_info(self) -> dict:
         """The validated intervention spec and the engine, so results say what produced them."""
@@ -83,7 +111,7 @@ class QKAblatedVLLM(VLLM):
                               **self.spec.to_dict()}}
 
 
-def _check_engine_args(spec: InterventionSpec, args: dict[str, Any]) -> None:
+def _check_engine_args(args: dict[str, Any]) -> None:
     """One line for every vLLM setting this engine cannot honour (yet)."""
     for name, value, why in _FORCED:
         if name in args and _as_bool(args[name]) != value:
@@ -91,11 +119,12 @@ def _check_engine_args(spec: InterventionSpec, args: dict[str, Any]) -> None:
     if int(args.get("data_parallel_size", 1) or 1) > 1:
         raise QKAblateError("qk_ablated_vllm does not run with data_parallel_size > 1 (its Ray replicas would "
                             "load the model without the hooks); use tensor_parallel_size, or several runs")
-    if int(args.get("tensor_parallel_size", 1) or 1) > 1:
-        raise QKAblateError("qk_ablated_vllm does not run with tensor_parallel_size > 1 yet; use 1, or the HF "
-                            "engine (--model qk_ablated with parallelize=True) for a model split over GPUs")
-    if spec.stage == "all" and not spec.is_noop:
-        raise QKAblateError("stage=all is not available on the vLLM engine yet; use stage=prefill, or --model qk_ablated")
+    if int(args.get("pipeline_parallel_size", 1) or 1) > 1:
+        raise QKAblateError("qk_ablated_vllm does not run with pipeline_parallel_size > 1 (a rank would number "
+                            "its layers from its own share); split the model with tensor_parallel_size instead")
+    if args.get("speculative_config"):
+        raise QKAblateError("qk_ablated_vllm does not run with speculative_config (its verification steps are "
+                            "not covered by our tests); drop it from model_args")
 
 
 def _as_bool(value: Any) -> bool:

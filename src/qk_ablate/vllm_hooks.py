@@ -1,22 +1,37 @@
 """The vLLM engine's attachment point: hooks inside vLLM's model, in the process that holds it.
 
-vLLM flattens a step's sequences into one `[tokens, heads * head_dim]` tensor. Per step, the
-sequences that start from an empty cache (their query length equals their sequence length, in
-the attention metadata's `query_start_loc` / `seq_lens`) are gathered into the `[B, H, S, D]`
-layout the HF engine uses, edited by the same `edits.Editor`, and scattered back; decode rows of
-the same step are left alone (`stage=prefill`). Post-RoPE the hook is a forward pre-hook on each
-layer's `attn` module (it receives post-RoPE q, k, v and writes k, v into the paged cache
-itself, so the destroyed prompt keys stay destroyed for every decode step); pre-RoPE it is a
-forward hook on the fused `qkv_proj`. Statistics and masks are computed per sequence from its
-own tokens, so a prompt's result never depends on its batch mates.
+vLLM flattens a step's sequences into one `[tokens, heads * head_dim]` tensor and mixes, in one
+step, sequences that start from an empty cache (their query length equals their sequence length,
+in the attention metadata's `query_start_loc` / `seq_lens`) with sequences that decode. Each part
+is gathered into the `[B, H, S, D]` layout the HF engine uses, edited by the same `edits.Editor`,
+and scattered back. Post-RoPE the hook is a forward pre-hook on each layer's `attn` module (it
+receives post-RoPE q, k, v and writes k, v into the paged cache itself, so the destroyed prompt
+keys stay destroyed for every decode step); pre-RoPE it is a forward hook on the fused
+`qkv_proj`. Statistics and masks are computed per sequence from its own tokens, so a prompt's
+result never depends on its batch mates.
 
-The functions `attach`, `detach` and `set_prompt_lengths` are what the lm-eval model sends to
-vLLM's worker (`LLM.apply_model`): module-level, so they can travel to another process.
+`stage=all`: each sequence's decisions (columns, fill, protected dims) are stored at a slot of
+its own, found again at every decode step by the sequence's first KV-cache block (with prefix
+caching off, no two live sequences share one).
+
+Registered inputs (`set_prompt_lengths`): the lm-eval model tells the worker every input it
+sends, with the length of its prompt. A loglikelihood input's continuation is then not part of
+its prompt, and a generation that vLLM preempted and later recomputes (its prompt and the tokens
+it had generated, prefilled again) keeps its prompt's selection and leaves the generated tokens
+as the first run did.
+
+Tensor parallelism: each rank holds a slice of the heads (`local_heads`, vLLM's rule, KV heads
+replicated when there are fewer than ranks); selection is per head, so it needs nothing from
+other ranks, and the random control is drawn for all heads and sliced.
+
+The functions `attach`, `detach`, `set_prompt_lengths` and `counts` are what the lm-eval model
+sends to vLLM's workers (`LLM.apply_model`): module-level, so they can travel to another process.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +47,7 @@ _ATTRIBUTE = "_qk_ablate_attachment"
 
 @dataclass(frozen=True)
 class VllmSite:
-    """One layer of a vLLM model: its attention module, fused projection and local head counts."""
+    """One layer of a vLLM model: its attention module, fused projection and head counts (local and all)."""
 
     layer: int
     attn: nn.Module
@@ -40,15 +55,17 @@ class VllmSite:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    total_heads: int
+    total_kv_heads: int
 
 
 @dataclass(frozen=True)
 class Packing:
-    """Where the step's fresh sequences sit in the flat token dimension, as `[B, S]` grids."""
+    """Where some of the step's sequences sit in the flat token dimension, as `[B, S]` grids."""
 
     index: torch.Tensor  # [B, S] flat token index (clamped where not valid)
     valid: torch.Tensor  # [B, S] real tokens of the sequence
-    prompt: torch.Tensor  # [B, S] prompt tokens (all real ones, or a loglikelihood's context)
+    prompt: torch.Tensor  # [B, S] prompt tokens (all real ones, or a registered input's prompt)
 
     def gather(self, flat: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
         """`flat: [T, heads * head_dim]` -> `[B, heads, S, head_dim]`."""
@@ -61,6 +78,32 @@ class Packing:
         return out
 
 
+@dataclass(frozen=True)
+class Part:
+    """Sequences of one step edited alike: fresh prefills, or decodes (`stage=all`)."""
+
+    phase: str  # "prefill" | "decode"
+    packing: Packing
+    step: Step
+    tokens: int  # real tokens in it (for the counts)
+
+
+def local_heads(total: int, world: int, rank: int) -> tuple[int, ...]:
+    """The heads rank `rank` of `world` holds under vLLM's tensor parallelism (global indices).
+
+    Heads are split in contiguous blocks; with fewer KV heads than ranks, each KV head is
+    replicated on `world // total` consecutive ranks.
+    """
+    if total >= world:
+        if total % world:
+            raise QKAblateError(f"{total} heads cannot be split over tensor_parallel_size={world}")
+        per = total // world
+        return tuple(range(rank * per, (rank + 1) * per))
+    if world % total:
+        raise QKAblateError(f"{total} KV heads cannot be replicated over tensor_parallel_size={world}")
+    return (rank // (world // total),)
+
+
 def find_sites(model: nn.Module) -> list[VllmSite]:
     """Every decoder layer's attention, found from the modules (vLLM's `Attention` has `layer_name`)."""
     sites = []
@@ -71,11 +114,25 @@ def find_sites(model: nn.Module) -> list[VllmSite]:
             continue
         found = re.search(r"layers\.(\d+)\.", name)
         layer = int(found.group(1)) if found else len(sites)
-        sites.append(VllmSite(layer, attn, getattr(module, "qkv_proj", None), int(attn.num_heads),
-                              int(attn.num_kv_heads), int(attn.head_size)))
+        heads, kv_heads = int(attn.num_heads), int(attn.num_kv_heads)
+        sites.append(VllmSite(layer, attn, getattr(module, "qkv_proj", None), heads, kv_heads, int(attn.head_size),
+                              int(getattr(module, "total_num_heads", heads)),
+                              int(getattr(module, "total_num_kv_heads", kv_heads))))
     if not sites:
         raise QKAblateError(f"found no vLLM attention layers in {type(model).__name__}; qk_ablated_vllm cannot reach it")
     return sorted(sites, key=lambda s: s.layer)
+
+
+def _shard(site: VllmSite) -> dict[str, tuple[int, tuple[int, ...]]] | None:
+    """This rank's heads, when vLLM splits them over ranks (None: this process holds them all)."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    world = get_tensor_model_parallel_world_size()
+    if world == 1:
+        return None
+    rank = get_tensor_model_parallel_rank()
+    kv = (site.total_kv_heads, local_heads(site.total_kv_heads, world, rank))
+    return {"q": (site.total_heads, local_heads(site.total_heads, world, rank)), "k": kv, "v": kv}
 
 
 class VllmAttachment:
@@ -85,12 +142,15 @@ class VllmAttachment:
         self.model = model
         self.spec = spec
         self.sites = find_sites(model)
-        self.editor = Editor(spec, spec.layer_indices(len(self.sites)))
-        self.prompt_lengths: dict[tuple[int, ...], int] | None = None
+        shard = None if spec.is_noop else _shard(self.sites[0])
+        self.editor = Editor(spec, spec.layer_indices(len(self.sites)), shard=shard)
+        self.prompt_lengths: dict[tuple[int, ...], int] = {}
+        self.counts: Counter[str] = Counter()  # sequences and tokens edited, for `counts`
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._metadata: object = None
-        self._packing: Packing | None = None
+        self._parts: list[Part] = []
         self._input_ids: torch.Tensor | None = None
+        self._slot_of: dict[int, int] = {}  # stage=all: a live sequence's first KV block -> its slot
 
     def install(self) -> None:
         if self.spec.is_noop:
@@ -107,8 +167,8 @@ class VllmAttachment:
                 self._handles.append(site.qkv_proj.register_forward_hook(self._pre_hook(site)))
 
     def set_prompt_lengths(self, lengths: dict[tuple[int, ...], int] | None) -> None:
-        """Loglikelihood inputs' context lengths, by their tokens; the next step is packed anew."""
-        self.prompt_lengths = lengths
+        """Register inputs, by their tokens, with their prompt lengths (None: forget them)."""
+        self.prompt_lengths = dict(lengths or {})
         self._metadata = None
 
     def remove(self) -> None:
@@ -116,62 +176,102 @@ class VllmAttachment:
             handle.remove()
         self._handles.clear()
         self.editor.clear()
+        self._slot_of.clear()
 
     # ------------------------------------------------------------ per step
     def _remember_ids(self, module: nn.Module, args: tuple) -> None:
         self._input_ids = args[0] if args and isinstance(args[0], torch.Tensor) else None
 
-    def _packing_now(self, site: VllmSite) -> Packing | None:
-        """The step's fresh sequences, worked out once per step (at its first layer)."""
+    def _parts_now(self, site: VllmSite) -> list[Part]:
+        """The step's parts, worked out once per step (at its first edited layer)."""
         from vllm.forward_context import get_forward_context
 
         step = get_forward_context().attn_metadata  # a new object every step
         if step is not self._metadata:
             self._metadata = step
             metadata = step.get(site.attn.layer_name) if isinstance(step, dict) else step
-            self._packing = None if metadata is None else self._pack(metadata)  # None: a warm-up run
-            if self._packing is not None:
-                self.editor.begin(Step(prompt=self._packing.prompt, tokens=self._packing.valid, prefill=True))
-        return self._packing
+            self._parts = [] if metadata is None else self._plan(metadata)  # None: a warm-up run
+        return self._parts
 
-    def _pack(self, metadata: Any) -> Packing | None:
-        starts = metadata.query_start_loc
-        count = int(metadata.num_actual_tokens)
-        query = starts[1:] - starts[:-1]
-        fresh = (query == metadata.seq_lens) & (query > 0)
-        rows = fresh.nonzero().flatten()
-        if rows.numel() == 0:
+    def _plan(self, metadata: Any) -> list[Part]:
+        """Split the step into fresh sequences and (for `stage=all`) decoding ones, on the host once."""
+        starts = metadata.query_start_loc.tolist()
+        seq_lens = metadata.seq_lens.tolist()
+        query = [starts[i + 1] - starts[i] for i in range(len(seq_lens))]
+        fresh = [i for i, q in enumerate(query) if 0 < q == seq_lens[i]]
+        decode = [i for i, q in enumerate(query) if 0 < q < seq_lens[i]] if self.spec.stage == "all" else []
+        if not fresh and not decode:
+            return []
+        device, last = metadata.query_start_loc.device, int(metadata.num_actual_tokens) - 1
+        slots = self._slots(metadata, query, fresh, decode) if self.spec.stage == "all" else None
+        parts = []
+        if fresh:
+            lengths = [query[i] for i in fresh]
+            self.counts["prefills"] += len(fresh)
+            packing = _packing([starts[i] for i in fresh], lengths, self._prompt_lengths(fresh, starts, lengths),
+                               last, device)
+            step = Step(packing.prompt, packing.valid, True, _slot_tensor(slots, 0, device), self._slot_count())
+            parts.append(Part("prefill", packing, step, sum(lengths)))
+        if decode:
+            lengths = [query[i] for i in decode]
+            packing = _packing([starts[i] for i in decode], lengths, None, last, device)
+            step = Step(None, packing.valid, False, _slot_tensor(slots, 1, device), self._slot_count())
+            parts.append(Part("decode", packing, step, sum(lengths)))
+        return parts
+
+    def _prompt_lengths(self, rows: list[int], starts: list[int], lengths: list[int]) -> list[int] | None:
+        """Each fresh sequence's prompt length, from the registered inputs (None: all of it is prompt)."""
+        if not self.prompt_lengths:
             return None
-        lengths = query[rows]
-        width = int(lengths.max())
-        offsets = torch.arange(width, device=starts.device)
-        valid = offsets[None, :] < lengths[:, None]
-        index = (starts[rows][:, None] + offsets[None, :]).clamp(max=count - 1)
-        prompt = valid
-        if self.prompt_lengths is not None:
-            prompt = valid & (offsets[None, :] < self._context_lengths(rows, starts, lengths)[:, None])
-        return Packing(index, valid, prompt)
-
-    def _context_lengths(self, rows: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """A loglikelihood request's context length, found by its tokens (the rest is its continuation)."""
         if self._input_ids is None:
-            raise QKAblateError("qk_ablated_vllm could not see the step's input ids, so it cannot tell context from continuation")
+            raise QKAblateError("qk_ablated_vllm could not see the step's input ids, so it cannot tell prompts apart")
         ids = self._input_ids.tolist()
-        found = []
-        for start, length in zip(starts[rows].tolist(), lengths.tolist()):
-            tokens = tuple(ids[start : start + length])
-            found.append(self.prompt_lengths.get(tokens, length))  # not one of ours: all of it is prompt
-        return torch.tensor(found, device=rows.device)
+        return [self._prompt_length(tuple(ids[starts[i] : starts[i] + n])) for i, n in zip(rows, lengths)]
+
+    def _prompt_length(self, tokens: tuple[int, ...]) -> int:
+        found = self.prompt_lengths.get(tokens)
+        if found is not None:
+            return found
+        # Not an input we sent: a preempted generation prefilled again with its generated tokens?
+        for length in sorted({len(t) for t in self.prompt_lengths if len(t) < len(tokens)}, reverse=True):
+            found = self.prompt_lengths.get(tokens[:length])
+            if found is not None:
+                self.counts["recomputed"] += 1
+                return found
+        return len(tokens)  # not one of ours: all of it is prompt
+
+    def _slots(self, metadata: Any, query: list[int], fresh: list[int], decode: list[int]) -> tuple[list[int], list[int]]:
+        """`stage=all`: the store slots of the fresh and the decoding sequences, by their first KV block."""
+        firsts = metadata.block_table[: len(query), 0].tolist()
+        missing = [i for i in decode if firsts[i] not in self._slot_of]
+        if missing:
+            raise QKAblateError("qk_ablated_vllm met a decoding sequence whose prefill it never saw (stage=all); "
+                                "start generation from an empty cache, with prefix caching off")
+        if fresh:  # sequences absent from this step have ended (every running one decodes each step)
+            live = {firsts[i] for i, q in enumerate(query) if q > 0}
+            self._slot_of = {block: slot for block, slot in self._slot_of.items() if block in live}
+        new = []
+        for i in fresh:
+            self._slot_of.pop(firsts[i], None)  # a first block reused: its old sequence has ended
+            taken = set(self._slot_of.values())
+            self._slot_of[firsts[i]] = next(slot for slot in range(len(taken) + 1) if slot not in taken)
+            new.append(self._slot_of[firsts[i]])
+        return new, [self._slot_of[firsts[i]] for i in decode]
+
+    def _slot_count(self) -> int:
+        return max(self._slot_of.values(), default=-1) + 1
 
     # ------------------------------------------------------------ hooks
     def _edit(self, site: VllmSite, name: str, where: str, flat: torch.Tensor, heads: int) -> torch.Tensor:
         if not self.editor.changes(site.layer, name, where):  # no gather for a tensor left alone
             return flat
-        packing = self._packing_now(site)
-        if packing is None:
-            return flat
-        new = self.editor.edit(site.layer, name, where, packing.gather(flat, heads, site.head_dim))
-        return flat if new is None else packing.scatter(flat, new)
+        for part in self._parts_now(site):
+            new = self.editor.edit(site.layer, name, where, part.packing.gather(flat, heads, site.head_dim),
+                                   step=part.step)
+            if new is not None:
+                flat = part.packing.scatter(flat, new)
+                self.counts[f"{part.phase}:{site.layer}:{name}"] += part.tokens
+        return flat
 
     def _post_hook(self, site: VllmSite):
         def hook(module: nn.Module, args: tuple) -> tuple:
@@ -199,6 +299,20 @@ class VllmAttachment:
         return hook
 
 
+def _packing(starts: list[int], lengths: list[int], prompt_lengths: list[int] | None, last: int,
+             device: torch.device) -> Packing:
+    """The `[B, S]` grids of sequences starting at flat `starts` with `lengths` tokens."""
+    offsets = torch.arange(max(lengths))
+    valid = offsets[None, :] < torch.tensor(lengths)[:, None]
+    index = (torch.tensor(starts)[:, None] + offsets[None, :]).clamp(max=last)
+    prompt = valid if prompt_lengths is None else valid & (offsets[None, :] < torch.tensor(prompt_lengths)[:, None])
+    return Packing(index.to(device), valid.to(device), prompt.to(device))
+
+
+def _slot_tensor(slots: tuple[list[int], list[int]] | None, which: int, device: torch.device) -> torch.Tensor | None:
+    return None if slots is None else torch.tensor(slots[which], device=device)
+
+
 # ---------------------------------------------------------------- sent to the worker
 
 
@@ -220,7 +334,14 @@ def detach(model: nn.Module) -> None:
 
 
 def set_prompt_lengths(model: nn.Module, lengths: dict[tuple[int, ...], int] | None) -> None:
-    """Loglikelihood requests: each input's context length, by its tokens (None: every token is prompt)."""
+    """Register the inputs about to be sent, by their tokens, with their prompt lengths (None: forget)."""
     attachment = getattr(model, _ATTRIBUTE, None)
     if attachment is not None:
         attachment.set_prompt_lengths(lengths)
+
+
+def counts(model: nn.Module) -> dict[str, int]:
+    """What this worker's attachment has edited: sequences prefilled and recomputed, and tokens per
+    `phase:layer:tensor` (`prefill` counts prompts' tokens, `decode` the decoded tokens of `stage=all`)."""
+    attachment = getattr(model, _ATTRIBUTE, None)
+    return {} if attachment is None else dict(attachment.counts)

