@@ -37,6 +37,10 @@ from qk_ablate.embedded import hf_folder, is_embedded  # noqa: E402
 from qk_ablate.errors import QKAblateError  # noqa: E402
 from qk_ablate.spec import InterventionSpec, split_model_args  # noqa: E402
 
+# On a CPU host `gpu_memory_utilization` is the share of the NUMA node's memory vLLM takes (and
+# refuses to start when that much is not free); lm-eval's default of 0.9 rarely is.
+CPU_MEMORY_FRACTION = 0.5
+
 # vLLM arguments that would change what the intervention sees: (name, value we need, why).
 _FORCED = (
     ("enforce_eager", True, "CUDA graphs and torch.compile replay steps without running the hooks"),
@@ -58,7 +62,17 @@ class QKAblatedVLLM(VLLM):
         self._requested_model = str(pretrained)
         if is_embedded(pretrained):
             pretrained = hf_folder()
-        super().__init__(pretrained=pretrained, **rest)
+        if "gpu_memory_utilization" not in rest and _on_cpu():
+            rest["gpu_memory_utilization"] = CPU_MEMORY_FRACTION
+        try:
+            super().__init__(pretrained=pretrained, **rest)
+        except RuntimeError as error:
+            if "initialization failed" not in str(error):
+                raise
+            raise QKAblateError(
+                f"vLLM's engine did not start ({error}); its own log above says why (on a CPU host: lower "
+                "gpu_memory_utilization, which there is the share of the NUMA node's memory, or max_model_len)"
+            ) from None
         self.use(self.spec)
 
     def use(self, spec: InterventionSpec) -> None:
@@ -125,6 +139,12 @@ def _check_engine_args(args: dict[str, Any]) -> None:
     if args.get("speculative_config"):
         raise QKAblateError("qk_ablated_vllm does not run with speculative_config (its verification steps are "
                             "not covered by our tests); drop it from model_args")
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def _as_bool(value: Any) -> bool:

@@ -4,7 +4,8 @@ vLLM flattens a step's sequences into one `[tokens, heads * head_dim]` tensor an
 step, sequences that start from an empty cache (their query length equals their sequence length,
 in the attention metadata's `query_start_loc` / `seq_lens`) with sequences that decode. Each part
 is gathered into the `[B, H, S, D]` layout the HF engine uses, edited by the same `edits.Editor`,
-and scattered back. Post-RoPE the hook is a forward pre-hook on each layer's `attn` module (it
+and written back in place (the step's q, k, v are this layer's own projection outputs, read only
+by its attention; no copy of the flat tensor is made). Post-RoPE the hook is a forward pre-hook on each layer's `attn` module (it
 receives post-RoPE q, k, v and writes k, v into the paged cache itself, so the destroyed prompt
 keys stay destroyed for every decode step); pre-RoPE it is a forward hook on the fused
 `qkv_proj`. Statistics and masks are computed per sequence from its own tokens, so a prompt's
@@ -66,16 +67,17 @@ class Packing:
     index: torch.Tensor  # [B, S] flat token index (clamped where not valid)
     valid: torch.Tensor  # [B, S] real tokens of the sequence
     prompt: torch.Tensor  # [B, S] prompt tokens (all real ones, or a registered input's prompt)
+    cells: torch.Tensor  # [N] the valid cells of the [B, S] grid, flattened
+    rows: torch.Tensor  # [N] their flat token indices
 
     def gather(self, flat: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
         """`flat: [T, heads * head_dim]` -> `[B, heads, S, head_dim]`."""
         return flat[self.index].unflatten(-1, (heads, head_dim)).transpose(1, 2)
 
-    def scatter(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """A copy of `flat` with the packed sequences' tokens replaced by `x: [B, H, S, D]`."""
-        out = flat.clone()
-        out[self.index[self.valid]] = x.transpose(1, 2).flatten(-2)[self.valid].to(flat.dtype)
-        return out
+    def scatter(self, flat: torch.Tensor, x: torch.Tensor) -> None:
+        """Write `x: [B, H, S, D]` back over the packed sequences' tokens of `flat`, in place."""
+        grid = x.transpose(1, 2).reshape(-1, flat.shape[-1])
+        flat.index_copy_(0, self.rows, grid.index_select(0, self.cells).to(flat.dtype))
 
 
 @dataclass(frozen=True)
@@ -262,39 +264,34 @@ class VllmAttachment:
         return max(self._slot_of.values(), default=-1) + 1
 
     # ------------------------------------------------------------ hooks
-    def _edit(self, site: VllmSite, name: str, where: str, flat: torch.Tensor, heads: int) -> torch.Tensor:
+    def _edit(self, site: VllmSite, name: str, where: str, flat: torch.Tensor, heads: int) -> None:
+        """Edit the step's sequences in `flat: [T, heads * head_dim]`, in place."""
         if not self.editor.changes(site.layer, name, where):  # no gather for a tensor left alone
-            return flat
+            return
         for part in self._parts_now(site):
             new = self.editor.edit(site.layer, name, where, part.packing.gather(flat, heads, site.head_dim),
                                    step=part.step)
             if new is not None:
-                flat = part.packing.scatter(flat, new)
+                part.packing.scatter(flat, new)
                 self.counts[f"{part.phase}:{site.layer}:{name}"] += part.tokens
-        return flat
 
     def _post_hook(self, site: VllmSite):
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            query, key, value, *rest = args
-            query = self._edit(site, "q", "post", query, site.num_heads)
-            key = self._edit(site, "k", "post", key, site.num_kv_heads)
-            value = self._edit(site, "v", "post", value, site.num_kv_heads)
-            return (query, key, value, *rest)
+        def hook(module: nn.Module, args: tuple) -> None:
+            query, key, value = args[:3]
+            self._edit(site, "q", "post", query, site.num_heads)
+            self._edit(site, "k", "post", key, site.num_kv_heads)
+            self._edit(site, "v", "post", value, site.num_kv_heads)
 
         return hook
 
     def _pre_hook(self, site: VllmSite):
         q_width, kv_width = site.num_heads * site.head_dim, site.num_kv_heads * site.head_dim
 
-        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            out, *rest = output if isinstance(output, tuple) else (output,)
-            parts = out.split([q_width, kv_width, kv_width], dim=-1)
-            heads = (site.num_heads, site.num_kv_heads, site.num_kv_heads)
-            edited = [self._edit(site, name, "pre", part, h) for name, part, h in zip("qkv", parts, heads)]
-            if all(new is old for new, old in zip(edited, parts)):
-                return None
-            new = torch.cat(edited, dim=-1)
-            return (new, *rest) if isinstance(output, tuple) else new
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            parts = out.split([q_width, kv_width, kv_width], dim=-1)  # views: edited in place
+            for name, part, heads in zip("qkv", parts, (site.num_heads, site.num_kv_heads, site.num_kv_heads)):
+                self._edit(site, name, "pre", part, heads)
 
         return hook
 
@@ -306,7 +303,8 @@ def _packing(starts: list[int], lengths: list[int], prompt_lengths: list[int] | 
     valid = offsets[None, :] < torch.tensor(lengths)[:, None]
     index = (torch.tensor(starts)[:, None] + offsets[None, :]).clamp(max=last)
     prompt = valid if prompt_lengths is None else valid & (offsets[None, :] < torch.tensor(prompt_lengths)[:, None])
-    return Packing(index.to(device), valid.to(device), prompt.to(device))
+    cells = valid.flatten().nonzero().flatten()
+    return Packing(index.to(device), valid.to(device), prompt.to(device), cells.to(device), index.flatten()[cells].to(device))
 
 
 def _slot_tensor(slots: tuple[list[int], list[int]] | None, which: int, device: torch.device) -> torch.Tensor | None:
