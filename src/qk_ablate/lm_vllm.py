@@ -62,6 +62,7 @@ class QKAblatedVLLM(VLLM):
         self._requested_model = str(pretrained)
         if is_embedded(pretrained):
             pretrained = hf_folder()
+            rest.setdefault("dtype", "float32")  # as the HF engine runs it; vLLM's auto would pick bfloat16 on a CPU
         if "gpu_memory_utilization" not in rest and _on_cpu():
             rest["gpu_memory_utilization"] = CPU_MEMORY_FRACTION
         try:
