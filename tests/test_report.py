@@ -250,6 +250,24 @@ def test_bad_declared_kind_is_one_line(own):
         load_run(base)
 
 
+def test_each_engine_pairs_with_its_own_baseline(tmp_path, pair):
+    """Runs of the vLLM engine carry `engine: vllm`: they are their own model in a report, so its
+    massive run is compared with its baseline, and a cross-engine comparison is an explicit --baseline."""
+    engine = {}
+    for name, spec in (("base", {"ablate": "none", "engine": "vllm"}), ("cand", {"ablate": "massive", "engine": "vllm"})):
+        run = load_run(pair[0] if name == "base" else pair[1])
+        engine[name] = write_run(tmp_path / f"vllm_{name}", {t: list(s.scores) for t, s in run.tasks.items()}, spec)
+    report = build_report([load_run(p) for p in (*pair, engine["base"], engine["cand"])], iterations=200)
+    assert [(run.model, run.label) for run, _ in report.rows] == [
+        ("smollm2-135m", "baseline"), ("smollm2-135m", "ablate=massive"),
+        ("smollm2-135m (vllm)", "baseline"), ("smollm2-135m (vllm)", "ablate=massive")]
+    by_model = {run.model: comparison for run, comparison in report.rows if not run.is_baseline}
+    assert by_model["smollm2-135m (vllm)"].baseline.model == "smollm2-135m (vllm)"
+    assert by_model["smollm2-135m"].baseline.model == "smollm2-135m"
+    assert [e.value for e in by_model["smollm2-135m (vllm)"].tasks.values()] == \
+        [e.value for e in by_model["smollm2-135m"].tasks.values()]
+
+
 def test_runs_split_over_several_lm_eval_calls_are_grouped(tmp_path, pair, capsys):
     """One lm_eval call per task gives one folder per task; report and gate put them together."""
     whole = run_gate(pair[0], pair[1], "contextual=2,parametric=2")

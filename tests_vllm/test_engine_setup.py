@@ -35,3 +35,52 @@ def test_what_the_engine_cannot_honour_is_refused_in_one_line_before_loading(arg
     with pytest.raises(QKAblateError, match=match) as info:
         QKAblatedVLLM(pretrained="/no/such/model", **args)
     assert "\n" not in str(info.value)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _engine_args(monkeypatch, **model_args) -> dict:
+    """The arguments QKAblatedVLLM hands lm-eval's VLLM (stopped before any model loads)."""
+    from lm_eval.models.vllm_causallms import VLLM
+
+    from qk_ablate.lm_vllm import QKAblatedVLLM
+
+    seen = {}
+
+    def record(self, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(VLLM, "__init__", record)
+    with pytest.raises(_Stop):
+        QKAblatedVLLM(**model_args)
+    return seen
+
+
+def test_the_embedded_model_runs_in_float32_with_room_on_a_cpu_host(monkeypatch):
+    seen = _engine_args(monkeypatch, pretrained="smollm2-135m", ablate="massive")
+    assert seen["dtype"] == "float32"  # as on the HF engine
+    assert seen["gpu_memory_utilization"] == 0.5  # this is a CPU host
+    assert (seen["enforce_eager"], seen["enable_prefix_caching"], seen["enable_chunked_prefill"]) == (True, False, False)
+    assert "ablate" not in seen
+
+
+def test_what_the_user_gives_is_kept(monkeypatch):
+    seen = _engine_args(monkeypatch, pretrained="smollm2-135m", dtype="bfloat16", gpu_memory_utilization=0.3)
+    assert (seen["dtype"], seen["gpu_memory_utilization"]) == ("bfloat16", 0.3)
+
+
+def test_an_engine_that_does_not_start_is_one_line(monkeypatch):
+    from lm_eval.models.vllm_causallms import VLLM
+
+    from qk_ablate.lm_vllm import QKAblatedVLLM
+
+    def fail(self, **kwargs):
+        raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+
+    monkeypatch.setattr(VLLM, "__init__", fail)
+    with pytest.raises(QKAblateError, match="vLLM's engine did not start") as info:
+        QKAblatedVLLM(pretrained="/some/model")
+    assert "\n" not in str(info.value)

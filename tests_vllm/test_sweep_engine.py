@@ -20,7 +20,7 @@ def test_a_sweep_on_the_vllm_engine(tmp_path, capsys):
     }))
     assert main(["sweep", str(config), "--iterations", "200"]) == 0
     out = capsys.readouterr().out
-    assert "| smollm2-135m | baseline | 100.0 |" in out and "| smollm2-135m | ablate=massive |" in out
+    assert "| smollm2-135m (vllm) | baseline | 100.0 |" in out and "| smollm2-135m (vllm) | ablate=massive |" in out
     recorded = json.loads(next((tmp_path / "runs" / "smollm2-135m" / "massive").rglob("results_*.json")).read_text())
     assert recorded["config"]["qk_ablate"]["engine"] == "vllm" and recorded["config"]["qk_ablate"]["ablate"] == "massive"
     marker = json.loads((tmp_path / "runs" / "smollm2-135m" / "massive" / "cell.json").read_text())

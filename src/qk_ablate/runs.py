@@ -160,6 +160,9 @@ def load_run(path: str | Path) -> Run:
     spec = dict(config.get("qk_ablate") or {})
     model = str(spec.pop("model", None) or _model_name(config))
     spec.pop("version", None)
+    engine = spec.pop("engine", "hf")
+    if engine != "hf":  # another engine's runs are their own model: each pairs with its own baseline
+        model = f"{model} ({engine})"
     return Run(path=root, model=model, intervention=spec, tasks=tasks, kinds=kinds)
 
 
