@@ -266,6 +266,10 @@ def test_each_engine_pairs_with_its_own_baseline(tmp_path, pair):
     assert by_model["smollm2-135m"].baseline.model == "smollm2-135m"
     assert [e.value for e in by_model["smollm2-135m (vllm)"].tasks.values()] == \
         [e.value for e in by_model["smollm2-135m"].tasks.values()]
+    across = build_report([load_run(engine["cand"])], baseline=load_run(pair[1]), iterations=200)
+    assert [(run.model, run.label) for run, _ in across.rows] == [
+        ("smollm2-135m", "ablate=massive"), ("smollm2-135m (vllm)", "ablate=massive")]
+    assert all(e.value == 0 for e in across.rows[1][1].tasks.values())  # the same scores on both engines
 
 
 def test_runs_split_over_several_lm_eval_calls_are_grouped(tmp_path, pair, capsys):

@@ -43,7 +43,7 @@ def build_report(
     runs = merge_runs(runs)
     baselines: dict[str, Run] = {}
     if baseline is not None:
-        baselines = {run.model: baseline for run in runs}
+        baselines = {run.model: baseline for run in [*runs, baseline]}  # it may be another model's run
     else:
         for run in runs:
             if run.is_baseline:
