@@ -31,6 +31,7 @@ sends to vLLM's workers (`LLM.apply_model`): module-level, so they can travel to
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -252,13 +253,13 @@ class VllmAttachment:
         if fresh:  # sequences absent from this step have ended (every running one decodes each step)
             live = {firsts[i] for i, q in enumerate(query) if q > 0}
             self._slot_of = {block: slot for block, slot in self._slot_of.items() if block in live}
-        new = []
         for i in fresh:
             self._slot_of.pop(firsts[i], None)  # a first block reused: its old sequence has ended
-            taken = set(self._slot_of.values())
-            self._slot_of[firsts[i]] = next(slot for slot in range(len(taken) + 1) if slot not in taken)
-            new.append(self._slot_of[firsts[i]])
-        return new, [self._slot_of[firsts[i]] for i in decode]
+        taken = set(self._slot_of.values())
+        free = (slot for slot in itertools.count() if slot not in taken)  # the smallest ones first
+        for i in fresh:
+            self._slot_of[firsts[i]] = next(free)
+        return [self._slot_of[firsts[i]] for i in fresh], [self._slot_of[firsts[i]] for i in decode]
 
     def _slot_count(self) -> int:
         return max(self._slot_of.values(), default=-1) + 1
