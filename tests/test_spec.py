@@ -26,7 +26,8 @@ def test_defaults_follow_the_paper():
 
 
 def test_every_spec_key_is_a_field_and_frozen():
-    assert set(CHOICES) == {f.name for f in dataclasses.fields(InterventionSpec)}
+    # every user key is a field; the two others record how a preset was resolved
+    assert set(CHOICES) | {"preset_for", "given"} == {f.name for f in dataclasses.fields(InterventionSpec)}
     with pytest.raises(dataclasses.FrozenInstanceError):
         InterventionSpec().ablate = "massive"
 
@@ -55,7 +56,7 @@ def test_none_values_from_lm_eval_mean_none():
     "text, message",
     [
         ("ablate=massiv", r"ablate='massiv' is not valid; choose one of: none, massive, nonmassive"),
-        ("fill=median", "choose one of: mean, tensor_mean, zero"),
+        ("fill=median", "choose one of: mean, shared_mean, tensor_mean, zero"),
         ("quant=int5", "choose one of: none, int8, int4, int3, int2, fp8"),
         ("lam=-1", "lam=-1.0 must be a positive number"),
         ("topk=1.5", "topk=1.5 is not valid; it must be an integer"),
@@ -66,6 +67,14 @@ def test_none_values_from_lm_eval_mean_none():
         ("protect=massive", "protect=massive needs a quantizer"),
         ("quant=int4,quant_axis=tensor,group=8", "group= cannot be used with quant_axis=tensor"),
         ("layers=0,3,5", "list layers with ';'"),
+        ("preset=jin", "choose one of: none, jin2025"),
+        ("band=low", "band=low only works with select=band"),
+        ("select=band,ablate=massive", "select=band needs exactly one of band=low|mid|high or pairs=A-B"),
+        ("select=band,ablate=massive,band=low,pairs=22-25", "needs exactly one of"),
+        ("select=band,ablate=massive,pairs=25-22", "pairs='25-22': range 25-22 runs backwards"),
+        ("select=band,ablate=massive,band=mid,exclude=all", "exclude='all' is not valid; choose one of: none, massive"),
+        ("select=band,ablate=nonmassive,band=mid", "select=band chooses its own dims, so it has no control"),
+        ("select=band,band=mid,ablate=massive,quant=int4,protect=massive", "cannot be used with select=band"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_fix(text, message):

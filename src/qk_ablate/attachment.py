@@ -38,16 +38,20 @@ class Attachment:
         spec: InterventionSpec,
         observer: Observer | None = None,
         observe: tuple[str, ...] = (),
+        after: bool = False,
     ) -> None:
+        """`observer` sees each prefill tensor of `observe` ('pre', 'post') before the intervention
+        changes it, or as the intervention left it with `after=True`."""
         self.model = model
-        self.spec = spec
+        self.spec = spec = spec.for_model(model)
         acts = not spec.is_noop
         observe = frozenset(observe) if observer is not None else frozenset()
         self._pre = (acts and spec.rope == "pre") or "pre" in observe
         self._post = (acts and spec.rope == "post") or "post" in observe
         self.layout: ModelLayout | None = find_layout(model) if (self._pre or self._post) else None
         layers = spec.layer_indices(self.layout.num_layers) if self.layout is not None else frozenset()
-        self.editor = Editor(spec, layers, observer, observe)
+        band = band_dims(model, spec) if acts and spec.select == "band" else None
+        self.editor = Editor(spec, layers, observer, observe, band=band, after=after)
         if self.layout is not None:
             self._check(self.layout)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -133,6 +137,30 @@ class Attachment:
         if self.spec.stage == "all" and past and "Static" in type(cache).__name__:
             raise QKAblateError("stage=all works with the dynamic KV cache only; drop cache_implementation=static")
         self.editor.begin(Step(prompt=prompt, tokens=tokens, prefill=past == 0))
+
+
+def band_dims(model: nn.Module, spec: InterventionSpec) -> dict[str, torch.Tensor]:
+    """Per destroyed tensor, the `[D]` dims of `spec`'s band (`band=` or `pairs=`) where `spec.rope` edits it."""
+    from qk_ablate.rope import model_rope_dims
+
+    pairs = spec.pair_indices()
+    chosen = {}
+    for name in sorted(spec.ablate_targets()):
+        rope = model_rope_dims(model, where=spec.rope, name=name)
+        if pairs is not None:
+            top = max(rope.pair)
+            if max(pairs) > top:
+                raise QKAblateError(f"pairs={spec.pairs}: this model's {name} has rotary pairs 0-{top}")
+            mask = [p in pairs for p in rope.pair]
+        else:
+            mask = [b == spec.band for b in rope.band]
+        if not any(mask):
+            raise QKAblateError(
+                f"band={spec.band}: no dim of this model's {name} is in that band (bands by wavelength: high < 64 tokens, "
+                f"low > the {rope.context}-token window); choose another band or pairs="
+            )
+        chosen[name] = torch.tensor(mask, dtype=torch.bool)
+    return chosen
 
 
 def attach(model: nn.Module, spec: InterventionSpec, **kwargs) -> Attachment:

@@ -26,7 +26,8 @@ from qk_ablate.selection import (
 )
 from qk_ablate.spec import InterventionSpec
 
-# An observer sees every prefill tensor before it is changed: (layer, tensor name, 'pre'|'post', x [B,H,S,D], prompt mask).
+# An observer sees every prefill tensor before it is changed (after it, with `Editor(after=True)`):
+# (layer, tensor name, 'pre'|'post', x [B,H,S,D], prompt mask).
 Observer = Callable[[int, str, str, torch.Tensor, "torch.Tensor | None"], None]
 
 
@@ -83,17 +84,26 @@ class Editor:
         observer: Observer | None = None,
         observe: frozenset[str] = frozenset(),
         shard: Mapping[str, tuple[int, tuple[int, ...]]] | None = None,
+        band: Mapping[str, torch.Tensor] | None = None,
+        after: bool = False,
     ) -> None:
         """`shard`: per tensor name, (the model's head count, the heads this process holds), for an
         engine that splits heads over devices: the random control is drawn for all heads and sliced,
-        so every split of a model selects what the whole model would."""
+        so every split of a model selects what the whole model would.
+        `band`: per tensor name, a `[D]` bool of the dims `select=band` may choose (its rotary band).
+        `after`: the observer sees each tensor as the intervention left it, not as it came."""
         self.spec = spec
         self.layers = layers
         self.observer = observer
         self.observe = observe
+        self.after = after
         self._destroyed, self._quantized = spec.ablate_targets(), spec.quant_target_set()
         self.step = Step(prompt=None, tokens=None, prefill=True)
         self.shard = shard or {}
+        self.band = dict(band or {})
+        self._bands_moved: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self.selected: dict[str, torch.Tensor] = {}  # per tensor: (head, dim) columns selected, summed on its device
+        self.heads_seen: dict[str, int] = {}  # per tensor: (sample, layer, head) triples that were selected from
         self._kept: dict[tuple[int, str], _Kept] = {}
         self._stored: dict[tuple[int, str], _Kept] = {}
         self._scores: dict[tuple[int, str, torch.device], torch.Tensor] = {}
@@ -126,12 +136,19 @@ class Editor:
         `step`: what `x`'s samples are, when not the forward given to `begin` (an engine whose
         step mixes prefills and decodes edits each part with its own).
         """
-        spec = self.spec
         step = self.step if step is None else step
-        if step.prefill and self.observer is not None and where in self.observe:
+        watch = step.prefill and self.observer is not None and where in self.observe
+        if watch and not self.after:
             self.observer(layer, name, where, x, step.masks(x.device)[0])
-        if not self.changes(layer, name, where):
-            return None
+        new = self._edit(layer, name, x, select, recomputed, step) if self.changes(layer, name, where) else None
+        if watch and self.after:  # what the intervention left: the edited tensor, or x where it changed nothing
+            self.observer(layer, name, where, x if new is None else new, step.masks(x.device)[0])
+        return new
+
+    def _edit(
+        self, layer: int, name: str, x: torch.Tensor, select: tuple[int, int] | None, recomputed: bool, step: Step
+    ) -> torch.Tensor | None:
+        spec = self.spec
         destroy, quantize = name in self._destroyed, name in self._quantized
         if step.prefill:
             keep = recomputed or spec.stage == "all"
@@ -161,16 +178,53 @@ class Editor:
         massive = self._massive(span, prompt)
         columns = fill = None
         if destroy:
-            columns = massive if spec.ablate == "massive" else control_mask(massive, self._control_scores(layer, name, span, prompt))
-            columns = _widen(columns, lo, x.shape[-1])
-            fill = fill_values(x, prompt, spec.fill)
+            columns = _widen(self._columns(layer, name, span, prompt, massive, lo, hi), lo, x.shape[-1])
+            fill = fill_values(x, prompt, spec.fill, columns)
             x = destroy_columns(x, columns, edited, fill)
         protect = _widen(massive, lo, x.shape[-1]) if spec.protect == "massive" else None
+        self._count(name, columns if destroy else protect)
         if quantize:
             x = self._quantize(x, edited, protect)
         if keep:
             self._keep(step, (layer, name), _Kept(columns, fill, protect, edited, x.shape[2]))
         return x
+
+    def _columns(
+        self, layer: int, name: str, x: torch.Tensor, prompt: torch.Tensor | None, massive: torch.Tensor, lo: int, hi: int
+    ) -> torch.Tensor:
+        """The columns to destroy: the massive ones, the control, or as many as are massive from a band."""
+        spec = self.spec
+        if spec.select == "band":
+            allowed = self._band_on(name, x.device)[lo:hi]
+            if spec.exclude == "massive":
+                allowed = allowed & ~massive
+            return control_mask(massive, self._random_scores(layer, name, x), allowed)
+        if spec.ablate == "massive":
+            return massive
+        return control_mask(massive, self._control_scores(layer, name, x, prompt))
+
+    def _band_on(self, name: str, device: torch.device) -> torch.Tensor:
+        """The band's `[D]` mask on `device`, copied once per device."""
+        key = (name, device)
+        if key not in self._bands_moved:
+            self._bands_moved[key] = self.band[name].to(device)
+        return self._bands_moved[key]
+
+    def _count(self, name: str, columns: torch.Tensor | None) -> None:
+        """Tally what was selected, on the tensor's device (read once, after the run: no sync per layer)."""
+        if columns is None:
+            return
+        total = columns.sum(dtype=torch.int64)
+        self.selected[name] = self.selected[name] + total if name in self.selected else total
+        self.heads_seen[name] = self.heads_seen.get(name, 0) + columns.shape[0] * columns.shape[1]
+
+    def selection_counts(self) -> dict[str, dict[str, float]]:
+        """Per tensor: mean selected dims per head and the prompts' (sample, layer, head) count."""
+        counts = {}
+        for name, total in sorted(self.selected.items()):
+            heads = self.heads_seen[name]
+            counts[name] = {"dims_per_head": round(int(total) / heads, 4) if heads else 0.0, "heads": heads}
+        return counts
 
     def _edit_again(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
         """A decode step of a tensor rebuilt from its cache: the prompt's edit again, then the new tokens'."""
@@ -222,6 +276,10 @@ class Editor:
     def _control_scores(self, layer: int, name: str, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
         if self.spec.control == "smallest":
             return column_norms(x, prompt)
+        return self._random_scores(layer, name, x)
+
+    def _random_scores(self, layer: int, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Seeded `[1, H, D]` noise of this layer and tensor (drawn for all heads, sliced to a shard's)."""
         key = (layer, name, x.device)
         if key not in self._scores:
             salt = layer * 3 + "qkv".index(name)

@@ -7,6 +7,7 @@ results JSON under `config.qk_ablate`.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lm_eval.models  # noqa: F401  (fill lm-eval's registry first, or `--model hf` stops resolving)
@@ -39,13 +40,14 @@ class QKAblatedLM(HFLM):
         except OSError as error:  # unknown model id, missing files, no network for a Hub id
             raise load_error(self._requested_model, error) from error
         self.attachment = Attachment(self.model, self.spec).attach()
+        self.spec = self.attachment.spec  # its preset resolved for this model
         self._context_lengths: dict[tuple[int, ...], int] | None = None
 
     def use(self, spec: InterventionSpec) -> None:
         """Swap the intervention without reloading the model (the demo and sweeps run several)."""
         self.attachment.remove()
-        self.spec = spec
         self.attachment = Attachment(self.model, spec).attach()
+        self.spec = self.attachment.spec
 
     # ------------------------------------------------------------ window
     def generate_until(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
@@ -103,7 +105,22 @@ class QKAblatedLM(HFLM):
         """HFLM's info plus the validated intervention spec, so results say what produced them."""
         info = super().get_model_info()
         info["qk_ablate"] = {"model": self._requested_model, "version": __version__, **self.spec.to_dict()}
+        selected = self.attachment.editor.selection_counts()
+        if selected:
+            info["qk_ablate_selected"] = selected
+            warn_if_nothing_selected(self.spec, selected)
         return info
+
+
+def warn_if_nothing_selected(spec: InterventionSpec, selected: dict[str, dict[str, float]]) -> None:
+    """A run labelled `ablate=massive` that selected no dim on any prompt changed nothing: say so."""
+    empty = [name for name, count in selected.items() if count["heads"] and not count["dims_per_head"]]
+    if empty:
+        print(
+            f"qk-ablate: warning: {spec.select} selection chose no dim of {'/'.join(e.upper() for e in empty)} on any prompt "
+            f"(lam={spec.lam}), so this run left them unchanged; lower lam or use select=topk",
+            file=sys.stderr,
+        )
 
 
 def _positions(inps: torch.Tensor, context_lengths: dict[tuple[int, ...], int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,6 +56,8 @@ class QKAblatedVLLM(VLLM):
     def __init__(self, pretrained: str = "smollm2-135m", **kwargs: Any) -> None:
         ours, rest = split_model_args(kwargs)
         self.spec = InterventionSpec.from_args(ours)
+        if self.spec.select == "band":
+            raise QKAblateError("select=band runs on the HF engine only (it reads the model's inv_freq); use --model qk_ablated")
         _check_engine_args(rest)
         for name, value, _ in _FORCED:
             rest[name] = value
@@ -78,7 +80,7 @@ class QKAblatedVLLM(VLLM):
 
     def use(self, spec: InterventionSpec) -> None:
         """Install `spec` in the worker (replacing the current one) without reloading the model."""
-        self.spec = spec
+        self.spec = spec = spec.for_architecture(self.model.llm_engine.model_config.hf_config.model_type)
         self.model.apply_model(partial(vllm_hooks.attach, spec=spec.to_dict()))
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):  # type: ignore[override]

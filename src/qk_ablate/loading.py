@@ -57,3 +57,37 @@ def load_model(
     except (OSError, ValueError, ImportError) as error:  # missing files, unknown attn_implementation, no flash-attn
         raise load_error(pretrained, error) from None
     return model, load_tokenizer(pretrained, gguf_file)
+
+
+LOAD_KEYS = ("pretrained", "device", "dtype", "attn_implementation", "gguf_file")
+
+
+def parse_model_args(text: str) -> tuple[dict[str, str], Any]:
+    """`pretrained=X,dtype=float32,ablate=massive` (lm-eval's model_args syntax) -> (load options, spec).
+
+    The load options are `load_model`'s keywords; the rest must be intervention keys, validated
+    into an `InterventionSpec` (its preset still unresolved: that needs the loaded model).
+    """
+    from qk_ablate.spec import InterventionSpec, split_model_args
+
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        key, sep, value = part.partition("=")
+        pairs[key.strip()] = value.strip() if sep else part
+    ours, rest = split_model_args(pairs)
+    unknown = sorted(set(rest) - set(LOAD_KEYS))
+    if unknown:
+        raise QKAblateError(
+            f"model_args key {unknown[0]!r} is not known here; use {', '.join(LOAD_KEYS)} or an intervention key"
+        )
+    return rest, InterventionSpec.from_args(ours)
+
+
+def load_from_model_args(text: str, device: str | None = None) -> tuple[Any, Any, Any, str]:
+    """(model, tokenizer, spec resolved for this model, model name) from a model_args string."""
+    options, spec = parse_model_args(text)
+    name = options.pop("pretrained", "smollm2-135m")
+    if device is not None and "device" not in options:
+        options["device"] = device
+    model, tokenizer = load_model(name, **options)
+    return model, tokenizer, spec.for_model(model), name

@@ -30,16 +30,19 @@ def massive_mask_topk(norms: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(norms, dtype=torch.bool).scatter_(-1, index, True)
 
 
-def control_mask(massive: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Per head, as many non-massive dims as are massive there: those with the lowest `scores`.
+def control_mask(massive: torch.Tensor, scores: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Per head, as many dims as are massive there, from the `allowed` ones: those with the lowest `scores`.
 
-    `scores` broadcasts to `[B, H, D]`: seeded uniform noise for `control=random`, the column
-    norms for `control=smallest`. Massive dims are never chosen. Vectorised by ranking.
+    `scores` broadcasts to `[B, H, D]`: seeded uniform noise for `control=random` and bands, the
+    column norms for `control=smallest`. `allowed` (broadcast to `[B, H, D]`) defaults to the
+    non-massive dims; where fewer dims are allowed than are massive, all of them are chosen.
+    Vectorised by ranking.
     """
-    scores = scores.float().expand(massive.shape).masked_fill(massive, float("inf"))
+    allowed = ~massive if allowed is None else allowed.expand(massive.shape)
+    scores = scores.float().expand(massive.shape).masked_fill(~allowed, float("inf"))
     rank = scores.argsort(dim=-1, stable=True).argsort(dim=-1)
     count = massive.sum(dim=-1, keepdim=True)
-    return rank < count
+    return (rank < count) & allowed
 
 
 def random_scores(num_heads: int, head_dim: int, seed: int, salt: int, device: torch.device) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
@@ -25,9 +25,13 @@ class InterventionSpec:
     """Which dims, what is done to them, and where (the README's Model arguments). Defaults follow the paper."""
 
     ablate: str = "none"
+    preset: str = "none"
     select: str = "threshold"
     lam: float = 5.0
     topk: int = 1
+    band: str = "none"
+    pairs: str = "none"
+    exclude: str = "none"
     fill: str = "mean"
     control: str = "random"
     seed: int = 0
@@ -41,6 +45,8 @@ class InterventionSpec:
     group: int = 0
     sym: bool = True
     protect: str = "none"
+    preset_for: str = "none"  # the architecture rule a preset resolved to (`for_model`)
+    given: tuple[str, ...] = field(default=(), compare=False, repr=False)  # keys the user set (they beat a preset)
 
     def __post_init__(self) -> None:
         for key, choices in CHOICES.items():
@@ -55,11 +61,50 @@ class InterventionSpec:
         elif self.protect != "none":
             raise QKAblateError("protect=massive needs a quantizer; add quant=int4 (or int8|int3|int2|fp8)")
         _parse_layers(self.layers)  # validate the syntax now; the range is checked against the model
+        self._check_band()
+
+    def _check_band(self) -> None:
+        if self.select != "band":
+            for key in ("band", "pairs", "exclude"):
+                if getattr(self, key) != "none":
+                    raise QKAblateError(f"{key}={getattr(self, key)} only works with select=band; add select=band or drop {key}")
+            return
+        if (self.band == "none") == (self.pairs == "none"):
+            raise QKAblateError("select=band needs exactly one of band=low|mid|high or pairs=A-B (rotary pair indices)")
+        if self.pairs != "none":
+            parse_pairs(self.pairs)
+        if self.ablate == "nonmassive":
+            raise QKAblateError("select=band chooses its own dims, so it has no control; use ablate=massive with it")
+        if self.protect != "none":
+            raise QKAblateError("protect=massive keeps the dims select=threshold finds; it cannot be used with select=band")
 
     @property
     def is_noop(self) -> bool:
         """True when nothing is changed: the model must then behave bit-identically to the plain one."""
-        return is_noop(vars(self))
+        return self.preset == "none" and is_noop(vars(self))
+
+    def pair_indices(self) -> frozenset[int] | None:
+        """The rotary pairs of `pairs=` (None when not given)."""
+        return None if self.pairs == "none" else parse_pairs(self.pairs)
+
+    def for_model(self, model: Any) -> InterventionSpec:
+        """This spec with its preset resolved for a loaded model (its `config.model_type`)."""
+        return self.for_architecture(str(getattr(getattr(model, "config", None), "model_type", "") or type(model).__name__))
+
+    def for_architecture(self, model_type: str) -> InterventionSpec:
+        """The preset's values for `model_type`, under every key the user set themselves.
+
+        A spec without a preset, or one already resolved, comes back as it is.
+        """
+        if self.preset == "none" or self.preset_for != "none":
+            return self
+        from qk_ablate.presets import preset_values
+
+        rule, values = preset_values(self.preset, model_type)
+        defaults = InterventionSpec()
+        given = set(self.given) | {k for k in values if getattr(self, k) != getattr(defaults, k)}
+        chosen = {k: v for k, v in values.items() if k not in given}
+        return dataclasses.replace(self, **chosen, preset_for=rule)
 
     @property
     def needs_selection(self) -> bool:
@@ -87,8 +132,11 @@ class InterventionSpec:
         return chosen
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for the results JSON."""
-        return dataclasses.asdict(self)
+        """Plain dict for the results JSON. Keys added after the first release are left out while
+        at their default, so earlier results files and sweep cells still describe the same runs."""
+        data = dataclasses.asdict(self)
+        data.pop("given")
+        return {k: v for k, v in data.items() if not (k in _LATER_KEYS and v == _LATER_DEFAULTS[k])}
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> InterventionSpec:
@@ -98,7 +146,7 @@ class InterventionSpec:
             raise QKAblateError(f"unknown intervention key {unknown[0]!r}; valid keys: {', '.join(CHOICES)}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {key: _coerce(key, value, fields[key].default) for key, value in args.items()}
-        return cls(**values)
+        return cls(**values, given=tuple(sorted(values)))
 
 
 def split_model_args(model_args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -150,7 +198,19 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return str(value).strip().lower()
 
 
-def _parse_layers(text: str) -> frozenset[int] | None:
+_LATER_KEYS = ("preset", "band", "pairs", "exclude", "preset_for")
+_LATER_DEFAULTS = {key: "none" for key in _LATER_KEYS}
+
+
+def parse_pairs(text: str) -> frozenset[int]:
+    """'22-25' / '22;24' -> rotary pair indices (the syntax of `layers`)."""
+    chosen = _parse_layers(str(text).replace(",", ";"), "pairs")
+    if chosen is None:
+        raise QKAblateError("pairs=all is not a band; give rotary pair indices, e.g. pairs=22-25")
+    return chosen
+
+
+def _parse_layers(text: str, key: str = "layers") -> frozenset[int] | None:
     """'all' -> None; '0-7' / '0;3;5' / '0-3;8' -> the set of indices."""
     if text == "all":
         return None
@@ -158,12 +218,12 @@ def _parse_layers(text: str) -> frozenset[int] | None:
     for part in filter(None, _LAYER_SEPARATORS.split(text)):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
-            raise QKAblateError(f"layers={text!r} is not valid; use all, a range 0-7, or a list 0;3;5")
+            raise QKAblateError(f"{key}={text!r} is not valid; use {'all, ' if key == 'layers' else ''}a range 0-7, or a list 0;3;5")
         start = int(match.group(1))
         stop = int(match.group(2)) if match.group(2) else start
         if stop < start:
-            raise QKAblateError(f"layers={text!r}: range {part} runs backwards; write it as {stop}-{start}")
+            raise QKAblateError(f"{key}={text!r}: range {part} runs backwards; write it as {stop}-{start}")
         chosen.update(range(start, stop + 1))
     if not chosen:
-        raise QKAblateError("layers= is empty; use all, a range 0-7, or a list 0;3;5")
+        raise QKAblateError(f"{key}= is empty; use {'all, ' if key == 'layers' else ''}a range 0-7, or a list 0;3;5")
     return frozenset(chosen)

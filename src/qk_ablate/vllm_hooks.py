@@ -318,7 +318,7 @@ def _slot_tensor(slots: tuple[list[int], list[int]] | None, which: int, device: 
 def attach(model: nn.Module, spec: dict[str, Any]) -> int:
     """Install `spec` on this worker's model (replacing any earlier one); returns its layer count."""
     detach(model)
-    attachment = VllmAttachment(model, InterventionSpec.from_args(spec))
+    attachment = VllmAttachment(model, InterventionSpec(**spec))
     attachment.install()
     setattr(model, _ATTRIBUTE, attachment)
     return len(attachment.sites)

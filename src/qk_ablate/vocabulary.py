@@ -21,10 +21,14 @@ ABLATE_TARGETS: tuple[str, ...] = ("qk", "q", "k")
 # key -> allowed values, the default first (None: free-form, coerced and checked by spec.py)
 CHOICES: dict[str, tuple[str, ...] | None] = {
     "ablate": ("none", "massive", "nonmassive"),
-    "select": ("threshold", "topk"),
+    "preset": ("none", "jin2025"),
+    "select": ("threshold", "topk", "band"),
     "lam": None,
     "topk": None,
-    "fill": ("mean", "tensor_mean", "zero"),
+    "band": ("none", "low", "mid", "high"),
+    "pairs": None,
+    "exclude": ("none", "massive"),
+    "fill": ("mean", "shared_mean", "tensor_mean", "zero"),
     "control": ("random", "smallest"),
     "seed": None,
     "rope": ("post", "pre"),
@@ -41,7 +45,8 @@ CHOICES: dict[str, tuple[str, ...] | None] = {
 
 # Which keys name a run: where it acts always; the rest only when their part is switched on.
 PLACE_KEYS: tuple[str, ...] = ("ablate", "quant", "rope", "stage", "layers")
-ABLATION_KEYS: tuple[str, ...] = ("select", "lam", "topk", "fill", "control", "seed", "targets")
+ABLATION_KEYS: tuple[str, ...] = ("preset", "select", "lam", "topk", "band", "pairs", "exclude", "fill", "control", "seed",
+                                  "targets")
 QUANT_KEYS: tuple[str, ...] = ("quant_targets", "quant_axis", "group", "sym", "protect")
 
 

@@ -1,0 +1,167 @@
+"""`preset=jin2025` and `fill=shared_mean` against faithful re-implementations of the authors' code.
+
+The reference below is written the way their modified attention is (MingyuJ666/Rope_with_LLM,
+`modeling_llama.py` / `modeling_qwen2.py`): batch 1, their flash-attention layout `[B, S, H, D]`,
+a Python loop over heads, `torch.topk` of the column norms over the sequence, the scalar
+`mean(stack([column.mean() ...]))` written into every chosen column of that head, in place,
+prefill only, Q per query head and K per KV head, post-RoPE, every layer. It runs as an attention
+function in front of SDPA, as ours does, so any difference is in what is selected and written.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from conftest import HEAD_DIM, build, prompts
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from qk_ablate.attachment import Attachment
+from qk_ablate.errors import QKAblateError
+from qk_ablate.spec import InterventionSpec
+
+
+def _authors_edit(states: torch.Tensor, k: int, fill: str) -> None:
+    """Their per-head loop on `states: [1, S, H, D]` (edited in place, as theirs is)."""
+    matrix = states.norm(dim=1).squeeze(0)
+    for head_idx in range(states.size(2)):
+        _, indices = torch.topk(matrix[head_idx, :], k)
+        top_indices = indices.tolist()
+        target_vectors = [states[:, :, head_idx, idx] for idx in top_indices]
+        mean_value = torch.mean(torch.stack([vector.mean() for vector in target_vectors]))
+        for idx in top_indices:
+            states[:, :, head_idx, idx] = 0 if fill == "zero" else mean_value
+
+
+def _register_reference(k: int, fill: str, kernel: str = "sdpa") -> str:
+    name = f"jin2025_reference_{k}_{fill}_{kernel}"
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        if query.shape[2] != 1:  # their `if q_len != 1`: the prefill only
+            query = query.transpose(1, 2).contiguous()
+            _authors_edit(query, k, fill)
+            query = query.transpose(1, 2)
+            _authors_edit(key.transpose(1, 2), k, fill)  # a view of the cache's tensor: edited in place
+        if kernel == "eager":  # each modeling file has its own eager function (Gemma2's softcapping)
+            return sys.modules[type(module).__module__].eager_attention_forward(
+                module, query, key, value, attention_mask, **kwargs)
+        return ALL_ATTENTION_FUNCTIONS[kernel](module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[kernel])  # the kernel's own mask format
+    return name
+
+
+@torch.no_grad()
+def _plant_top_dims(model: torch.nn.Module, factors: tuple[float, ...]) -> None:
+    """Scale the lowest-frequency dims of every Q/K head (barely rotated), so the top-k is unambiguous."""
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        for proj in (attn.q_proj, attn.k_proj):
+            heads = proj.weight.shape[0] // HEAD_DIM
+            for rank, factor in enumerate(factors):
+                dim = HEAD_DIM // 2 - 1 - rank
+                proj.weight[torch.arange(heads) * HEAD_DIM + dim] *= factor
+
+
+def _logits(model, ids: torch.Tensor, spec: InterventionSpec | None = None, reference: str | None = None) -> torch.Tensor:
+    if reference is not None:
+        original = model.config._attn_implementation
+        model.set_attn_implementation(reference)
+        try:
+            return model(ids).logits
+        finally:
+            model.set_attn_implementation(original)
+    with Attachment(model, spec):
+        return model(ids).logits
+
+
+def _model(arch: str, dtype: torch.dtype, factors: tuple[float, ...], attn: str = "sdpa") -> torch.nn.Module:
+    model = build(arch, attn=attn, plant=False)
+    _plant_top_dims(model, factors)
+    return model.to(dtype)
+
+
+def test_llama_preset_is_bit_identical_to_the_authors_code_in_bf16():
+    model = _model("llama", torch.bfloat16, (30.0,))
+    ids = prompts(batch=1, length=40)
+    ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
+    theirs = _logits(model, ids, reference=_register_reference(1, "mean"))
+    plain = model(ids).logits
+    assert not torch.equal(theirs, plain)  # the reference does change the model
+    assert torch.equal(ours, theirs)
+    # and the preset is `select=topk,topk=1` with the default fill
+    assert torch.equal(_logits(model, ids, InterventionSpec(ablate="massive", select="topk", topk=1)), theirs)
+
+
+def test_the_papers_definition_selects_differently_from_the_authors_llama_code():
+    model = _model("llama", torch.float32, (30.0, 20.0))  # two massive dims per head: Definition 1 takes both
+    ids = prompts(batch=1, length=40)
+    paper = _logits(model, ids, InterventionSpec(ablate="massive"))  # threshold: every dim over 5x the mean
+    code = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
+    assert not torch.allclose(paper, code, atol=1e-3)
+
+
+def test_qwen2_preset_fills_its_top_three_with_one_shared_scalar_per_head():
+    model = _model("qwen2", torch.float32, (30.0, 20.0, 12.0))
+    ids = prompts(batch=1, length=40)
+    ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
+    theirs = _logits(model, ids, reference=_register_reference(3, "mean"))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # With Q and K both filled at the same dims any constants cancel in the scores; on Q alone the
+    # shared scalar and each column's own mean give different answers.
+    shared = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025", "targets": "q"}))
+    own = _logits(model, ids, InterventionSpec(ablate="massive", select="topk", topk=3, fill="mean", targets="q"))
+    assert not torch.allclose(shared, own, atol=1e-4)
+
+
+def test_qwen2_preset_with_zero_fill_is_the_stored_file_literally_in_bf16():
+    model = _model("qwen2", torch.bfloat16, (30.0, 20.0, 12.0))
+    ids = prompts(batch=1, length=40)
+    ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025", "fill": "zero"}))
+    assert torch.equal(ours, _logits(model, ids, reference=_register_reference(3, "zero")))
+
+
+def test_gemma2_preset_zeroes_the_top_22():
+    model = _model("gemma2", torch.float32, (30.0,), attn="eager")
+    ids = prompts(batch=1, length=40)
+    spec = Attachment(model, InterventionSpec.from_args({"preset": "jin2025"})).spec
+    assert (spec.select, spec.topk, spec.fill, spec.preset_for) == ("topk", 22, "zero", "gemma2")
+    ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
+    theirs = _logits(model, ids, reference=_register_reference(22, "zero", kernel="eager"))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_preset_resolution_keeps_what_the_user_set_and_is_recorded():
+    spec = InterventionSpec.from_args({"preset": "jin2025", "topk": "2", "stage": "all"})
+    assert not spec.is_noop  # a preset acts even before it is resolved
+    resolved = spec.for_architecture("qwen2")
+    assert (resolved.topk, resolved.stage, resolved.fill, resolved.ablate) == (2, "all", "shared_mean", "massive")
+    recorded = resolved.to_dict()
+    assert (recorded["preset"], recorded["preset_for"], recorded["control"]) == ("jin2025", "qwen2", "smallest")
+    assert resolved.for_architecture("llama") is resolved  # resolved once, for the loaded model
+    assert "preset" not in InterventionSpec().to_dict()  # runs without one read as they always did
+
+
+def test_preset_for_an_architecture_the_authors_did_not_cover_is_one_line():
+    with pytest.raises(QKAblateError, match="covers llama, mistral, qwen2, gemma2, not phi3; choose the dims yourself"):
+        InterventionSpec.from_args({"preset": "jin2025"}).for_architecture("phi3")
+
+
+def test_shared_mean_fill_of_one_column_is_that_columns_mean():
+    from qk_ablate.destroy import fill_values
+
+    x = torch.randn(2, 3, 7, 8)
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[1, 5:] = False
+    one = torch.zeros(2, 3, 8, dtype=torch.bool)
+    one[..., 4] = True
+    shared = fill_values(x, valid, "shared_mean", one)
+    assert torch.equal(shared[..., 0], fill_values(x, valid, "mean")[..., 4])
+    two = one.clone()
+    two[..., 6] = True
+    means = fill_values(x, valid, "mean")
+    torch.testing.assert_close(fill_values(x, valid, "shared_mean", two)[..., 0], (means[..., 4] + means[..., 6]) / 2)
