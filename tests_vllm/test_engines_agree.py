@@ -21,7 +21,7 @@ VARIANTS = [
     {"ablate": "massive", "fill": "zero"},
     {"ablate": "massive", "targets": "q"},
     {"ablate": "massive", "targets": "k"},
-    {"ablate": "massive", "select": "topk", "topk": 1},
+    {"preset": "jin2025", "topk": 2, "fill": "shared_mean"},  # the authors' Llama rule, resolved in each engine
 ]
 
 
@@ -53,6 +53,7 @@ def test_loglikelihoods_agree(engines, args):
     spec = InterventionSpec.from_args(args)
     hf.use(spec)
     vllm.use(spec)
+    assert vllm.spec == hf.spec  # a preset resolves to the same rule for the same model
     requests = _requests()
     ours = [value for value, _ in vllm.loglikelihood(requests, disable_tqdm=True)]
     theirs = [value for value, _ in hf.loglikelihood(requests, disable_tqdm=True)]

@@ -73,8 +73,14 @@ def compare(
     kinds: dict[str, str] | None = None,
     iterations: int = DEFAULT_ITERATIONS,
     seed: int = 0,
+    replicates: list[Run] | None = None,
 ) -> Comparison:
-    """Paired bootstrap of `candidate` against `baseline` over `tasks` (default: all of the baseline's)."""
+    """Paired bootstrap of `candidate` against `baseline` over `tasks` (default: all of the baseline's).
+
+    `replicates`: the runs `candidate` pools (one per seed of a random selection; `candidate`'s
+    scores are their mean). Each replicate then resamples the seeds too, with replacement and the
+    same draw for every task, on top of the documents: the interval holds both sources of spread.
+    """
     names = sorted(baseline.tasks) if tasks is None else list(tasks)
     if not names:
         raise QKAblateError(f"the baseline '{baseline.path}' has no tasks to compare")
@@ -82,13 +88,20 @@ def compare(
         if task not in baseline.tasks:
             raise QKAblateError(f"task {task} is not in the baseline '{baseline.path}'")
     pairs = _paired_scores(baseline, candidate, names)
+    seeded = [_paired_scores(baseline, run, names) for run in replicates or []]
     rng = np.random.default_rng(seed)
     # Per task: [iterations] resampled means of both runs (one shared draw of documents).
     boot: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    seed_draw = rng.integers(0, len(seeded), size=(iterations, len(seeded))) if seeded else None
     for task in names:
         a, b = pairs[task]
         draw = rng.integers(0, len(a), size=(iterations, len(a)))
-        boot[task] = (a[draw].mean(axis=1), b[draw].mean(axis=1))
+        if seed_draw is None:
+            resampled = b[draw].mean(axis=1)
+        else:
+            by_seed = np.stack([p[task][1][draw].mean(axis=1) for p in seeded])  # [seeds, iterations]
+            resampled = by_seed[seed_draw, np.arange(iterations)[:, None]].mean(axis=1)
+        boot[task] = (a[draw].mean(axis=1), resampled)
 
     def estimate(point: float, samples: np.ndarray) -> Estimate:
         low, high = np.percentile(samples, [2.5, 97.5])

@@ -80,7 +80,7 @@ class QKAblatedVLLM(VLLM):
 
     def use(self, spec: InterventionSpec) -> None:
         """Install `spec` in the worker (replacing the current one) without reloading the model."""
-        self.spec = spec = spec.for_architecture(self.model.llm_engine.model_config.hf_config.model_type)
+        self.spec = spec = spec.for_architecture(self.model.model_config.hf_config.model_type)
         self.model.apply_model(partial(vllm_hooks.attach, spec=spec.to_dict()))
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):  # type: ignore[override]

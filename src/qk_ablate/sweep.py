@@ -18,6 +18,7 @@ Config (YAML)::
       baseline: {}
       massive: {ablate: massive}
       int4_protect: {quant: int4, protect: massive}
+      control: {ablate: nonmassive, seeds: 0-4}   # one cell per seed; the report adds a pooled row
     tasks: [passkey_1k, city_facts]
     limit: 30                          # optional: documents per task
     batch_size: 4
@@ -47,6 +48,7 @@ from typing import Any
 from qk_ablate.catalogue import KINDS, PROFILE_SOURCES, check_kind
 from qk_ablate.errors import QKAblateError
 from qk_ablate.loading import auto_device
+from qk_ablate.seeds import expand_seeds
 from qk_ablate.spec import InterventionSpec
 from qk_ablate.task_data.lengths import parse_length
 
@@ -150,7 +152,7 @@ def load_config(path: str | Path) -> SweepConfig:
     specs = {}
     for name, args in interventions.items():
         try:
-            specs[str(name)] = InterventionSpec.from_args(args or {})
+            specs.update(expand_seeds(str(name), dict(args or {})))
         except QKAblateError as exc:
             raise QKAblateError(f"sweep config '{path}', intervention '{name}': {exc}") from None
     tasks = raw.get("tasks") or []
