@@ -59,6 +59,11 @@ def test_loglikelihoods_agree(engines, args):
     theirs = [value for value, _ in hf.loglikelihood(requests, disable_tqdm=True)]
     worst = max(abs(a - b) for a, b in zip(ours, theirs))
     assert worst <= 1e-4, worst
+    if not spec.is_noop:  # both engines record the same selection counts in the results JSON
+        chosen = {engine: engine.get_model_info()["qk_ablate_selected"] for engine in (hf, vllm)}
+        assert chosen[hf].keys() == chosen[vllm].keys()
+        for name in chosen[hf]:
+            assert chosen[vllm][name]["dims_per_head"] == pytest.approx(chosen[hf][name]["dims_per_head"], abs=1e-3)
 
 
 def _passkey_requests(tokenizer, count: int = 30):

@@ -9,6 +9,7 @@ made on that tensor's device.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -287,6 +288,17 @@ class Editor:
             scores = random_scores(heads, x.shape[3], self.spec.seed, salt, x.device)
             self._scores[key] = scores if local is None else scores[:, list(local)]
         return self._scores[key]
+
+
+def warn_if_nothing_selected(spec: InterventionSpec, selected: dict[str, dict[str, float]]) -> None:
+    """A run labelled `ablate=massive` that selected no dim on any prompt changed nothing: say so."""
+    empty = [name for name, count in selected.items() if count["heads"] and not count["dims_per_head"]]
+    if empty:
+        print(
+            f"qk-ablate: warning: {spec.select} selection chose no dim of {'/'.join(e.upper() for e in empty)} on any prompt "
+            f"(lam={spec.lam}), so this run left them unchanged; lower lam or use select=topk",
+            file=sys.stderr,
+        )
 
 
 def _store(store: torch.Tensor | None, value: torch.Tensor | None, slots: torch.Tensor, count: int) -> torch.Tensor | None:

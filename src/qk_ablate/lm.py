@@ -7,7 +7,6 @@ results JSON under `config.qk_ablate`.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import lm_eval.models  # noqa: F401  (fill lm-eval's registry first, or `--model hf` stops resolving)
@@ -17,6 +16,7 @@ from lm_eval.models.huggingface import HFLM
 
 from qk_ablate import __version__
 from qk_ablate.attachment import Attachment
+from qk_ablate.edits import warn_if_nothing_selected
 from qk_ablate.embedded import resolve_pretrained
 from qk_ablate.errors import QKAblateError
 from qk_ablate.loading import load_error
@@ -110,17 +110,6 @@ class QKAblatedLM(HFLM):
             info["qk_ablate_selected"] = selected
             warn_if_nothing_selected(self.spec, selected)
         return info
-
-
-def warn_if_nothing_selected(spec: InterventionSpec, selected: dict[str, dict[str, float]]) -> None:
-    """A run labelled `ablate=massive` that selected no dim on any prompt changed nothing: say so."""
-    empty = [name for name, count in selected.items() if count["heads"] and not count["dims_per_head"]]
-    if empty:
-        print(
-            f"qk-ablate: warning: {spec.select} selection chose no dim of {'/'.join(e.upper() for e in empty)} on any prompt "
-            f"(lam={spec.lam}), so this run left them unchanged; lower lam or use select=topk",
-            file=sys.stderr,
-        )
 
 
 def _positions(inps: torch.Tensor, context_lengths: dict[tuple[int, ...], int]) -> tuple[torch.Tensor, torch.Tensor]:

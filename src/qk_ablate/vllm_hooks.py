@@ -340,7 +340,11 @@ def set_prompt_lengths(model: nn.Module, lengths: dict[tuple[int, ...], int] | N
 
 
 def counts(model: nn.Module) -> dict[str, int]:
-    """What this worker's attachment has edited: sequences prefilled and recomputed, and tokens per
-    `phase:layer:tensor` (`prefill` counts prompts' tokens, `decode` the decoded tokens of `stage=all`)."""
+    """What this worker's attachment has edited: sequences prefilled and recomputed, tokens per
+    `phase:layer:tensor` (`prefill`: prompts' tokens, `decode`: decoded tokens of `stage=all`), and
+    per tensor the (head, dim) columns selected (`selected:q`) from `heads:q` prompt heads."""
     attachment = getattr(model, _ATTRIBUTE, None)
-    return {} if attachment is None else dict(attachment.counts)
+    if attachment is None:
+        return {}
+    return {**attachment.counts, **{f"selected:{n}": int(t) for n, t in attachment.editor.selected.items()},
+            **{f"heads:{n}": h for n, h in attachment.editor.heads_seen.items()}}
