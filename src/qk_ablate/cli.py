@@ -55,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     gate.add_argument("--json", default=None, help="write the verdict as JSON here")
     gate.add_argument("--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual")
 
+    depth = commands.add_parser("depth", help="rank and probability of the gold answer's first token at every layer "
+                                "(logit and tuned lens), baseline vs interventions: JSON, PNG")
+    depth.add_argument("--model_args", default="pretrained=smollm2-135m", help="pretrained=X,dtype=float32,... (no intervention keys)")
+    depth.add_argument("--intervention", action="append", default=None, metavar="KEYS",
+                       help="an intervention beside the baseline, e.g. ablate=massive (repeat for several)")
+    depth.add_argument("--tasks", default="passkey_1k,city_facts", help="lm-eval tasks, comma-separated (default: passkey_1k,city_facts)")
+    depth.add_argument("--limit", default="30", help="documents per task (default: 30)")
+    depth.add_argument("--lens", default="both", help="logit, tuned or both (default: both)")
+    depth.add_argument("--train-lens", action="store_true", help="train the tuned lens on this model and cache it (minutes on CPU)")
+    depth.add_argument("--lens-cache", default=None, help="tuned lens file (default: <out>/tuned_lens.pt)")
+    depth.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    depth.add_argument("--out", default=None, help="output folder (default: results/depth/<model>)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
@@ -63,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return _profile(args)
         if args.command == "gate":
             return _gate(args)
+        if args.command == "depth":
+            return _depth(args)
         return _sweep(args)
     except QKAblateError as error:
         print(f"qk-ablate: error: {error}", file=sys.stderr)
@@ -121,6 +136,17 @@ def _gate(args: argparse.Namespace) -> int:
                        kinds=parse_kinds(args.kinds))
     print(verdict.reason, file=sys.stdout if verdict.code == 0 else sys.stderr)
     return verdict.code
+
+
+def _depth(args: argparse.Namespace) -> int:
+    from qk_ablate.depth import run_depth
+
+    if not str(args.limit).isdigit():
+        raise QKAblateError(f"--limit {args.limit!r} must be a whole number of documents per task")
+    for written in run_depth(args.model_args, args.intervention, args.tasks, int(args.limit), args.lens, args.train_lens,
+                             args.out, args.lens_cache, args.device, log=lambda line: print(line, file=sys.stderr)):
+        print(f"wrote {written}", file=sys.stderr)
+    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
