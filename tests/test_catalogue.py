@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qk_ablate.catalogue import GROUPS, KINDS, parse_kinds, task_kind, tasks
+from qk_ablate.catalogue import GROUPS, KINDS, check_chance, parse_kinds, task_chance, task_kind, tasks
 from qk_ablate.errors import QKAblateError
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
@@ -48,3 +48,18 @@ def test_parse_kinds():
     for bad in ("a", "a=both", "=contextual"):
         with pytest.raises(QKAblateError, match="must be TASK=contextual or TASK=parametric"):
             parse_kinds(bad)
+
+
+def test_chance_levels():
+    assert task_chance("imdb") == task_chance("city_facts_tf") == task_chance("city_facts_tf_gen") == 0.5
+    assert task_chance("city_facts") == task_chance("passkey_128k") == task_chance("country_capital_0shot") == 0.0
+    assert task_chance("country_continent") == pytest.approx(1 / 6)
+    assert task_chance("my_mcq") is None and task_chance("my_mcq", {"my_mcq": 0.25}) == 0.25
+    assert task_chance("imdb", {"imdb": 0.9}) == 0.5  # a run-wide --metadata chance never moves ours
+    assert all(0.0 <= task_chance(t) <= 0.5 for t in tasks())
+    assert {"city_facts_0shot", "country_capital_0shot", "country_continent_0shot"} <= set(tasks(shipped_only=True))
+    assert all(task_kind(t) == "parametric" for t in ("city_facts_0shot", "country_capital_0shot"))
+    assert not {"city_facts_0shot"} & set(GROUPS["qk_parametric"])  # the groups (and their means) are unchanged
+    assert check_chance("t", "0.25", "here") == 0.25
+    with pytest.raises(QKAblateError, match=r"^here: the chance level of t must be a number from 0 to 1, got 2$"):
+        check_chance("t", 2, "here")

@@ -20,9 +20,12 @@ STAMP = "2026-01-01T00-00-00.000000"
 
 
 def write_run(folder: Path, scores: dict[str, list[float]], spec: dict | None = None, texts: str = "doc",
-              stamp: str = STAMP, declared: dict[str, str] | None = None) -> Path:
+              stamp: str = STAMP, declared: dict[str, str] | None = None, records: dict[str, list[dict]] | None = None,
+              metadata: dict[str, dict] | None = None, choices: dict[str, list[str]] | None = None) -> Path:
     """An lm_eval --output_path folder: results JSON and one samples file per task; `declared`
-    puts a task's `kind` into its config's metadata, as a task YAML with `metadata: {kind: ...}` does."""
+    puts a task's `kind` into its config's metadata, as a task YAML with `metadata: {kind: ...}` does;
+    `records` adds fields to each sample record (answers), `metadata` to a task's config metadata,
+    `choices` a multiple-choice task's doc_to_choice."""
     sub = folder / "smollm2-135m"
     sub.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -31,9 +34,13 @@ def write_run(folder: Path, scores: dict[str, list[float]], spec: dict | None = 
         with (sub / f"samples_{task}_{stamp}.jsonl").open("w") as handle:
             for i, value in enumerate(values):
                 doc_hash = hashlib.sha256(f"{texts}/{task}/{i}".encode()).hexdigest()
-                handle.write(json.dumps({"doc_id": i, "doc_hash": doc_hash, "filter": "none", "metrics": ["acc"], "acc": value}) + "\n")
+                extra = (records or {}).get(task, [{}] * len(values))[i]
+                handle.write(json.dumps({"doc_id": i, "doc_hash": doc_hash, "filter": "none", "metrics": ["acc"], "acc": value,
+                                         **extra}) + "\n")
     config = {"model": "qk_ablated", "qk_ablate": {"model": "smollm2-135m", "version": "0", **(spec or {"ablate": "none"})}}
-    configs = {t: {"task": t, "metadata": {"version": 1.0, **({"kind": declared[t]} if t in (declared or {}) else {})}}
+    configs = {t: {"task": t, "metadata": {"version": 1.0, **({"kind": declared[t]} if t in (declared or {}) else {}),
+                                           **(metadata or {}).get(t, {})},
+                   **({"doc_to_choice": choices[t]} if t in (choices or {}) else {})}
                for t in scores}
     (sub / f"results_{stamp}.json").write_text(json.dumps({"results": results, "group_subtasks": {t: [] for t in scores},
                                                            "configs": configs, "config": config}))
@@ -301,3 +308,83 @@ def test_help_of_every_command():
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0
+
+
+# ----------------------------------------------------------------------------- no-signal flag
+
+
+def statements(labels: list[int], picks: list[int]) -> dict[str, list]:
+    """Multiple-choice sample fields of a true/false task: the chosen choice gets the higher log-likelihood."""
+    records = [{"target": label, "filtered_resps": [[-1.0 if pick == c else -2.0, pick == c] for c in (0, 1)]}
+               for label, pick in zip(labels, picks)]
+    for record in records[::2]:  # the stock lm_eval CLI writes them as text: '1', ['-1.0', 'True']
+        record["target"] = str(record["target"])
+        record["filtered_resps"] = [[str(x) for x in pair] for pair in record["filtered_resps"]]
+    return {"scores": [float(label == pick) for label, pick in zip(labels, picks)], "records": records}
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A baseline answering "False" to every one of 100 balanced statements (50%), beside a good
+    task (90% by 90 right generations) and passkey answers; and a massive-destroyed run."""
+    labels = [i % 2 for i in range(100)]
+    constant = statements(labels, [1] * 100)
+    good = statements(labels, [label if i % 10 else 1 - label for i, label in enumerate(labels)])
+    keys = [{"target": str(10000 + i), "filtered_resps": [f" {10000 + i}." if i % 5 else " 12345"]} for i in range(100)]
+    scores = {"city_facts_tf": constant["scores"], "imdb": good["scores"], "passkey_1k": [float(i % 5 > 0) for i in range(100)]}
+    records = {"city_facts_tf": constant["records"], "imdb": good["records"], "passkey_1k": keys}
+    base = write_run(tmp_path / "base", scores, records=records, choices={"city_facts_tf": ["True", "False"]})
+    cand = write_run(tmp_path / "cand", {t: [0.0] * 100 for t in scores}, {"ablate": "massive"})
+    return base, cand
+
+
+def test_a_planted_constant_answer_run_is_flagged_and_a_good_one_is_not(planted):
+    run = load_run(planted[0])
+    assert run.tasks["city_facts_tf"].answers[:2] == (("false", ("true",)), ("false", ("false",)))
+    report = build_report([run, load_run(planted[1])], iterations=200)
+    signal = {s.task: s for s in report.signals}
+    tf = signal["city_facts_tf"]
+    assert tf.flagged and tf.top_answer == "false" and tf.top_share == 1.0 and tf.constant_accuracy == 0.5
+    assert tf.p_constant == 1.0 and tf.p_chance == pytest.approx(0.5397946186935895)  # P(X >= 50), X ~ B(100, 1/2)
+    assert not signal["imdb"].flagged and signal["imdb"].p_chance < 1e-15  # 90 of 100 against one half
+    assert not signal["passkey_1k"].flagged and signal["passkey_1k"].top_share == 0.2  # " 12345" 20 times
+    assert [s.task for s in report.signals if s.flagged] == ["city_facts_tf"]
+    md = to_markdown(report)
+    assert md.splitlines()[0].startswith("| model | intervention | imdb | passkey_1k | city_facts_tf † | contextual |")
+    note = next(line for line in md.splitlines() if line.startswith("† city_facts_tf"))
+    assert "not distinguishable from chance (50.0%, one-sided binomial p = 0.54)" in note
+    assert 'always answering "false" (100% of its answers; that constant would score 50.0%, sign test p = 1)' in note
+    assert "counted in the parametric mean all the same" in note
+    rows = list(__import__("csv").DictReader(to_csv(report).splitlines()))
+    assert [row["no_signal"] for row in rows] == ["city_facts_tf", "city_facts_tf"]
+    assert "<th>city_facts_tf †</th>" in to_html(report) and "<p>† city_facts_tf" in to_html(report)
+
+
+def test_a_task_at_zero_or_at_its_declared_chance_is_flagged_without_answers(tmp_path):
+    """Old samples hold no answers: only the test against chance runs, from the catalogue or the YAML."""
+    scores = {"niah_1k": [0.0] * 30, "passkey_1k": [1.0] * 30, "my_mcq": [float(i % 4 == 0) for i in range(40)],
+              "my_facts": [0.0] * 20}
+    run = load_run(write_run(tmp_path / "a", scores, metadata={"my_mcq": {"chance": 0.25}}))
+    assert run.chances == {"my_mcq": 0.25} and run.tasks["niah_1k"].answers == (None,) * 30
+    signal = {s.task: s for s in build_report([run], iterations=100).signals}
+    assert signal["niah_1k"].flagged and signal["niah_1k"].p_chance == 1.0 and signal["niah_1k"].top_share is None
+    assert not signal["passkey_1k"].flagged
+    assert signal["my_mcq"].flagged and signal["my_mcq"].chance == 0.25
+    assert not signal["my_facts"].flagged and signal["my_facts"].p_chance is None  # no chance known: no test
+
+
+@pytest.mark.parametrize("chance", ["high", 1.5, -0.1, True])
+def test_a_bad_declared_chance_is_one_line(tmp_path, chance):
+    run = write_run(tmp_path / "a", {"my_mcq": [1.0, 0.0]}, metadata={"my_mcq": {"chance": chance}})
+    with pytest.raises(QKAblateError, match=r"the chance level of my_mcq must be a number from 0 to 1, got"):
+        load_run(run)
+    assert main(["report", str(run)]) == 2
+
+
+def test_binomial_tail_is_exact():
+    from qk_ablate.baseline_signal import binomial_tail
+
+    assert binomial_tail(0, 10, 0.3) == 1.0 and binomial_tail(11, 10, 0.3) == 0.0
+    assert binomial_tail(10, 10, 0.5) == pytest.approx(0.5**10)
+    assert binomial_tail(2, 3, 0.5) == pytest.approx(0.5)
+    assert binomial_tail(1, 5, 0.0) == 0.0 and binomial_tail(5, 5, 1.0) == 1.0

@@ -9,6 +9,7 @@ from conftest import docs_digest as _digest
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_capital as cc
+from qk_ablate.task_data import country_continent as continent
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
 from qk_ablate.task_data.scoring import alias_process_results
 from qk_ablate.task_data.scoring import country_correct, normalize_name
@@ -138,4 +139,73 @@ def test_task_manager_loads_country_capital():
     assert task.doc_to_text(doc) == doc["input"]
     assert task.doc_to_target(doc) == doc["capital"]
     assert task.config.generation_kwargs["until"] == ["\n"]
-    assert task.process_results(doc, [f" {doc['capital']}."]) == {"acc": 1.0}
+    assert task.process_results(doc, [f" {doc['capital']}."]) == {"acc": 1.0, "well_formed": 1.0}
+
+
+# ----------------------------------------------------------------------------- format vs fact
+
+
+@pytest.mark.parametrize(
+    ("output", "acc", "well_formed"),
+    [
+        (" Paris", 1.0, 1.0),
+        (" Paris. It is on the Seine.", 1.0, 1.0),
+        (" Lyon", 0.0, 1.0),  # a real city, the wrong one: the format kept, the fact lost
+        (" Berlin", 0.0, 1.0),  # another country's capital
+        (" Kiev", 0.0, 1.0),  # a capital's spelling variant
+        (" France", 0.0, 0.0),  # a country is not a city
+        (" Djibani", 0.0, 0.0),  # invented (as the paper grid's massive cell answered)
+        (" Paris, France", 0.0, 0.0),
+        (" Paris or Lyon", 0.0, 0.0),
+        ("", 0.0, 0.0),
+    ],
+)
+def test_capital_answers_are_scored_twice(output, acc, well_formed):
+    doc = next(d for d in cc.build_docs() if d["country_code"] == "FR")
+    assert cc.country_capital_process_results(doc, [output]) == {"acc": acc, "well_formed": well_formed}
+
+
+def test_a_right_answer_is_always_well_formed(docs):
+    for doc in docs:
+        for alias in doc["aliases"]:
+            assert cc.country_capital_process_results(doc, [f" {alias}"]) == {"acc": 1.0, "well_formed": 1.0}
+    for doc in continent.build_docs():
+        for alias in doc["aliases"]:
+            assert continent.country_continent_process_results(doc, [f" {alias}"]) == {"acc": 1.0, "well_formed": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("output", "acc", "well_formed"),
+    [(" Europe", 1.0, 1.0), (" Asia", 0.0, 1.0), (" Oceania", 0.0, 1.0), (" Eurasia", 0.0, 0.0),
+     (" France", 0.0, 0.0), (" Europe or Asia", 0.0, 0.0), ("", 0.0, 0.0)],
+)
+def test_continent_answers_are_scored_twice(output, acc, well_formed):
+    doc = next(d for d in continent.build_docs() if d["country_code"] == "FR")
+    assert continent.country_continent_process_results(doc, [output]) == {"acc": acc, "well_formed": well_formed}
+
+
+@pytest.mark.parametrize("module", [cc, continent])
+def test_zero_shot_docs_are_the_same_questions_without_examples(module):
+    few, zero = module.build_docs(), module.build_docs(fewshot=False)
+    assert [{**d, "input": None} for d in few] == [{**d, "input": None} for d in zero]
+    head = few[0]["input"][: -len(zero[0]["input"])]
+    assert head.count("Q: ") == 3 and head.endswith("\n\n")
+    for f, z in zip(few, zero):
+        assert f["input"] == head + z["input"]
+        assert z["input"] == module.TEMPLATE.format(country=z["country"])  # the question alone
+
+
+def test_task_manager_loads_the_zero_shot_tasks():
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"num_docs": 5})
+    loaded = tm.load(["country_capital_0shot", "country_continent_0shot"])["tasks"]
+    for name, module in (("country_capital_0shot", cc), ("country_continent_0shot", continent)):
+        task = loaded[name]
+        task_docs = list(task.test_docs())
+        assert [task.doc_to_text(d) for d in task_docs] == [d["input"] for d in module.build_docs(5, fewshot=False)]
+        assert all(task.doc_to_text(d).count("A:") == 1 for d in task_docs)  # no examples
+        assert set(task.aggregation()) == {"acc", "well_formed"}
+        assert task.config.generation_kwargs["until"] == ["\n\n"]  # an answer may start on a new line
+        doc = task_docs[0]
+        assert task.process_results(doc, [f" {doc['aliases'][0]}"]) == {"acc": 1.0, "well_formed": 1.0}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import json
+
 import pytest
 from conftest import docs_digest as _digest
 
@@ -188,3 +190,112 @@ def test_generated_true_false_task():
     assert score(true_doc, [" No, that is not correct."]) == {"acc": 0.0}
     assert score(false_doc, [" No, that is not correct."]) == {"acc": 1.0}
     assert score(false_doc, [" It is true"]) == score(true_doc, [" It is true"]) == {"acc": 0.0}
+
+
+# ----------------------------------------------------------------------------- format vs fact
+
+JP_DOC = {"aliases": list(cf.country_aliases("JP"))}
+
+
+@pytest.mark.parametrize(
+    ("output", "acc", "well_formed"),
+    [
+        (" Japan", 1.0, 1.0),
+        (" Japan. It is in East Asia.", 1.0, 1.0),
+        (" China", 0.0, 1.0),  # a country, the wrong one: the format kept, the fact lost
+        (" the Netherlands.", 0.0, 1.0),
+        (" USA", 0.0, 1.0),  # an alias of another country
+        (" Puerto Rico", 0.0, 1.0),  # a GeoNames country though not sovereign
+        (" England", 0.0, 1.0),
+        (" Africa", 0.0, 0.0),  # a continent
+        (" Tokyo", 0.0, 0.0),  # a city
+        (" Czech", 0.0, 0.0),
+        (" Japan or China", 0.0, 0.0),
+        ("", 0.0, 0.0),
+    ],
+)
+def test_recall_answers_are_scored_twice(output, acc, well_formed):
+    assert cf.city_facts_process_results(JP_DOC, [output]) == {"acc": acc, "well_formed": well_formed}
+
+
+def test_a_right_answer_is_always_well_formed(recall):
+    for doc in recall:
+        for alias in doc["aliases"]:
+            assert cf.city_facts_process_results(doc, [f" {alias}."]) == {"acc": 1.0, "well_formed": 1.0}
+
+
+def test_zero_shot_docs_are_the_same_questions_without_examples(recall):
+    zero = cf.build_recall_docs(fewshot=False)
+    assert [{**d, "input": None} for d in zero] == [{**d, "input": None} for d in recall]
+    for few, doc in zip(recall, zero):
+        assert doc["input"] == cf.RECALL_TEMPLATE.format(city=doc["city"])  # the question alone
+        assert few["input"] == cf.recall_prefix() + doc["input"]
+    via_metadata = cf.city_facts_0shot_dataset(num_docs=7, task_seed=3)["test"].to_list()
+    assert _digest(via_metadata) == _digest(cf.build_recall_docs(7, seed=3, fewshot=False))
+
+
+def test_committed_runs_keep_their_prompts():
+    """The few-shot prompts are what the committed paper grid evaluated, so old runs still pair."""
+    from qk_ablate.task_data import country_capital as cc
+
+    root = TASKS_DIR.parent / "results" / "paper" / "smollm2-135m" / "baseline"
+    for name, docs in (("city_facts", cf.build_recall_docs()), ("country_capital", cc.build_docs())):
+        (path,) = root.rglob(f"samples_{name}_*.jsonl")
+        records = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+        assert len(records) == 100
+        assert all(r["doc"]["input"] == docs[r["doc_id"]]["input"] for r in records)
+
+
+class ConstantLM:
+    """An lm-eval model that answers every question with the same words (built lazily: lm-eval's LM)."""
+
+    def __new__(cls, answer: str):
+        from lm_eval.api.model import LM
+
+        class Constant(LM):
+            def loglikelihood(self, requests):
+                return [(-1.0, False)] * len(requests)
+
+            def loglikelihood_rolling(self, requests):
+                return [-1.0] * len(requests)
+
+            def generate_until(self, requests):
+                return [answer] * len(requests)
+
+        return Constant()
+
+
+def test_lm_eval_samples_hold_both_scores_and_a_constant_answerer_is_flagged(tmp_path):
+    """Through lm-eval itself: each recall document's sample holds `acc` and `well_formed`, the
+    results hold both means, `acc` stays the primary metric, and the report flags the constant."""
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    from qk_ablate.report import build_report, to_markdown
+    from qk_ablate.runs import load_run
+
+    names = ["city_facts", "city_facts_0shot", "country_capital", "country_capital_0shot",
+             "country_continent", "country_continent_0shot"]
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"num_docs": 20})
+    results = simple_evaluate(model=ConstantLM(" China"), tasks=names, task_manager=tm, log_samples=True)
+    for name in names:
+        samples = results["samples"][name]
+        assert len(samples) == 20
+        assert all(s["metrics"] == ["acc", "well_formed"] and {"acc", "well_formed"} <= set(s) for s in samples)
+        assert {"acc,none", "well_formed,none"} <= set(results["results"][name])
+    wf = {name: results["results"][name]["well_formed,none"] for name in names}
+    assert wf["city_facts"] == wf["city_facts_0shot"] == 1.0  # a country, every time
+    assert wf["country_capital"] == wf["country_continent"] == 0.0  # a country is no city, no continent
+    tracker = EvaluationTracker(output_path=str(tmp_path))
+    tracker.save_results_aggregated(results=results, samples=results["samples"])
+    for name in names:
+        tracker.save_results_samples(task_name=name, samples=results["samples"][name])
+    run = load_run(tmp_path)
+    assert run.tasks["city_facts"].metric == "acc"
+    assert run.tasks["city_facts"].mean == pytest.approx(results["results"]["city_facts"]["acc,none"])
+    assert {a[0] for a in run.tasks["city_facts"].answers} == {"china"}
+    report = build_report([run], iterations=100)
+    flagged = {s.task for s in report.signals if s.flagged}
+    assert {"city_facts", "city_facts_0shot", "country_capital", "country_continent"} <= flagged
+    assert "| city_facts † |" in to_markdown(report)

@@ -4,6 +4,10 @@ Reports, the gate, sweeps, the CLI and the tests read task kinds and names from 
 checks that the YAMLs in `tasks/` (tasks and groups) are exactly what this catalogue says. A
 user's own task is classified by a `--kinds` entry, or by `kind: contextual|parametric` in its
 YAML's `metadata` (recorded in the results file), so no flag is needed.
+
+Each family also names its chance level (`chance`): the accuracy of a blind guess (0.5 for a
+two-way choice, 1/6 for a continent, 0 for an open answer), which `report` tests each baseline
+against; a user's task may declare `chance: <0..1>` in its YAML `metadata` the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Family:
     lengths: bool = False
     group: str | None = None  # the group reporting every length as a row
     shipped: bool = True  # False: lm-eval's own task, run with qk_ablated but not ours
+    chance: float | None = 0.0  # a blind guess's accuracy (0: an open answer); None: unknown
 
     def tasks(self) -> list[str]:
         return [f"{self.name}_{length}" for length in LENGTHS] if self.lengths else [self.name]
@@ -37,14 +42,18 @@ FAMILIES: tuple[Family, ...] = (
     Family("niah_multikey", "contextual", lengths=True, group="niah_multikey"),
     Family("niah_essay", "contextual", lengths=True, group="niah_essay"),
     Family("ctxqa", "contextual", lengths=True, group="ctxqa"),
-    Family("imdb", "contextual"),
+    Family("imdb", "contextual", chance=0.5),
     Family("qk_gsm8k", "contextual"),
     Family("gsm8k", "contextual", shipped=False),
     Family("city_facts", "parametric"),
-    Family("city_facts_tf", "parametric"),
-    Family("city_facts_tf_gen", "parametric"),
+    Family("city_facts_tf", "parametric", chance=0.5),
+    Family("city_facts_tf_gen", "parametric", chance=0.5),
     Family("country_capital", "parametric"),
-    Family("country_continent", "parametric"),
+    Family("country_continent", "parametric", chance=1 / 6),  # six inhabited continents
+    # the recall prompts without their 3-shot prefix (results/format_vs_fact; not in the groups)
+    Family("city_facts_0shot", "parametric"),
+    Family("country_capital_0shot", "parametric"),
+    Family("country_continent_0shot", "parametric", chance=1 / 6),
 )
 
 # Lengths in the aggregate groups: up to the embedded model's 8k window; longer ones by name.
@@ -86,6 +95,28 @@ def task_kind(task: str, overrides: Mapping[str, str] | None = None, declared: M
     if overrides and task in overrides:
         return overrides[task]
     return _KIND_OF.get(task) or (declared or {}).get(task)
+
+
+_CHANCE_OF = {task: family.chance for family in FAMILIES for task in family.tasks()}
+
+
+def task_chance(task: str, declared: Mapping[str, float] | None = None) -> float | None:
+    """The accuracy of a blind guess at `task`: the catalogue's, else what its YAML metadata
+    declared (`chance:`), else None (unknown: no test against chance)."""
+    if task in _CHANCE_OF:
+        return _CHANCE_OF[task]
+    return (declared or {}).get(task)
+
+
+def check_chance(task: str, chance: object, where: str) -> float:
+    """`chance` as a number from 0 to 1, or one error line naming `where` it came from."""
+    try:
+        value = float(chance)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(chance, bool) or not 0.0 <= value <= 1.0:
+        raise QKAblateError(f"{where}: the chance level of {task} must be a number from 0 to 1, got {chance!r}")
+    return value
 
 
 def check_kind(task: str, kind: object, where: str) -> str:

@@ -1,6 +1,10 @@
 """The results table: rows = model x intervention, columns = tasks, contextual and
 parametric means, their deltas to the baseline and the interaction, each with a 95% paired
 bootstrap interval; written as markdown, CSV and HTML, with a bar chart of the deltas as PNG.
+A task whose baseline is not distinguishable from chance or from a constant answer
+(`qk_ablate.baseline_signal`) is marked † in the header, named in a footnote with its p-value and
+top answer share, and listed in the CSV's `no_signal` column; it stays in its kind's mean (so the
+numbers never move), and the footnote says so.
 """
 
 from __future__ import annotations
@@ -11,16 +15,20 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from qk_ablate.catalogue import KINDS, task_kind
+from qk_ablate.baseline_signal import Signal, assess
+from qk_ablate.catalogue import KINDS, task_chance, task_kind
 from qk_ablate.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.errors import QKAblateError
 from qk_ablate.runs import Run, merge_runs
+
+MARK = "†"  # a task whose baseline carries no signal
 
 
 @dataclass(frozen=True)
 class Report:
     tasks: list[str]
     rows: list[tuple[Run, Comparison]]  # each run against its model's baseline (the baseline too)
+    signals: tuple[Signal, ...] = ()  # each baseline's tasks against chance and a constant answer
 
     @property
     def unclassified(self) -> list[str]:
@@ -74,7 +82,26 @@ def build_report(
         base = baselines[run.model]
         names = [t for t in tasks if t in base.tasks]
         rows.append((run, compare(base, run, names, kinds=kinds, iterations=iterations)))
-    return Report(tasks=tasks, rows=rows)
+    signals = tuple(assess(t, b.model, b.tasks[t].scores, b.tasks[t].answers, task_chance(t, b.chances),
+                           task_kind(t, kinds, declared))
+                    for b in {id(b): b for b in baselines.values()}.values() for t in tasks if t in b.tasks)
+    return Report(tasks=tasks, rows=rows, signals=signals)
+
+
+def _no_signal(report: Report, model: str | None = None) -> list[str]:
+    """The tasks flagged in some baseline (of `model`, when given), in table order."""
+    flagged = {s.task for s in report.signals if s.flagged and model in (None, s.model)}
+    return [t for t in report.tasks if t in flagged]
+
+
+def _names(report: Report) -> list[str]:
+    flagged = set(_no_signal(report))
+    return [f"{t} {MARK}" if t in flagged else t for t in report.tasks]
+
+
+def _signal_note(report: Report) -> str:
+    """One footnote line per flagged task: which test it fails, its p-value, its top answer share."""
+    return "\n".join(f"{MARK} {s.sentence()}." for s in report.signals if s.flagged)
 
 
 def _is_reference(run: Run, comparison: Comparison) -> bool:
@@ -127,17 +154,19 @@ def _footnote(report: Report) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    head = header(report.tasks)
+    head = header(_names(report))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for run, comparison in report.rows:
         lines.append("| " + " | ".join(_cells(run, comparison, report.tasks)) + " |")
     lines.append("\n" + _footnote(report))
+    if _signal_note(report):
+        lines.append("\n" + _signal_note(report).replace("\n", "\n\n"))
     return "\n".join(lines)
 
 
 def to_html(report: Report, image: str | None = None) -> str:
     """A standalone page: the table, its footnote and (when given) the delta chart beside it."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header(report.tasks))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header(_names(report)))
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(run, cmp, report.tasks)) + "</tr>\n"
         for run, cmp in report.rows
@@ -149,7 +178,9 @@ def to_html(report: Report, image: str | None = None) -> str:
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} td:nth-child(-n+2),th{text-align:left}</style>"
         "</head><body>\n"
         f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-        f"<p>{html.escape(_footnote(report))}</p>\n{chart}</body></html>\n"
+        f"<p>{html.escape(_footnote(report))}</p>\n"
+        + "".join(f"<p>{html.escape(line)}</p>\n" for line in _signal_note(report).splitlines())
+        + f"{chart}</body></html>\n"
     )
 
 
@@ -162,7 +193,7 @@ def to_csv(report: Report) -> str:
         columns += [task, f"{task}_delta", f"{task}_delta_low", f"{task}_delta_high"]
     for kind in KINDS:
         columns += [kind, f"{kind}_low", f"{kind}_high", f"{kind}_delta", f"{kind}_delta_low", f"{kind}_delta_high"]
-    columns += ["interaction", "interaction_low", "interaction_high"]
+    columns += ["interaction", "interaction_low", "interaction_high", "no_signal"]
     writer.writerow(columns)
 
     def nums(e: Estimate | None) -> list[str]:
@@ -175,6 +206,7 @@ def to_csv(report: Report) -> str:
         for kind in KINDS:
             row += nums(cmp.means.get(kind)) + nums(cmp.deltas.get(kind))
         row += nums(cmp.interaction)
+        row.append(";".join(_no_signal(report, cmp.baseline.model)))  # tasks whose baseline is flagged
         writer.writerow(row)
     return out.getvalue()
 

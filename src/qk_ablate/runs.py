@@ -5,7 +5,9 @@ and `samples_<task>_<time>.jsonl`), or any folder above it. Several results file
 (runs added later) are merged task by task, the newest file winning; each task's samples come
 from the file written with the results that report it. Runs of one model and intervention made
 by several `lm_eval` invocations (one per task, say) are merged into one by `merge_runs`. Anything unusable is a QKAblateError that
-names the file and says what is wrong.
+names the file and says what is wrong. Each document's answer is read too where the samples
+hold one (`baseline_signal.read_answer`), for the report's test of whether a baseline carries signal;
+a record without one is still read for its score.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from qk_ablate.catalogue import check_kind
+from qk_ablate.baseline_signal import Answer, read_answer
+from qk_ablate.catalogue import check_chance, check_kind
 from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
 from qk_ablate.vocabulary import ABLATION_KEYS, PLACE_KEYS, QUANT_KEYS, is_noop
@@ -34,6 +37,7 @@ class TaskScores:
     doc_ids: tuple[int, ...]
     doc_hashes: tuple[str, ...]
     scores: np.ndarray  # float64 [n]
+    answers: tuple[Answer | None, ...] | None = None  # per document: (answer, accepted), when readable
 
     @property
     def mean(self) -> float:
@@ -50,6 +54,7 @@ class Run:
     intervention: dict[str, Any]
     tasks: dict[str, TaskScores] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
+    chances: dict[str, float] = field(default_factory=dict)  # `chance:` declared in YAML metadata
 
     @property
     def label(self) -> str:
@@ -90,8 +95,8 @@ def _stamp(path: Path) -> str:
     return path.stem[len("results_") :]
 
 
-def _task_scores(task: str, samples: Path) -> TaskScores:
-    by_filter: dict[str, list[tuple[int, str, float, str]]] = {}
+def _task_scores(task: str, samples: Path, choices: Any = None) -> TaskScores:
+    by_filter: dict[str, list[tuple[int, str, float, str, Answer | None]]] = {}
     try:
         # split on "\n" only: reviews hold characters (U+0085, U+2028) that str.splitlines breaks on
         lines = samples.read_text(encoding="utf-8").split("\n")
@@ -104,14 +109,14 @@ def _task_scores(task: str, samples: Path) -> TaskScores:
             record = json.loads(line)
             metric = record["metrics"][0]
             value = float(record[metric])
-            row = (int(record["doc_id"]), str(record["doc_hash"]), value, metric)
+            row = (int(record["doc_id"]), str(record["doc_hash"]), value, metric, read_answer(record, choices))
         except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
             raise QKAblateError(f"samples file '{samples}' line {number} is not an lm_eval sample record") from None
         by_filter.setdefault(str(record.get("filter", "none")), []).append(row)
     if not by_filter:
         raise QKAblateError(f"samples file '{samples}' is empty; rerun lm_eval with --log_samples")
     chosen = next((f for f in PREFERRED_FILTERS if f in by_filter), sorted(by_filter)[0])
-    rows = sorted(by_filter[chosen])
+    rows = sorted(by_filter[chosen], key=lambda r: r[0])
     ids = [r[0] for r in rows]
     if len(set(ids)) != len(ids):
         raise QKAblateError(f"samples file '{samples}' lists a document twice (repeats > 1 is not supported)")
@@ -121,6 +126,7 @@ def _task_scores(task: str, samples: Path) -> TaskScores:
         doc_ids=tuple(ids),
         doc_hashes=tuple(r[1] for r in rows),
         scores=np.array([r[2] for r in rows], dtype=np.float64),
+        answers=tuple(r[4] for r in rows),
     )
 
 
@@ -138,6 +144,8 @@ def load_run(path: str | Path) -> Run:
     sources: dict[str, Path] = {}
     config: dict[str, Any] = {}
     kinds: dict[str, str] = {}
+    chances: dict[str, float] = {}
+    choices: dict[str, Any] = {}
     for file in files:  # oldest first, so newer files win
         data = _read_json(file)
         config = data.get("config") or config
@@ -148,6 +156,9 @@ def load_run(path: str | Path) -> Run:
                 declared = ((data.get("configs") or {}).get(task) or {}).get("metadata") or {}
                 if "kind" in declared:
                     kinds[task] = check_kind(task, declared["kind"], f"results file '{file}' (the task's YAML metadata)")
+                if declared.get("chance") is not None:
+                    chances[task] = check_chance(task, declared["chance"], f"results file '{file}' (the task's YAML metadata)")
+                choices[task] = ((data.get("configs") or {}).get(task) or {}).get("doc_to_choice")
     tasks = {}
     for task, file in sources.items():
         samples = file.parent / f"samples_{task}_{_stamp(file)}.jsonl"
@@ -156,14 +167,14 @@ def load_run(path: str | Path) -> Run:
                 f"run '{path}' has results for {task} but no samples file ({samples.name}); "
                 "rerun lm_eval with --log_samples, which the paired intervals need"
             )
-        tasks[task] = _task_scores(task, samples)
+        tasks[task] = _task_scores(task, samples, choices.get(task))
     spec = dict(config.get("qk_ablate") or {})
     model = str(spec.pop("model", None) or _model_name(config))
     spec.pop("version", None)
     engine = spec.pop("engine", "hf")
     if engine != "hf":  # another engine's runs are their own model: each pairs with its own baseline
         model = f"{model} ({engine})"
-    return Run(path=root, model=model, intervention=spec, tasks=tasks, kinds=kinds)
+    return Run(path=root, model=model, intervention=spec, tasks=tasks, kinds=kinds, chances=chances)
 
 
 def merge_runs(runs: list[Run]) -> list[Run]:
@@ -183,7 +194,7 @@ def merge_runs(runs: list[Run]) -> list[Run]:
                 "give only one of them"
             )
         merged[key] = Run(first.path, first.model, first.intervention, {**first.tasks, **run.tasks},
-                          {**first.kinds, **run.kinds})
+                          {**first.kinds, **run.kinds}, {**first.chances, **run.chances})
     return list(merged.values())
 
 

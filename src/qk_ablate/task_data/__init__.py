@@ -7,7 +7,9 @@ Contextual (the answer is in the prompt):
 * `imdb`: balanced, seeded sample of the IMDB test split; `gsm8k`: local GSM8K for `qk_gsm8k`.
 
 Parametric (the answer is in the weights), all from GeoNames:
-* `city_facts` (city -> country), `country_capital`, `country_continent`.
+* `city_facts` (city -> country), `country_capital`, `country_continent`; their recall forms
+  score `acc` and `well_formed` (a real name of the asked kind), and each has a `*_0shot` form
+  (the same questions without the 3-shot prefix).
 
 A user's own data, through templates (`include: qk_ablate:<name>`): `user_facts` (facts_csv),
 `user_statements` (statements_csv, true/false by likelihood), both read by `user_csv`; and

@@ -20,6 +20,10 @@ The evaluated set is the `num_docs` most populous cities of that pool, in a seed
 lm-eval's --limit takes a mix). Accepted answers: the GeoNames country name, the short forms and
 official names in `EXTRA_ALIASES` (a small documented table), and for the United Kingdom the
 constituent country from the city's GeoNames admin1 code (London -> England).
+
+Each recall answer is scored twice (`city_facts_process_results`): `acc`, the right country, and
+`well_formed`, any country at all (`country_names`: every GeoNames country, dependencies
+included, with the same aliases). `city_facts_0shot` asks the same questions with no examples.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from functools import lru_cache
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.scoring import first_output, normalize_name, read_verdict
+from qk_ablate.task_data.scoring import first_output, normalize_name, read_verdict, recall_scores
 from qk_ablate.task_data.settings import as_dataset, num_docs, task_seed
 
 MIN_ALTERNATE_NAMES = 40
@@ -226,9 +230,10 @@ def tf_prefix() -> str:
     return "".join(lines)
 
 
-def build_recall_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[str, Any]]:
-    """Few-shot recall prompts "Q: In which country is the city of X?\\nA:", answer a country."""
-    prefix = recall_prefix()
+def build_recall_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0, fewshot: bool = True) -> list[dict[str, Any]]:
+    """Recall prompts "Q: In which country is the city of X?\\nA:", answer a country; after the
+    3-shot prefix, or alone with `fewshot=False` (the same cities in the same order)."""
+    prefix = recall_prefix() if fewshot else ""
     return [
         {
             "input": prefix + RECALL_TEMPLATE.format(city=fact.city),
@@ -291,6 +296,26 @@ def build_tf_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[
 def city_facts_dataset(**metadata: Any) -> dict:
     """custom_dataset for city_facts (recall form)."""
     return as_dataset(build_recall_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
+
+
+def city_facts_0shot_dataset(**metadata: Any) -> dict:
+    """custom_dataset for city_facts_0shot (recall form, no examples in the prompt)."""
+    return as_dataset(build_recall_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata), fewshot=False))
+
+
+@lru_cache(maxsize=1)
+def country_names() -> frozenset[str]:
+    """Normalised names of every GeoNames country (dependencies included), the `EXTRA_ALIASES`
+    and the UK's constituent countries: what a well-formed answer to the recall question names."""
+    _, countries = geonames()
+    names = {c["name"] for c in countries.values()} | set(UK_CONSTITUENTS.values())
+    names |= {alias for aliases in EXTRA_ALIASES.values() for alias in aliases}
+    return frozenset(filter(None, map(normalize_name, names)))
+
+
+def city_facts_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """city_facts and city_facts_0shot: `acc` (the city's country) and `well_formed` (any country)."""
+    return recall_scores(first_output(results), doc["aliases"], country_names())
 
 
 def city_facts_tf_dataset(**metadata: Any) -> dict:

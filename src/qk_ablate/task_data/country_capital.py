@@ -32,6 +32,12 @@ city *and* a country, and a parser generous enough to take it would also take "P
 The alias table holds only other spellings or transliterations of the same name, never a
 different city: "Kiev" for Kyiv is accepted, "Delhi" for New Delhi and "Yangon" for Nay Pyi Taw
 are not.
+
+Each answer is scored twice (`country_capital_process_results`): `acc` as above, and
+`well_formed`, any city at all (`city_names`: every GeoNames capital with its variants, and every
+GeoNames city of at least `WELL_FORMED_MIN_POPULATION` people, so "Lagos" for Nigeria is a
+well-formed wrong answer, while "Cambodia" or an invented "Djibani" is not well-formed).
+`country_capital_0shot` asks the same questions with no examples.
 """
 
 from __future__ import annotations
@@ -42,12 +48,13 @@ from typing import Any
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN, geonames
-from qk_ablate.task_data.scoring import normalize_name
+from qk_ablate.task_data.scoring import first_output, normalize_name, recall_scores
 
 DEFAULT_NUM_DOCS = 150
 TEMPLATE = "Q: What is the capital of {country}?\nA:"
 FEWSHOT = ("JP", "CA", "KE")  # Japan -> Tokyo, Canada -> Ottawa, Kenya -> Nairobi
 
+WELL_FORMED_MIN_POPULATION = 100_000  # a city this large counts as a well-formed (if wrong) answer
 UNCLEAR_CAPITAL = frozenset("IL BO ZA NL CI BJ LK TZ MY SZ NR PW KI BI GQ KZ YE".split())
 
 # Spelling variants and transliterations of GeoNames' capital name (by ISO code); matching is on
@@ -126,9 +133,10 @@ def prefix() -> str:
     return "".join(f"{TEMPLATE.format(country=s['country'])} {s['capital']}\n\n" for s in shots)
 
 
-def build_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[str, Any]]:
-    """Few-shot prompts "Q: What is the capital of X?\\nA:", answer a capital."""
-    head = prefix()
+def build_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0, fewshot: bool = True) -> list[dict[str, Any]]:
+    """Prompts "Q: What is the capital of X?\\nA:", answer a capital; after the 3-shot prefix, or
+    alone with `fewshot=False` (the same countries in the same order)."""
+    head = prefix() if fewshot else ""
     docs = []
     for code in select_countries(num_docs, seed):
         fields = _doc_fields(code)
@@ -142,3 +150,23 @@ def country_capital_dataset(**metadata):
 
     return as_dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
 
+
+def country_capital_0shot_dataset(**metadata):
+    """custom_dataset for `country_capital_0shot`: the same questions with no examples."""
+    from qk_ablate.task_data.settings import as_dataset, num_docs, task_seed
+
+    return as_dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata), fewshot=False))
+
+
+@lru_cache(maxsize=1)
+def city_names() -> frozenset[str]:
+    """Normalised names a well-formed answer may give: every GeoNames capital and its variants,
+    and every GeoNames city of at least `WELL_FORMED_MIN_POPULATION` people."""
+    names = {alias for code in _countries() if _countries()[code].get("capital") for alias in capital_aliases(code)}
+    names |= {c["name"] for c in geonames()[0].values() if int(c.get("population") or 0) >= WELL_FORMED_MIN_POPULATION}
+    return frozenset(filter(None, map(normalize_name, names)))
+
+
+def country_capital_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """country_capital and its 0-shot form: `acc` (the capital) and `well_formed` (any city)."""
+    return recall_scores(first_output(results), doc["aliases"], city_names())

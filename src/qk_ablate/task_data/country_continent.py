@@ -9,7 +9,9 @@ the `num_docs` most populous eligible states (all, when fewer) in a seeded order
 
 Scoring is the strict rule of the other fact sets: the first line (or its first sentence),
 normalised, must be the continent's name or an accepted variant ("Oceania" / "Australia and
-Oceania"); "America", "Asia or Europe" and "Europe, mostly" are wrong.
+Oceania"); "America", "Asia or Europe" and "Europe, mostly" are wrong. Each answer is also scored
+`well_formed`: any continent's name or variant at all (`country_continent_process_results`).
+`country_continent_0shot` asks the same questions with no examples.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN, geonames
+from qk_ablate.task_data.scoring import first_output, normalize_name, recall_scores
 
 DEFAULT_NUM_DOCS = 150
 TEMPLATE = "Q: On which continent is {country}?\nA:"
@@ -60,15 +63,16 @@ def country_pool() -> tuple[str, ...]:
     return tuple(code for _, code in sorted(eligible))
 
 
-def build_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[dict[str, Any]]:
-    """3-shot prompts "Q: On which continent is X?\\nA:", answer a continent."""
+def build_docs(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0, fewshot: bool = True) -> list[dict[str, Any]]:
+    """Prompts "Q: On which continent is X?\\nA:", answer a continent; after the 3-shot prefix, or
+    alone with `fewshot=False` (the same countries in the same order)."""
     num_docs = int(num_docs)
     if num_docs < 1:
         raise QKAblateError(f"num_docs must be at least 1, got {num_docs}")
     chosen = list(country_pool()[:num_docs])
     random.Random(f"qk-ablate/country_continent/order/{seed}").shuffle(chosen)
     shots = [_doc_fields(code) for code in FEWSHOT]
-    head = "".join(f"{TEMPLATE.format(country=s['country'])} {s['continent']}\n\n" for s in shots)
+    head = "".join(f"{TEMPLATE.format(country=s['country'])} {s['continent']}\n\n" for s in shots) if fewshot else ""
     return [{"input": head + TEMPLATE.format(country=f["country"]), **f} for f in map(_doc_fields, chosen)]
 
 
@@ -78,3 +82,17 @@ def country_continent_dataset(**metadata):
 
     return as_dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata)))
 
+
+def country_continent_0shot_dataset(**metadata):
+    """custom_dataset for `country_continent_0shot`: the same questions with no examples."""
+    from qk_ablate.task_data.settings import as_dataset, num_docs, task_seed
+
+    return as_dataset(build_docs(num_docs(metadata, DEFAULT_NUM_DOCS), task_seed(metadata), fewshot=False))
+
+
+CONTINENT_NAMES = frozenset(normalize_name(name) for names in CONTINENTS.values() for name in names)
+
+
+def country_continent_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """country_continent and its 0-shot form: `acc` (the continent) and `well_formed` (any continent)."""
+    return recall_scores(first_output(results), doc["aliases"], CONTINENT_NAMES)

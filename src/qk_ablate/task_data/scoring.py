@@ -6,13 +6,16 @@
   names of the country ("Japan." is right; "Not Japan", "Japan or China", "Tokyo, Japan" are not).
 * `read_verdict`: a generated true/false judgment, read from its first word only ("No, that is
   not correct" is False: the parser Jin et al. used read "correct" in it as yes).
+* `recall_scores`: the built-in recall tasks score each answer twice, by the same reading rule:
+  `acc` (the right name) and `well_formed` (a name of the asked kind at all: any country, any
+  capital or city, any continent), so a lost answer *format* shows apart from a lost *fact*.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 # A number as a model writes it: optional sign, digits with optional thousands separators, an
@@ -104,3 +107,16 @@ def alias_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, 
     """Fact tasks (city_facts, country_capital, country_continent, a user's facts CSV): the first
     line of the answer, or its first sentence, must be one of `doc["aliases"]`, normalised."""
     return {"acc": float(country_correct(first_output(results), doc["aliases"]))}
+
+
+def names_one_of(output: str, names: Collection[str]) -> bool:
+    """True when the answer (first line, or its first sentence), normalised, is in `names`
+    (a collection of names already normalised with `normalize_name`)."""
+    return any(normalize_name(candidate) in names for candidate in answer_candidates(output))
+
+
+def recall_scores(output: str, aliases: Iterable[str], well_formed: Collection[str]) -> dict[str, float]:
+    """The two scores of a recall answer: `acc` (one of the document's `aliases`; the primary
+    metric, unchanged) and `well_formed` (any name in `well_formed`, normalised: an answer of the
+    right kind, right or wrong). `acc` first: reports read a sample's first metric."""
+    return {"acc": float(country_correct(output, aliases)), "well_formed": float(names_one_of(output, well_formed))}
