@@ -20,6 +20,7 @@ from qk_ablate.catalogue import KINDS, task_chance, task_kind
 from qk_ablate.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.errors import QKAblateError
 from qk_ablate.runs import Run, merge_runs
+from qk_ablate.seeds import pooled_run, seed_groups
 
 MARK = "†"  # a task whose baseline carries no signal
 
@@ -82,6 +83,11 @@ def build_report(
         base = baselines[run.model]
         names = [t for t in tasks if t in base.tasks]
         rows.append((run, compare(base, run, names, kinds=kinds, iterations=iterations)))
+    for group in seed_groups(ordered):  # one pooled row after each group of seeds, resampling seeds and documents
+        pooled, base = pooled_run(group), baselines[group[0].model]
+        names = [t for t in tasks if t in base.tasks and t in pooled.tasks]
+        at = max(i for i, (run, _) in enumerate(rows) if any(run is g for g in group)) + 1
+        rows.insert(at, (pooled, compare(base, pooled, names, kinds=kinds, iterations=iterations, replicates=group)))
     signals = tuple(assess(t, b.model, b.tasks[t].scores, b.tasks[t].answers, task_chance(t, b.chances),
                            task_kind(t, kinds, declared))
                     for b in {id(b): b for b in baselines.values()}.values() for t in tasks if t in b.tasks)
