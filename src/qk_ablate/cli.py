@@ -1,4 +1,4 @@
-"""The `qk-ablate` command line: every command's entry point (sweep, report, gate, profile).
+"""The `qk-ablate` command line: every command's entry point (sweep, report, gate, profile, fingerprint).
 
 Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with exit status 2.
 """
@@ -55,6 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     gate.add_argument("--json", default=None, help="write the verdict as JSON here")
     gate.add_argument("--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual")
 
+    fingerprint = commands.add_parser("fingerprint", help="compare two models' massive Q/K structure on the same prompts "
+                                      "(no task run): summary, JSON, PNG")
+    fingerprint.add_argument("--baseline", required=True, help="model_args, e.g. pretrained=smollm2-135m")
+    fingerprint.add_argument("--candidate", required=True,
+                             help="model_args, e.g. pretrained=smollm2-135m,quant=int4,quant_targets=qk")
+    fingerprint.add_argument("--lengths", default="1k", help="prompt lengths in the model's tokens (default: 1k)")
+    fingerprint.add_argument("--samples", type=int, default=4, help="prompts per length (default: 4)")
+    fingerprint.add_argument("--source", default="ctxqa", choices=PROFILE_SOURCES, help="which task's prompts to read")
+    fingerprint.add_argument("--lam", type=float, default=5.0, help="massive threshold: M > lam x the head's mean")
+    fingerprint.add_argument("--where", default="post", choices=("post", "pre"), help="Q/K after RoPE (default) or before")
+    fingerprint.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    fingerprint.add_argument("--out", default=None,
+                             help="output folder (default: results/fingerprint/<candidate>__vs__<baseline>)")
+
     depth = commands.add_parser("depth", help="rank and probability of the gold answer's first token at every layer "
                                 "(logit and tuned lens), baseline vs interventions: JSON, PNG")
     depth.add_argument("--model_args", default="pretrained=smollm2-135m", help="pretrained=X,dtype=float32,... (no intervention keys)")
@@ -76,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return _profile(args)
         if args.command == "gate":
             return _gate(args)
+        if args.command == "fingerprint":
+            return _fingerprint(args)
         if args.command == "depth":
             return _depth(args)
         return _sweep(args)
@@ -136,6 +152,23 @@ def _gate(args: argparse.Namespace) -> int:
                        kinds=parse_kinds(args.kinds))
     print(verdict.reason, file=sys.stdout if verdict.code == 0 else sys.stderr)
     return verdict.code
+
+
+def _fingerprint(args: argparse.Namespace) -> int:
+    import re
+
+    from qk_ablate.fingerprint import run_fingerprint, save_fingerprint, summary_text
+    from qk_ablate.task_data.lengths import parse_length
+
+    lengths = sorted({parse_length(part) for part in args.lengths.split(",") if part.strip()})
+    result = run_fingerprint(args.baseline, args.candidate, lengths, args.samples, args.source, args.lam, args.where,
+                             args.device, log=lambda line: print(line, file=sys.stderr))
+    slug = lambda text: re.sub(r"[^A-Za-z0-9._=-]+", "_", text.replace("pretrained=", "")).strip("_")  # noqa: E731
+    out = Path(args.out or Path("results") / "fingerprint" / f"{slug(args.candidate)}__vs__{slug(args.baseline)}")
+    for written in save_fingerprint(result, out):
+        print(f"wrote {written}", file=sys.stderr)
+    print(summary_text(result))
+    return 0
 
 
 def _depth(args: argparse.Namespace) -> int:

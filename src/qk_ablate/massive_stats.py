@@ -61,15 +61,20 @@ def collect_massive_stats(
     batches: Iterable[dict[str, torch.Tensor]],
     where: tuple[str, ...] = ("pre", "post"),
     lam: float = 5.0,
+    spec: InterventionSpec | None = None,
+    after: bool = False,
 ) -> MassiveStats:
     """Run `model` on `batches` (input_ids, attention_mask) and return the reduced statistics.
+
+    `spec`: an intervention attached while the statistics are taken (default: none); `after`:
+    take each tensor as the intervention left it (the fingerprint of a quantizer), not as it came.
 
     No KV cache and logits for the last position only: at 128k tokens a cache or full-sequence
     logits would cost more memory than the statistics' whole reason for existing.
     """
     stats = MassiveStats(lam=lam)
     lean = _lean_forward_kwargs(model)
-    with Attachment(model, InterventionSpec(), observer=stats, observe=where):
+    with Attachment(model, spec or InterventionSpec(), observer=stats, observe=where, after=after):
         for batch in batches:
             model(**batch, **lean)
     return stats
