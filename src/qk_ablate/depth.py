@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -210,8 +211,12 @@ def write_json(path: Path, header: dict[str, Any], prompts: list[Prompt], result
                        for lens, arrays in by_lens.items()} for label, by_lens in results.items()},
         })
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**header, "summary": summary, "prompts": rows}, indent=1), encoding="utf-8")
+    text = json.dumps({**header, "summary": summary, "prompts": rows}, indent=1)
+    path.write_text(_NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text), encoding="utf-8")
     return path
+
+
+_NUMBER_LIST = re.compile(r"\[((?:\s*(?:-?[\d.e+-]+|null),?)+)\s*\]")  # one line per list of numbers
 
 
 def plot(path: Path, summary: dict[str, Any], title: str, tasks_by_kind: dict[str, list[str]]) -> Path:
@@ -300,7 +305,10 @@ def run_depth(
             log(f"tuned lens: residuals of {len(train)} training and {len(held)} held-out prompts (documents {limit}+ of each task)")
             stream = collect(model, [p.ids.to(where) for p in train])
             meta = {"model": name, "tasks": task_list, "documents": [limit, limit + LENS_DOCS], "held_out_prompts": len(held)}
-            tuned = train_tuned_lens(read, stream, settings, meta, lambda s, kl: log(f"  step {s}: mean KL {kl:.3f}") if s % 10 == 0 else None)
+            started = time.time()
+            tuned = train_tuned_lens(read, stream, settings, meta, lambda s, kl: log(
+                f"  step {s}: mean KL {kl:.3f} ({time.time() - started:.0f} s)") if s % 10 == 0 else None)
+            tuned.meta["train_seconds"] = round(time.time() - started)
             del stream
             held_stream = collect(model, [p.ids.to(where) for p in held], seed=1)
             tuned.meta["held_out_kl"] = {"logit": _round(kl_to_final(read, held_stream).cpu().numpy(), 4),
