@@ -212,15 +212,15 @@ def summary_text(result: dict[str, Any]) -> str:
         before, after = result["peak_to_mean"][t]
         lines.append(f"  {t.upper()}: mean overlap {result['overlap'][t]:.3f}, peak-to-mean {before:.2f} -> {after:.2f} "
                      f"(mean |ln change| {result['abs_log_peak_to_mean'][t]:.3f})")
-    lines.append("layer  overlap Q/K    peak-to-mean Q           peak-to-mean K           appeared (+) / vanished (-)")
+    lines.append("layer  overlap Q/K   peak-to-mean Q     peak-to-mean K     appeared (+) / vanished (-) pairs")
     for row in result["layers"]:
         moved = []
         for t in TENSORS:
             moved += [f"+{t.upper()}{unit}{p}" for p in row[t]["appeared_pairs"]]
             moved += [f"-{t.upper()}{unit}{p}" for p in row[t]["vanished_pairs"]]
-        ratios = "  ".join(f"{row[t]['peak_to_mean'][0]:8.2f} -> {row[t]['peak_to_mean'][1]:<8.2f}" for t in TENSORS)
-        lines.append(f"{row['layer']:>5}  {row['q']['overlap']:.2f} / {row['k']['overlap']:.2f}    {ratios}  "
-                     + (" ".join(moved[:6]) + (" ..." if len(moved) > 6 else "")))
+        ratios = " ".join(f"{row[t]['peak_to_mean'][0]:7.2f} -> {row[t]['peak_to_mean'][1]:<7.2f}" for t in TENSORS)
+        changes = " ".join(moved[:6]) + (" ..." if len(moved) > 6 else "")
+        lines.append(f"{row['layer']:>5}  {row['q']['overlap']:.2f} / {row['k']['overlap']:.2f} {ratios} {changes}".rstrip())
     return "\n".join(lines)
 
 
@@ -257,6 +257,8 @@ def _figure(result: dict[str, Any], path: Path) -> Path:
     axes[0].set_ylim(-0.03, 1.03)
     axes[0].set_ylabel("overlap (Jaccard)\nof massive sets")
     axes[1].set_yscale("log")
+    for axis in (axes[1].yaxis.set_major_formatter, axes[1].yaxis.set_minor_formatter):
+        axis(matplotlib.ticker.FormatStrFormatter("%g"))
     axes[1].set_ylabel("peak-to-mean\n(mean over heads, log)")
     axes[2].axhline(0, color="grey", linewidth=0.6)
     axes[2].set_ylabel("massive (head, dim)\nappeared / vanished")
