@@ -91,7 +91,7 @@ def test_cli_rejects_bad_model_args_before_loading_anything(tmp_path, capsys):
     config.write_text("models: [{pretrained: /no/such/model}]\ninterventions: {x: {fill: median}}\ntasks: [passkey_1k]\n")
     assert main(["sweep", str(config)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, tensor_mean, zero"
+    assert err == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, shared_mean, tensor_mean, zero"
 
 
 def test_loglikelihood_continuation_is_not_prompt():

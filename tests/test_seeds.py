@@ -8,13 +8,23 @@ import numpy as np
 import pytest
 import yaml
 from test_report import bernoulli, write_run
-from test_sweep import tiny  # noqa: F401  (the tiny model's folder, a fixture)
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.report import build_report, to_markdown
 from qk_ablate.runs import load_run
 from qk_ablate.seeds import parse_seeds, pooled_run, seed_groups
 from qk_ablate.sweep import MARKER, load_config, run_sweep
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny model's folder (its own name: test_sweep's paths count on theirs being the first `tiny`)."""
+    from conftest import build, word_tokenizer
+
+    folder = tmp_path_factory.mktemp("seeds_model")
+    build("llama").save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return folder
 
 
 @pytest.mark.parametrize(("value", "seeds"), [("0-4", [0, 1, 2, 3, 4]), ([0, 2, 5], [0, 2, 5]), ("1;3", [1, 3]),
@@ -41,12 +51,12 @@ def _config(tmp_path: Path, model: Path, interventions: dict) -> Path:
 @pytest.mark.parametrize(("args", "match"), [({"ablate": "massive", "seeds": "0-2"}, "seeds only change a random draw"),
                                             ({"ablate": "nonmassive", "seed": 1, "seeds": "0-2"}, "either seed or seeds"),
                                             ({"ablate": "nonmassive", "control": "smallest", "seeds": "0-1"}, "random draw")])
-def test_seeds_on_an_intervention_without_a_random_draw_are_refused(tmp_path, tiny, args, match):  # noqa: F811
+def test_seeds_on_an_intervention_without_a_random_draw_are_refused(tmp_path, tiny, args, match):
     with pytest.raises(QKAblateError, match=f"intervention 'x': .*{match}"):
         load_config(_config(tmp_path, tiny, {"x": args}))
 
 
-def test_sweep_with_three_seeds_makes_three_cells_and_a_rerun_redoes_none(tmp_path, tiny, monkeypatch):  # noqa: F811
+def test_sweep_with_three_seeds_makes_three_cells_and_a_rerun_redoes_none(tmp_path, tiny, monkeypatch):
     import lm_eval
 
     config = load_config(_config(tmp_path, tiny, {"baseline": {}, "control": {"ablate": "nonmassive", "seeds": "0-2"}}))
