@@ -243,3 +243,11 @@ def word_tokenizer():
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_folder(factory: pytest.TempPathFactory, name: str = "tiny") -> Path:
+    """A tiny Llama and the word tokenizer saved as a model folder (for sweeps, which load by path)."""
+    folder = factory.mktemp(name)
+    build("llama").save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return folder

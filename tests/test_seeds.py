@@ -19,12 +19,9 @@ from qk_ablate.sweep import MARKER, load_config, run_sweep
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A tiny model's folder (its own name: test_sweep's paths count on theirs being the first `tiny`)."""
-    from conftest import build, word_tokenizer
+    from conftest import tiny_folder
 
-    folder = tmp_path_factory.mktemp("seeds_model")
-    build("llama").save_pretrained(folder)
-    word_tokenizer().save_pretrained(folder)
-    return folder
+    return tiny_folder(tmp_path_factory, "seeds_model")
 
 
 @pytest.mark.parametrize(("value", "seeds"), [("0-4", [0, 1, 2, 3, 4]), ([0, 2, 5], [0, 2, 5]), ("1;3", [1, 3]),

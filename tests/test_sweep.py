@@ -13,13 +13,9 @@ from qk_ablate.sweep import MARKER, load_config, run_sweep
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from conftest import build
-    from conftest import word_tokenizer
+    from conftest import tiny_folder
 
-    folder = tmp_path_factory.mktemp("tiny")
-    build("llama").save_pretrained(folder)
-    word_tokenizer().save_pretrained(folder)
-    return folder
+    return tiny_folder(tmp_path_factory)
 
 
 def _config(tmp_path: Path, tiny: Path, **extra) -> Path:
