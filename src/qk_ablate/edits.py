@@ -221,11 +221,7 @@ class Editor:
 
     def selection_counts(self) -> dict[str, dict[str, float]]:
         """Per tensor: mean selected dims per head and the prompts' (sample, layer, head) count."""
-        counts = {}
-        for name, total in sorted(self.selected.items()):
-            heads = self.heads_seen[name]
-            counts[name] = {"dims_per_head": round(int(total) / heads, 4) if heads else 0.0, "heads": heads}
-        return counts
+        return summarize_selection({name: int(total) for name, total in self.selected.items()}, self.heads_seen)
 
     def _edit_again(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
         """A decode step of a tensor rebuilt from its cache: the prompt's edit again, then the new tokens'."""
@@ -288,6 +284,13 @@ class Editor:
             scores = random_scores(heads, x.shape[3], self.spec.seed, salt, x.device)
             self._scores[key] = scores if local is None else scores[:, list(local)]
         return self._scores[key]
+
+
+def summarize_selection(selected: Mapping[str, int], heads: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """The results JSON's `qk_ablate_selected`: per tensor, columns chosen per prompt head, and the head count
+    (totals of one process, or summed over an engine's workers, each holding its own heads)."""
+    return {name: {"dims_per_head": round(total / heads[name], 4) if heads[name] else 0.0, "heads": heads[name]}
+            for name, total in sorted(selected.items())}
 
 
 def warn_if_nothing_selected(spec: InterventionSpec, selected: dict[str, dict[str, float]]) -> None:

@@ -34,7 +34,7 @@ from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 
 from qk_ablate import __version__, vllm_hooks  # noqa: E402
 from qk_ablate.embedded import hf_folder, is_embedded  # noqa: E402
-from qk_ablate.edits import warn_if_nothing_selected  # noqa: E402
+from qk_ablate.edits import summarize_selection, warn_if_nothing_selected  # noqa: E402
 from qk_ablate.errors import QKAblateError  # noqa: E402
 from qk_ablate.spec import InterventionSpec, split_model_args  # noqa: E402
 
@@ -129,12 +129,9 @@ class QKAblatedVLLM(VLLM):
         info: dict[str, Any] = {"qk_ablate": {"model": self._requested_model, "version": __version__, "engine": "vllm",
                                               **self.spec.to_dict()}}
         counts = self.counts()
-        selected = {}
-        for key, total in counts.items():
-            if key.startswith("selected:"):
-                name = key.split(":", 1)[1]
-                heads = counts[f"heads:{name}"]
-                selected[name] = {"dims_per_head": round(total / heads, 4) if heads else 0.0, "heads": heads}
+        tallies = {kind: {key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith(f"{kind}:")}
+                   for kind in ("selected", "heads")}
+        selected = summarize_selection(tallies["selected"], tallies["heads"])
         if selected:
             info["qk_ablate_selected"] = selected
             warn_if_nothing_selected(self.spec, selected)
