@@ -1,4 +1,4 @@
-"""The `qk-ablate` command line: every command's entry point (sweep, report, gate, profile, fingerprint).
+"""The `qk-ablate` command line: every command's entry point (sweep, report, gate, profile, fingerprint, quantize).
 
 Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with exit status 2.
 """
@@ -82,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     depth.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
     depth.add_argument("--out", default=None, help="output folder (default: results/depth/<model>)")
 
+    quantize = commands.add_parser("quantize", help="make real quantized checkpoints with llm-compressor "
+                                   "(run it from .venv-quant: bash scripts/setup.sh --quant)")
+    quantize.add_argument("--model", default="smollm2-135m", help="a local model folder (default: the embedded SmolLM2-135M)")
+    quantize.add_argument("--method", action="append", default=None, metavar="NAME",
+                          help="rtn, gptq, awq, smoothquant, w8a8 or all (repeat for several; default: all)")
+    quantize.add_argument("--out", default="runs/quantized", help="parent folder; each checkpoint goes to <out>/<model>-<method>")
+    quantize.add_argument("--calibration", default="gsm8k",
+                          help="gsm8k (the packaged GSM8K test problems and solutions) or a .jsonl (field text) / .txt file")
+    quantize.add_argument("--samples", type=int, default=128, help="calibration samples (default: 128)")
+    quantize.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sample (default: 512)")
+    quantize.add_argument("--seed", type=int, default=0, help="order of the calibration documents (default: 0)")
+    quantize.add_argument("--group", default="auto", help="int4 group size (default auto: 128, 64 or 32, whichever divides every layer)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fingerprint(args)
         if args.command == "depth":
             return _depth(args)
+        if args.command == "quantize":
+            return _quantize(args)
         return _sweep(args)
     except QKAblateError as error:
         print(f"qk-ablate: error: {error}", file=sys.stderr)
@@ -182,6 +197,26 @@ def _depth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    """Each method into its own folder; a method already written is kept, so a rerun finishes the rest."""
+    from qk_ablate.checkpoints import METHODS, Calibration, describe_folder, quantize
+
+    methods = list(METHODS) if not args.method or "all" in args.method else args.method
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise QKAblateError(f"--method {unknown[0]!r} is not one of {', '.join(METHODS)}, all")
+    if args.samples < 1 or args.seq_len < 1:
+        raise QKAblateError("--samples and --seq-len must be whole numbers >= 1")
+    calibration = Calibration(args.calibration, args.samples, args.seq_len, args.seed)
+    for method in methods:
+        folder = Path(args.out) / f"{Path(args.model).name}-{method}"
+        if (folder / "config.json").is_file():
+            print(f"kept {folder}: {describe_folder(folder)}", file=sys.stderr)
+            continue
+        quantize(args.model, method, folder, calibration, args.group, log=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     """Run the grid, print the report, write it beside the cells and write the leaderboard."""
     from qk_ablate.report import build_report, to_markdown, write_report
@@ -190,7 +225,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     cells = run_sweep(config, log=lambda line: print(line, file=sys.stderr))
-    report = build_report([load_run(cell) for cell in cells], kinds=config.kinds, iterations=args.iterations)
+    runs = [load_run(cell) for cell in cells]
+    baseline = None
+    if config.baseline_model is not None:
+        found = [run for run in runs if run.model == config.baseline_model and run.is_baseline]
+        if not found:
+            raise QKAblateError(f"baseline_model {config.baseline_model}: the sweep has no intervention without changes "
+                                "(add baseline: {} to its interventions)")
+        baseline = found[0]
+    report = build_report(runs, baseline=baseline, kinds=config.kinds, iterations=args.iterations)
     markdown = to_markdown(report)
     print(markdown)
     _warn_unclassified(report.unclassified)

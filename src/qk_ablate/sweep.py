@@ -28,6 +28,7 @@ Config (YAML)::
     kinds: {my_facts: parametric}      # optional: the kind of each of your own tasks, for the report
     profile: {lengths: [1k, 2k], samples: 10}   # optional: `qk-ablate profile` of each model too
     engine: hf                         # or vllm: qk_ablated_vllm (run it from the vLLM environment)
+    baseline_model: smollm2-135m       # optional: compare every model with this one's baseline (checkpoints vs base)
 
 With `profile`, each model is also profiled (M of Q/K/V pre and post RoPE, `source` ctxqa by
 default, `lam` 5) into `<output>/<model>/profile/`, before its cells run; a profile with the same
@@ -53,7 +54,7 @@ from qk_ablate.spec import InterventionSpec
 from qk_ablate.task_data.lengths import parse_length
 
 _KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata",
-         "include_path", "kinds", "profile", "engine"}
+         "include_path", "kinds", "profile", "engine", "baseline_model"}
 _PROFILE_KEYS = {"lengths", "samples", "source", "lam"}
 ENGINES = ("hf", "vllm")
 MARKER = "cell.json"
@@ -116,6 +117,7 @@ class SweepConfig:
     profile: ProfileSettings | None = None
     source: Path | None = None
     engine: str = "hf"  # or "vllm": qk_ablated_vllm, in the vLLM environment
+    baseline_model: str | None = None  # every model is compared with this model's baseline cell
 
 
 def _slug(text: str) -> str:
@@ -179,6 +181,9 @@ def load_config(path: str | Path) -> SweepConfig:
     if engine == "vllm" and raw.get("profile") is not None:
         raise QKAblateError(f"sweep config '{path}': profile runs the HF model; drop it from an engine: vllm sweep")
     output = Path(raw.get("output") or Path("runs") / _slug(raw.get("name") or file.stem))
+    base = raw.get("baseline_model")
+    if base is not None and str(base) not in [str(m["pretrained"]) for m in models]:
+        raise QKAblateError(f"sweep config '{path}': baseline_model {base!r} is not the pretrained of any of its models")
     board = raw.get("leaderboard")
     return SweepConfig(
         name=str(raw.get("name") or file.stem),
@@ -196,6 +201,7 @@ def load_config(path: str | Path) -> SweepConfig:
         profile=_profile_settings(raw.get("profile"), path),
         source=file,
         engine=engine,
+        baseline_model=None if base is None else str(base),
     )
 
 
