@@ -28,7 +28,8 @@ def test_lm_evals_vllm_model_imports_under_the_cpu_build():
      ({"pipeline_parallel_size": 2}, "pipeline_parallel_size > 1"),
      ({"speculative_config": "{}"}, "speculative_config"),
      ({"ablate": "massiv"}, "ablate='massiv' is not valid"),
-     ({"ablate": "massive", "select": "band", "band": "low"}, "select=band runs on the HF engine only")],
+     ({"ablate": "massive", "select": "band", "band": "low"}, "select=band runs on the HF engine only"),
+     ({"kv_cache": "quanto:int4"}, "kv_cache=quanto:int4 is transformers' QuantizedCache, HF engine only")],
 )
 def test_what_the_engine_cannot_honour_is_refused_in_one_line_before_loading(args, match):
     from qk_ablate.lm_vllm import QKAblatedVLLM

@@ -44,7 +44,7 @@ class Attachment:
         changes it, or as the intervention left it with `after=True`."""
         self.model = model
         self.spec = spec = spec.for_model(model)
-        acts = not spec.is_noop
+        acts = spec.edits_attention
         observe = frozenset(observe) if observer is not None else frozenset()
         self._pre = (acts and spec.rope == "pre") or "pre" in observe
         self._post = (acts and spec.rope == "post") or "post" in observe

@@ -7,6 +7,7 @@ results JSON under `config.qk_ablate`.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lm_eval.models  # noqa: F401  (fill lm-eval's registry first, or `--model hf` stops resolving)
@@ -14,7 +15,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from qk_ablate import __version__
+from qk_ablate import __version__, kv_cache
 from qk_ablate.attachment import Attachment
 from qk_ablate.edits import warn_if_nothing_selected
 from qk_ablate.embedded import resolve_pretrained
@@ -39,15 +40,24 @@ class QKAblatedLM(HFLM):
             super().__init__(pretrained=pretrained, gguf_file=gguf_file, **rest)
         except OSError as error:  # unknown model id, missing files, no network for a Hub id
             raise load_error(self._requested_model, error) from error
+        kv_cache.check_model(self.model, self.spec)
         self.attachment = Attachment(self.model, self.spec).attach()
         self.spec = self.attachment.spec  # its preset resolved for this model
         self._context_lengths: dict[tuple[int, ...], int] | None = None
+        self._warned_kv_cache = False
 
     def use(self, spec: InterventionSpec) -> None:
         """Swap the intervention without reloading the model (the demo and sweeps run several)."""
+        kv_cache.check_model(self.model, spec)
         self.attachment.remove()
         self.attachment = Attachment(self.model, spec).attach()
         self.spec = self.attachment.spec
+        self._warned_kv_cache = False
+
+    # ------------------------------------------------------------ generation
+    def _model_generate(self, context, max_length: int, stop: list[str], **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """HFLM's generation, with transformers' quantized KV cache when `kv_cache` asks for it."""
+        return super()._model_generate(context, max_length, stop, **{**kwargs, **kv_cache.generate_kwargs(self.spec)})
 
     # ------------------------------------------------------------ window
     def generate_until(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
@@ -82,6 +92,10 @@ class QKAblatedLM(HFLM):
         HFLM feeds context + continuation in one forward; the continuation plays the part of
         generated tokens, which `stage=prefill` must leave untouched.
         """
+        if self.spec.kv_cache != "none" and not self._warned_kv_cache:
+            self._warned_kv_cache = True
+            print(f"qk-ablate: warning: kv_cache={self.spec.kv_cache} acts in generation only; loglikelihood requests are "
+                  "scored in one forward without a KV cache, so they run as without it", file=sys.stderr)
         window = self.max_length + 1
         lengths: dict[tuple[int, ...], int] = {}
         for _, context, continuation in requests:
@@ -94,7 +108,7 @@ class QKAblatedLM(HFLM):
             self._context_lengths = None
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:  # type: ignore[override]
-        if self._context_lengths is None or attn_mask is not None or self.spec.is_noop:
+        if self._context_lengths is None or attn_mask is not None or not self.spec.edits_attention:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         prompt, tokens = _positions(inps, self._context_lengths)
         with self.attachment.positions(prompt, tokens):

@@ -59,6 +59,9 @@ class QKAblatedVLLM(VLLM):
         self.spec = InterventionSpec.from_args(ours)
         if self.spec.select == "band":
             raise QKAblateError("select=band runs on the HF engine only (it reads the model's inv_freq); use --model qk_ablated")
+        if self.spec.kv_cache != "none":
+            raise QKAblateError(f"kv_cache={self.spec.kv_cache} is transformers' QuantizedCache, HF engine only: use --model "
+                                "qk_ablated (vLLM quantizes its own cache with its argument kv_cache_dtype, e.g. fp8)")
         _check_engine_args(rest)
         for name, value, _ in _FORCED:
             rest[name] = value

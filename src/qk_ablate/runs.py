@@ -23,7 +23,7 @@ from qk_ablate.baseline_signal import Answer, read_answer
 from qk_ablate.catalogue import check_chance, check_kind
 from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
-from qk_ablate.vocabulary import ABLATION_KEYS, PLACE_KEYS, QUANT_KEYS, is_noop
+from qk_ablate.vocabulary import ABLATION_KEYS, KV_KEYS, PLACE_KEYS, QUANT_KEYS, is_noop
 
 PREFERRED_FILTERS = ("none", "strict-match", "flexible-extract")
 
@@ -77,6 +77,8 @@ def describe(spec: dict[str, Any]) -> str:
         keys += ABLATION_KEYS
     if spec.get("quant", "none") != "none":
         keys += QUANT_KEYS
+    if spec.get("kv_cache", "none") != "none":
+        keys += KV_KEYS
     parts = [f"{k}={spec[k]}" for k in keys if k in spec and spec[k] != _DEFAULTS.get(k)]
     return ",".join(parts)
 

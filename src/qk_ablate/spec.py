@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.vocabulary import CHOICES, check_quantizer, is_noop
+from qk_ablate.vocabulary import CHOICES, KV_GROUP, KV_RESIDUAL, check_kv_cache, check_quantizer, edits_nothing, is_noop
 
 __all__ = ["CHOICES", "InterventionSpec", "split_model_args"]
 
@@ -45,6 +45,9 @@ class InterventionSpec:
     group: int = 0
     sym: bool = True
     protect: str = "none"
+    kv_cache: str = "none"
+    kv_residual: int = KV_RESIDUAL
+    kv_group: int = KV_GROUP
     preset_for: str = "none"  # the architecture rule a preset resolved to (`for_model`)
     given: tuple[str, ...] = field(default=(), compare=False, repr=False)  # keys the user set (they beat a preset)
 
@@ -62,6 +65,8 @@ class InterventionSpec:
             raise QKAblateError("protect=massive needs a quantizer; add quant=int4 (or int8|int3|int2|fp8)")
         _parse_layers(self.layers)  # validate the syntax now; the range is checked against the model
         self._check_band()
+        check_kv_cache(self.kv_cache, self.kv_residual, self.kv_group)
+        self._check_kv_edits()
 
     def _check_band(self) -> None:
         if self.select != "band":
@@ -78,10 +83,27 @@ class InterventionSpec:
         if self.protect != "none":
             raise QKAblateError("protect=massive keeps the dims select=threshold finds; it cannot be used with select=band")
 
+    def _check_kv_edits(self) -> None:
+        """transformers' QuantizedCache stores its quantized copy of the prompt's K/V in `cache.update()`, before
+        attention runs, so a post-RoPE edit of K or V (made there) would be lost at every decode step."""
+        if self.kv_cache == "none" or self.rope != "post":
+            return
+        edited = (self.ablate_targets() & {"k"}) | (self.quant_target_set() & {"k", "v"})
+        if edited:
+            raise QKAblateError(
+                f"kv_cache={self.kv_cache} quantizes the prompt's keys/values as they enter the cache, before a post-RoPE "
+                f"edit of {'/'.join(sorted(edited)).upper()}, so decode steps would never see it; use rope=pre, or edit only q"
+            )
+
     @property
     def is_noop(self) -> bool:
         """True when nothing is changed: the model must then behave bit-identically to the plain one."""
         return self.preset == "none" and is_noop(vars(self))
+
+    @property
+    def edits_attention(self) -> bool:
+        """True when Q/K/V are edited inside attention (hooks needed); a real KV cache alone edits nothing there."""
+        return self.preset != "none" or not edits_nothing(vars(self))
 
     def pair_indices(self) -> frozenset[int] | None:
         """The rotary pairs of `pairs=` (None when not given)."""
@@ -136,7 +158,7 @@ class InterventionSpec:
         at their default, so earlier results files and sweep cells still describe the same runs."""
         data = dataclasses.asdict(self)
         data.pop("given")
-        return {k: v for k, v in data.items() if not (k in _LATER_KEYS and v == _LATER_DEFAULTS[k])}
+        return {k: v for k, v in data.items() if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> InterventionSpec:
@@ -198,8 +220,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return str(value).strip().lower()
 
 
-_LATER_KEYS = ("preset", "band", "pairs", "exclude", "preset_for")
-_LATER_DEFAULTS = {key: "none" for key in _LATER_KEYS}
+_LATER_DEFAULTS = {"preset": "none", "band": "none", "pairs": "none", "exclude": "none", "preset_for": "none",
+                   "kv_cache": "none", "kv_residual": KV_RESIDUAL, "kv_group": KV_GROUP}
 
 
 def parse_pairs(text: str) -> frozenset[int]:

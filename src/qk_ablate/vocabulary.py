@@ -17,6 +17,9 @@ BITS: dict[str, int] = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 QUANT_AXES: tuple[str, ...] = ("token", "channel", "tensor")
 QUANT_TARGETS: tuple[str, ...] = ("k", "q", "qk", "v", "kv", "qkv")
 ABLATE_TARGETS: tuple[str, ...] = ("qk", "q", "k")
+# transformers' QuantizedCache (`kv_cache.py`): backend:format, the bit widths each backend's layer accepts
+KV_CACHES: tuple[str, ...] = ("none", "quanto:int4", "quanto:int2", *(f"hqq:int{n}" for n in (1, 2, 3, 4, 8)), "fp8")
+KV_RESIDUAL, KV_GROUP = 128, 64  # transformers' residual_length and q_group_size defaults
 
 # key -> allowed values, the default first (None: free-form, coerced and checked by spec.py)
 CHOICES: dict[str, tuple[str, ...] | None] = {
@@ -41,17 +44,26 @@ CHOICES: dict[str, tuple[str, ...] | None] = {
     "group": None,
     "sym": None,
     "protect": ("none", "massive"),
+    "kv_cache": KV_CACHES,
+    "kv_residual": None,
+    "kv_group": None,
 }
 
 # Which keys name a run: where it acts always; the rest only when their part is switched on.
-PLACE_KEYS: tuple[str, ...] = ("ablate", "quant", "rope", "stage", "layers")
+PLACE_KEYS: tuple[str, ...] = ("ablate", "quant", "kv_cache", "rope", "stage", "layers")
 ABLATION_KEYS: tuple[str, ...] = ("preset", "select", "lam", "topk", "band", "pairs", "exclude", "fill", "control", "seed",
                                   "targets")
 QUANT_KEYS: tuple[str, ...] = ("quant_targets", "quant_axis", "group", "sym", "protect")
+KV_KEYS: tuple[str, ...] = ("kv_residual", "kv_group")
 
 
 def is_noop(intervention: Mapping[str, Any]) -> bool:
     """True when an intervention (a spec's dict, as recorded in a results file) changes nothing."""
+    return edits_nothing(intervention) and intervention.get("kv_cache", "none") == "none"
+
+
+def edits_nothing(intervention: Mapping[str, Any]) -> bool:
+    """True when nothing inside attention is edited (a real quantized KV cache may still be on)."""
     return intervention.get("ablate", "none") == "none" and intervention.get("quant", "none") == "none"
 
 
@@ -67,3 +79,16 @@ def check_quantizer(fmt: str, axis: str, group: int, sym: bool) -> None:
         raise QKAblateError(f"group={group} must be 0 (whole axis) or a positive group size")
     if group and axis == "tensor":
         raise QKAblateError("group= cannot be used with quant_axis=tensor; drop group or use quant_axis=token|channel")
+
+
+def check_kv_cache(kv_cache: str, residual: int, group: int) -> None:
+    """One readable error for a KV-cache setting transformers' QuantizedCache would refuse or ignore."""
+    if residual < 0:
+        raise QKAblateError(f"kv_residual={residual} must be 0 or more (recent tokens kept unquantized; default {KV_RESIDUAL})")
+    if group < 1:
+        raise QKAblateError(f"kv_group={group} must be a positive group size (default {KV_GROUP})")
+    if (residual, group) != (KV_RESIDUAL, KV_GROUP):
+        if kv_cache == "none":
+            raise QKAblateError("kv_residual/kv_group only work with a quantized cache; add kv_cache=quanto:int4 or drop them")
+        if kv_cache == "fp8":
+            raise QKAblateError("kv_cache=fp8 is per tensor, with no residual window or groups; drop kv_residual and kv_group")
