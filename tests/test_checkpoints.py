@@ -147,3 +147,21 @@ def test_baseline_model_compares_every_model_with_the_base(tmp_path, tmp_path_fa
         from qk_ablate.sweep import load_config
 
         load_config(config)
+
+
+def test_w8a8_checkpoints_quantize_activations_while_they_are_evaluated():
+    """SmoothQuant's W8A8 is only W8A8 if the inputs of each Linear are quantized at run time too:
+    int8 per token, symmetric, scale = max|x| / 127.5 (compressed-tensors' dynamic token scheme)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(DATA / "tiny-llama-w8a8", dtype=torch.float32)
+    assert stored_formats(DATA / "tiny-llama-w8a8")["I8"] > 0
+    model(torch.tensor([[1, 5, 9]]))  # the first forward decompresses the weights
+    projection = model.model.layers[0].self_attn.q_proj
+    x = torch.randn(2, 8, projection.in_features, generator=torch.Generator().manual_seed(0)) * 3
+    scale = x.abs().amax(-1, keepdim=True) / 127.5
+    quantized_input = (x / scale).round().clamp(-128, 127) * scale
+    with torch.no_grad():
+        out = projection(x)
+        assert torch.allclose(out, torch.nn.functional.linear(quantized_input, projection.weight), atol=1e-5)
+        assert not torch.allclose(out, torch.nn.functional.linear(x, projection.weight), atol=1e-3)

@@ -1,8 +1,8 @@
-"""Make tests/data/tiny-llama-gptq: the tests' tiny Llama quantized by `qk-ablate quantize --method gptq`.
+"""Make tests/data/tiny-llama-{gptq,w8a8}: the tests' tiny Llama quantized by `qk-ablate quantize`.
 
 The main environment cannot run llm-compressor (it pins transformers<=5.17), so the checkpoint
 that tests/test_checkpoints.py loads with the main environment's transformers is made here once
-and committed (about 100 KB). Rerun from the repository root after a format change:
+and committed (about 250 KB each). Rerun from the repository root after a format change:
     .venv-quant/bin/python tests/data/make_quantized_fixture.py
 """
 
@@ -23,7 +23,9 @@ with tempfile.TemporaryDirectory() as tmp:
     word_tokenizer().save_pretrained(source)
     rng = random.Random(0)
     text.write_text("\n\n".join(" ".join(f"w{rng.randrange(120)}" for _ in range(64)) for _ in range(64)), encoding="utf-8")
-    shutil.rmtree(HERE / "tiny-llama-gptq", ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "qk_ablate.cli", "quantize", "--model", str(source), "--method", "gptq",
-                    "--out", str(Path(tmp) / "out"), "--calibration", str(text), "--samples", "8", "--seq-len", "64"], check=True)
-    shutil.copytree(Path(tmp) / "out" / "tiny-llama-gptq", HERE / "tiny-llama-gptq")
+    for method in ("gptq", "w8a8"):
+        shutil.rmtree(HERE / f"tiny-llama-{method}", ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "qk_ablate.cli", "quantize", "--model", str(source), "--method", method,
+                        "--out", str(Path(tmp) / "out"), "--calibration", str(text), "--samples", "8", "--seq-len", "64"],
+                       check=True)
+        shutil.copytree(Path(tmp) / "out" / f"tiny-llama-{method}", HERE / f"tiny-llama-{method}")
