@@ -20,7 +20,7 @@ from qk_ablate.attachment import Attachment
 from qk_ablate.edits import warn_if_nothing_selected
 from qk_ablate.embedded import resolve_pretrained
 from qk_ablate.errors import QKAblateError
-from qk_ablate.loading import load_error
+from qk_ablate.loading import is_load_failure, load_error
 from qk_ablate.spec import InterventionSpec, split_model_args
 
 
@@ -38,8 +38,11 @@ class QKAblatedLM(HFLM):
             self._requested_model = type(pretrained).__name__
         try:
             super().__init__(pretrained=pretrained, gguf_file=gguf_file, **rest)
-        except OSError as error:  # unknown model id, missing files, no network for a Hub id
-            raise load_error(self._requested_model, error) from error
+        except Exception as error:  # missing or broken files, a missing quantization package, an unknown Hub id
+            path = pretrained if isinstance(pretrained, str) else None
+            if not is_load_failure(error, path, gguf_file):
+                raise
+            raise load_error(self._requested_model, error, path, gguf_file) from error
         kv_cache.check_model(self.model, self.spec)
         self.attachment = Attachment(self.model, self.spec).attach()
         self.spec = self.attachment.spec  # its preset resolved for this model
