@@ -21,7 +21,8 @@ import random
 import shutil
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -165,8 +166,10 @@ def quantize(model_name: str, method: str, out: str | Path, calibration: Calibra
         else f"quantize: {model_name} with {method} ({METHODS[method]})")
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    oneshot(model=model, tokenizer=tokenizer, recipe=recipe(method, size), dataset=dataset,
-            num_calibration_samples=calibration.samples, max_seq_length=calibration.seq_len)
+    with _no_pinning_without_accelerator():  # our order is already seeded: llm-compressor's own shuffle is not
+        oneshot(model=model, tokenizer=tokenizer, recipe=recipe(method, size), dataset=dataset,
+                num_calibration_samples=calibration.samples, max_seq_length=calibration.seq_len,
+                shuffle_calibration_samples=False)
     model.save_pretrained(partial, save_compressed=True)
     tokenizer.save_pretrained(partial)
     record = {"model": model_name, "source_folder": str(source), "method": method, "description": METHODS[method],
@@ -177,6 +180,25 @@ def quantize(model_name: str, method: str, out: str | Path, calibration: Calibra
     partial.rename(target)  # only a finished checkpoint gets the real name
     log(f"wrote {target}: {describe_folder(target)}")
     return target
+
+
+@contextmanager
+def _no_pinning_without_accelerator() -> Iterator[None]:
+    """llm-compressor 0.14's AWQ pins its cached activations (`Tensor.pin_memory()`) to speed up
+    host-to-GPU copies; on a host without an accelerator that raises. Pinning changes no value, so
+    there it is skipped for the duration of the call."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original
 
 
 def _source_folder(model_name: str) -> Path:
