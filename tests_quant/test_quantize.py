@@ -89,7 +89,9 @@ def test_a_rerun_keeps_a_finished_folder(tiny, calibration_text, tmp_path, capsy
     ("unknown method", "--method 'int3' is not one of rtn, gptq, awq, smoothquant, w8a8, all"),
     ("non-empty out", "tiny-rtn' exists and is not empty; remove it or choose another --out"),
     ("missing model", "is not a local model folder with a config.json (the quantizer runs offline)"),
-    ("group", "--group 48 does not divide a layer's 128 input columns; use --group auto"),
+    ("group 48", "--group 48 does not divide a layer's 128 input columns; use --group auto"),
+    ("group abc", "--group 'abc' must be auto or a whole number of columns > 0, e.g. 128"),
+    ("group 0", "--group '0' must be auto or a whole number of columns > 0, e.g. 128"),
 ])
 def test_bad_arguments_are_one_line(tiny, calibration_text, tmp_path, capsys, case, message):
     model, method, extra = tiny, "rtn", []
@@ -101,7 +103,7 @@ def test_bad_arguments_are_one_line(tiny, calibration_text, tmp_path, capsys, ca
     elif case == "missing model":
         model = tmp_path / "tiny"
     else:
-        extra = ["--group", "48"]
+        extra = ["--group", case.split()[1]]
     assert quantize(model, tmp_path, method, calibration_text, *extra) == 2
     err = capsys.readouterr().err  # loading the model may print progress bars first
     last = err.strip().splitlines()[-1]

@@ -207,6 +207,8 @@ def _quantize(args: argparse.Namespace) -> int:
         raise QKAblateError(f"--method {unknown[0]!r} is not one of {', '.join(METHODS)}, all")
     if args.samples < 1 or args.seq_len < 1:
         raise QKAblateError("--samples and --seq-len must be whole numbers >= 1")
+    if args.group != "auto" and not (args.group.isdigit() and int(args.group) > 0):
+        raise QKAblateError(f"--group {args.group!r} must be auto or a whole number of columns > 0, e.g. 128")
     calibration = Calibration(args.calibration, args.samples, args.seq_len, args.seed)
     for method in methods:
         folder = Path(args.out) / f"{Path(args.model).name}-{method}"
