@@ -116,7 +116,7 @@ def pick_group(model: Any, group: str | int) -> int:
     raise QKAblateError(f"no group size of 128, 64 or 32 divides every layer's inputs ({sorted(widths)}); give --group")
 
 
-def recipe(method: str, group: int) -> list[Any]:
+def recipe(method: str, group: int, grid: int = 20) -> list[Any]:
     """The llm-compressor modifiers of one method (lm_head stays in full precision, as is usual)."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
@@ -130,7 +130,7 @@ def recipe(method: str, group: int) -> list[Any]:
     if method == "gptq":
         return [GPTQModifier(config_groups=int4, ignore=["lm_head"])]
     if method == "awq":
-        return [AWQModifier(duo_scaling="both"), QuantizationModifier(config_groups=int4, ignore=["lm_head"])]
+        return [AWQModifier(duo_scaling="both", n_grid=grid), QuantizationModifier(config_groups=int4, ignore=["lm_head"])]
     if method == "smoothquant":
         return [SmoothQuantModifier(smoothing_strength=0.8), QuantizationModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
     if method == "w8a8":
@@ -139,7 +139,7 @@ def recipe(method: str, group: int) -> list[Any]:
 
 
 def quantize(model_name: str, method: str, out: str | Path, calibration: Calibration, group: str | int = "auto",
-             log: Callable[[str], None] = print) -> Path:
+             grid: int = 20, log: Callable[[str], None] = print) -> Path:
     """Quantize `model_name` with `method` into `out` (a `pretrained=` folder with the recipe and our record beside it)."""
     if method not in METHODS:
         raise QKAblateError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -167,13 +167,13 @@ def quantize(model_name: str, method: str, out: str | Path, calibration: Calibra
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     with _no_pinning_without_accelerator():  # our order is already seeded: llm-compressor's own shuffle is not
-        oneshot(model=model, tokenizer=tokenizer, recipe=recipe(method, size), dataset=dataset,
+        oneshot(model=model, tokenizer=tokenizer, recipe=recipe(method, size, grid), dataset=dataset,
                 num_calibration_samples=calibration.samples, max_seq_length=calibration.seq_len,
                 shuffle_calibration_samples=False)
     model.save_pretrained(partial, save_compressed=True)
     tokenizer.save_pretrained(partial)
     record = {"model": model_name, "source_folder": str(source), "method": method, "description": METHODS[method],
-              "group_size": size if method in FOUR_BIT else None,
+              "group_size": size if method in FOUR_BIT else None, "awq_grid": grid if method == "awq" else None,
               "calibration": calibration.describe() if dataset is not None else None,
               "seconds": round(time.time() - started, 1), "versions": _versions()}
     (partial / INFO).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

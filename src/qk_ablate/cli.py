@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sample (default: 512)")
     quantize.add_argument("--seed", type=int, default=0, help="order of the calibration documents (default: 0)")
     quantize.add_argument("--group", default="auto", help="int4 group size (default auto: 128, 64 or 32, whichever divides every layer)")
+    quantize.add_argument("--grid", type=int, default=20, help="AWQ's grid-search points per layer (default 20, llm-compressor's; "
+                          "fewer is faster on CPU)")
 
     args = parser.parse_args(argv)
     try:
@@ -205,8 +207,8 @@ def _quantize(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise QKAblateError(f"--method {unknown[0]!r} is not one of {', '.join(METHODS)}, all")
-    if args.samples < 1 or args.seq_len < 1:
-        raise QKAblateError("--samples and --seq-len must be whole numbers >= 1")
+    if args.samples < 1 or args.seq_len < 1 or args.grid < 1:
+        raise QKAblateError("--samples, --seq-len and --grid must be whole numbers >= 1")
     if args.group != "auto" and not (args.group.isdigit() and int(args.group) > 0):
         raise QKAblateError(f"--group {args.group!r} must be auto or a whole number of columns > 0, e.g. 128")
     calibration = Calibration(args.calibration, args.samples, args.seq_len, args.seed)
@@ -215,7 +217,7 @@ def _quantize(args: argparse.Namespace) -> int:
         if (folder / "config.json").is_file():
             print(f"kept {folder}: {describe_folder(folder)}", file=sys.stderr)
             continue
-        quantize(args.model, method, folder, calibration, args.group, log=lambda line: print(line, file=sys.stderr))
+        quantize(args.model, method, folder, calibration, args.group, args.grid, log=lambda line: print(line, file=sys.stderr))
     return 0
 
 
