@@ -53,6 +53,7 @@ def test_each_method_stores_quantized_weights_and_its_record(tiny, calibration_t
     record = json.loads((folder / INFO).read_text())
     assert record["method"] == method and record["description"] == METHODS[method] and record["model"] == str(tiny)
     assert record["group_size"] == (128 if method in FOUR_BIT else None)  # auto: the largest that divides 128 and 256
+    assert record["awq_grid"] == (20 if method == "awq" else None)  # llm-compressor's default grid
     assert {"llmcompressor", "compressed-tensors", "transformers", "torch", "qk-ablate"} <= set(record["versions"])
     if method in CALIBRATED:
         calibration = record["calibration"]
