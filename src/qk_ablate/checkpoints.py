@@ -19,7 +19,6 @@ import hashlib
 import json
 import random
 import shutil
-import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
+from qk_ablate.loading import safetensors_header
 
 METHODS: dict[str, str] = {
     "rtn": "round-to-nearest W4A16, no calibration (the naive reference)",
@@ -234,9 +234,10 @@ def stored_formats(folder: str | Path) -> dict[str, int]:
     if not files:
         raise QKAblateError(f"'{folder}' holds no .safetensors file; is it a saved checkpoint folder?")
     for file in files:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
+        try:
+            _, header = safetensors_header(file)
+        except ValueError as problem:
+            raise QKAblateError(f"'{file}' {problem}") from None
         for name, entry in header.items():
             if name != "__metadata__":
                 start, end = entry["data_offsets"]

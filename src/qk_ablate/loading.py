@@ -109,21 +109,38 @@ def checkpoint_problem(path: str) -> str | None:
     return None
 
 
-def _safetensors_problem(file: Path) -> str | None:
-    """Why a safetensors file cannot be read (truncated, not safetensors), from its header alone."""
+def safetensors_header(file: Path) -> tuple[int, dict[str, Any]]:
+    """(header length, header) of a safetensors file, read without its tensors.
+
+    Raises ValueError with the reason when the file is too short for a header, or the header is not JSON.
+    """
     size = file.stat().st_size
     with open(file, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            return f"is not a safetensors file ({size} bytes)"
+            raise ValueError(f"is not a safetensors file ({size} bytes)")
         (length,) = struct.unpack("<Q", prefix)
         if length > size - 8:
-            return f"is truncated or not a safetensors file (its header claims {length} bytes, the file has {size})"
+            raise ValueError(f"is truncated or not a safetensors file (its header claims {length} bytes, the file has {size})")
         try:
             header = json.loads(handle.read(length))
-            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            return "is not a safetensors file (its header is not valid JSON)"
+        except ValueError:
+            raise ValueError("is not a safetensors file (its header is not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise ValueError("is not a safetensors file (its header is not valid JSON)")
+    return length, header
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file cannot be read (truncated, not safetensors), from its header alone."""
+    try:
+        length, header = safetensors_header(file)
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except ValueError as problem:
+        return str(problem)
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return "is not a safetensors file (its header is not valid JSON)"
+    size = file.stat().st_size
     if 8 + length + end > size:
         return f"is truncated: its tensors need {8 + length + end} bytes, the file has {size}"
     return None
