@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from qk_ablate.checkpoints import INFO, stored_formats
+from qk_ablate.checkpoints import INFO, size_on_disk, stored_formats
 from qk_ablate.fingerprint import run_fingerprint, save_fingerprint
 from qk_ablate.sweep import load_config
 
@@ -51,7 +51,7 @@ def main() -> int:
         row = report[name]
         rows.append({
             "method": record["method"], "format": BITS[record["method"]], "group": record["group_size"],
-            "size_mb": round(sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 1e6, 1),
+            "size_mb": round(size_on_disk(folder) / 1e6, 1),
             "stored": {dtype: round(size / 1e6, 1) for dtype, size in formats.items()},
             "quantize_s": record["seconds"], "contextual": interval(row, "contextual_delta"),
             "parametric": interval(row, "parametric_delta"), "interaction": interval(row, "interaction"),

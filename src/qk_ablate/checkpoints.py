@@ -162,8 +162,7 @@ def quantize(model_name: str, method: str, out: str | Path, calibration: Calibra
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     size = pick_group(model, group)
     dataset = calibration_dataset(calibration, tokenizer) if method not in ("rtn", "w8a8") else None
-    log(f"quantize: {model_name} with {method} ({METHODS[method]}), int4 group {size}" if method in FOUR_BIT
-        else f"quantize: {model_name} with {method} ({METHODS[method]})")
+    log(f"quantize: {model_name} with {method} ({METHODS[method]})" + (f", int4 group {size}" if method in FOUR_BIT else ""))
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     with _no_pinning_without_accelerator():  # our order is already seeded: llm-compressor's own shuffle is not
@@ -250,5 +249,9 @@ def describe_folder(folder: str | Path) -> str:
     formats = stored_formats(folder)
     total = sum(formats.values())
     parts = ", ".join(f"{dtype} {100 * size / total:.0f}%" for dtype, size in sorted(formats.items(), key=lambda kv: -kv[1]))
-    on_disk = sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
-    return f"{on_disk / 1e6:.1f} MB on disk ({parts} of tensor bytes)"
+    return f"{size_on_disk(folder) / 1e6:.1f} MB on disk ({parts} of tensor bytes)"
+
+
+def size_on_disk(folder: str | Path) -> int:
+    """Bytes of the files in a checkpoint folder (weights, config, tokenizer, recipe)."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
