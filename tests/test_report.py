@@ -106,6 +106,22 @@ def test_samples_with_unicode_line_separators_in_documents(tmp_path):
     assert load_run(run).tasks["imdb"].scores.tolist() == [1.0, 0.0]
 
 
+def test_gzipped_samples_read_as_the_plain_file_and_a_broken_one_is_one_error(tmp_path):
+    """Committed results keep their samples as .jsonl.gz; the scores and pairing are unchanged."""
+    import gzip
+
+    run = write_run(tmp_path / "a", {"imdb": [1.0, 0.0, 1.0]})
+    plain = load_run(run).tasks["imdb"]
+    samples = next(run.rglob("samples_imdb_*.jsonl"))
+    samples.with_name(samples.name + ".gz").write_bytes(gzip.compress(samples.read_bytes()))
+    samples.unlink()
+    packed = load_run(run).tasks["imdb"]
+    assert packed.scores.tolist() == plain.scores.tolist() and packed.doc_hashes == plain.doc_hashes
+    samples.with_name(samples.name + ".gz").write_bytes(b"not gzip")
+    with pytest.raises(QKAblateError, match=r"samples_imdb_.*\.jsonl\.gz' is not readable"):
+        load_run(run)
+
+
 def test_describe_names_only_what_matters():
     assert describe({"ablate": "none", "quant": "none", "seed": 3}) == "baseline"
     assert describe({"ablate": "nonmassive", "seed": 2, "quant": "none", "group": 32}) == "ablate=nonmassive,seed=2"

@@ -27,6 +27,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from qk_ablate.runs import read_samples
 from qk_ablate.task_data.city_facts import EXTRA_ALIASES, UK_CONSTITUENTS, geonames
 from qk_ablate.task_data.scoring import answer_candidates, normalize_name
 
@@ -40,8 +41,8 @@ INTERVENTIONS = ("baseline", "massive", "nonmassive")
 
 
 def samples(cell: Path, task: str) -> dict[int, dict]:
-    (path,) = sorted(cell.rglob(f"samples_{task}_2*.jsonl"))  # the date: not samples_<task>_0shot_...
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    (path,) = sorted(cell.rglob(f"samples_{task}_2*.jsonl*"))  # the date: not samples_<task>_0shot_...
+    rows = [json.loads(line) for line in read_samples(path) if line.strip()]
     return {r["doc_id"]: r for r in rows}
 
 
@@ -95,7 +96,7 @@ def main(root: Path) -> str:
     split = ["| task | shots | intervention | lost | of which: not a bare answer (format) | a bare answer naming nothing of the kind "
              "| a wrong real name (fact) | gained | net Δ correct |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for task in (t for t in TASKS if any(cells["baseline"].rglob(f"samples_{t}_2*.jsonl"))):
+    for task in (t for t in TASKS if any(cells["baseline"].rglob(f"samples_{t}_2*.jsonl*"))):
         for shots, name in (("3", task), ("0", f"{task}_0shot")):
             base = samples(cells["baseline"], name)
             for label, cell in cells.items():

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from qk_ablate.compare import compare
-from qk_ablate.runs import Run, load_run, merge_runs
+from qk_ablate.runs import Run, load_run, merge_runs, read_samples
 from qk_ablate.task_data.scoring import first_number
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +48,8 @@ def texts(cell: Path) -> dict[str, list[tuple[str, str]]]:
     """Per task, each document's exact generated text (the samples file's filtered response) and its key, in
     document order."""
     found = {}
-    for samples in cell.rglob("samples_*.jsonl"):
-        records = [json.loads(line) for line in samples.read_text(encoding="utf-8").split("\n") if line.strip()]
+    for samples in cell.rglob("samples_*.jsonl*"):
+        records = [json.loads(line) for line in read_samples(samples) if line.strip()]
         found[re.match(r"samples_(.+)_\d{4}-\d\d-\d\dT", samples.name).group(1)] = [
             (str(r["filtered_resps"][0]), str(r["target"])) for r in sorted(records, key=lambda r: int(r["doc_id"]))]
     return found

@@ -1,7 +1,8 @@
 """Reading lm-eval run folders: per-document scores from `--log_samples`, and what produced them.
 
 A run folder is what `lm_eval --output_path DIR --log_samples` writes (`DIR/<model>/results_<time>.json`
-and `samples_<task>_<time>.jsonl`), or any folder above it. Several results files in one folder
+and `samples_<task>_<time>.jsonl`, which may be gzipped to `.jsonl.gz` to keep committed results
+small), or any folder above it. Several results files in one folder
 (runs added later) are merged task by task, the newest file winning; each task's samples come
 from the file written with the results that report it. Runs of one model and intervention made
 by several `lm_eval` invocations (one per task, say) are merged into one by `merge_runs`. Anything unusable is a QKAblateError that
@@ -12,7 +13,9 @@ a record without one is still read for its score.
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,13 +100,26 @@ def _stamp(path: Path) -> str:
     return path.stem[len("results_") :]
 
 
+def samples_file(results: Path, task: str) -> Path:
+    """The samples file written with `results` for `task`: `.jsonl`, or the same gzipped (`.jsonl.gz`)."""
+    plain = results.parent / f"samples_{task}_{_stamp(results)}.jsonl"
+    packed = plain.with_name(plain.name + ".gz")
+    return packed if packed.is_file() and not plain.is_file() else plain
+
+
+def read_samples(samples: Path) -> list[str]:
+    """The lines of a samples file, gzipped or not; split on "\\n" only, since reviews hold characters
+    (U+0085, U+2028) that str.splitlines breaks on."""
+    try:
+        data = gzip.decompress(samples.read_bytes()) if samples.suffix == ".gz" else samples.read_bytes()
+        return data.decode("utf-8").split("\n")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise QKAblateError(f"samples file '{samples}' is not readable ({type(exc).__name__})") from None
+
+
 def _task_scores(task: str, samples: Path, choices: Any = None) -> TaskScores:
     by_filter: dict[str, list[tuple[int, str, float, str, Answer | None]]] = {}
-    try:
-        # split on "\n" only: reviews hold characters (U+0085, U+2028) that str.splitlines breaks on
-        lines = samples.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QKAblateError(f"samples file '{samples}' is not readable ({type(exc).__name__})") from None
+    lines = read_samples(samples)
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -163,7 +179,7 @@ def load_run(path: str | Path) -> Run:
                 choices[task] = ((data.get("configs") or {}).get(task) or {}).get("doc_to_choice")
     tasks = {}
     for task, file in sources.items():
-        samples = file.parent / f"samples_{task}_{_stamp(file)}.jsonl"
+        samples = samples_file(file, task)
         if not samples.is_file():
             raise QKAblateError(
                 f"run '{path}' has results for {task} but no samples file ({samples.name}); "
