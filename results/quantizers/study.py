@@ -6,7 +6,9 @@ prompts of 1k tokens, post-RoPE, lam 5).
     .venv/bin/qk-ablate sweep configs/quantizers.yaml      # the cells and report.csv
     .venv/bin/python results/quantizers/study.py           # fingerprint/<method>/, table.md, table.json
 
-A fingerprint already saved is kept (delete its folder to remake it).
+Another grid of checkpoints (configs/quantizers_gpu.yaml) is given as the argument; everything is
+read from and written to that config's `output` folder. A fingerprint already saved is kept
+(delete its folder to remake it).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ def interval(row: dict[str, str], key: str) -> str:
     return f"{float(row[key]):+.1f} [{float(row[key + '_low']):+.1f}, {float(row[key + '_high']):+.1f}]"
 
 
-def main() -> int:
-    config = load_config(ROOT / "configs" / "quantizers.yaml")
-    with open(HERE / "report.csv", newline="", encoding="utf-8") as handle:
+def main(argv: list[str]) -> int:
+    config = load_config(Path(argv[0]) if argv else ROOT / "configs" / "quantizers.yaml")
+    out = Path(config.output)
+    out = out if out.is_absolute() else ROOT / out
+    with open(out / "report.csv", newline="", encoding="utf-8") as handle:
         report = {row["model"]: row for row in csv.DictReader(handle) if row["intervention"] == "baseline"}
     base = config.baseline_model
     rows = []
@@ -41,12 +45,12 @@ def main() -> int:
             continue
         folder = ROOT / name
         record = json.loads((folder / INFO).read_text(encoding="utf-8"))
-        out = HERE / "fingerprint" / record["method"]
-        if not (out / "fingerprint.json").is_file():
+        saved = out / "fingerprint" / record["method"]
+        if not (saved / "fingerprint.json").is_file():
             result = run_fingerprint(f"pretrained={base},dtype=float32", f"pretrained={name},dtype=float32", [1024],
                                      log=lambda line: print(line, file=sys.stderr))
-            save_fingerprint(result, out)
-        fingerprint = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
+            save_fingerprint(result, saved)
+        fingerprint = json.loads((saved / "fingerprint.json").read_text(encoding="utf-8"))
         formats = stored_formats(folder)
         row = report[name]
         rows.append({
@@ -59,7 +63,7 @@ def main() -> int:
             "overlap_q": fingerprint["overlap"]["q"], "overlap_k": fingerprint["overlap"]["k"],
             "versions": record["versions"],
         })
-    (HERE / "table.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     lines = ["| method | format | size (MB) | stored tensors (MB by dtype) | Δ contextual | Δ parametric | interaction "
              "| fingerprint distance | massive overlap Q / K |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -67,10 +71,10 @@ def main() -> int:
         fmt = r["format"] + (f" g{r['group']}" if r["group"] else "")
         lines.append(f"| {r['method']} | {fmt} | {r['size_mb']} | {stored} | {r['contextual']} | {r['parametric']} "
                      f"| {r['interaction']} | {r['fingerprint_distance']:.3f} | {r['overlap_q']:.2f} / {r['overlap_k']:.2f} |")
-    (HERE / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
