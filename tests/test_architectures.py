@@ -139,26 +139,16 @@ def test_falcon_refuses_post_rope_in_one_line_and_leaves_the_model_alone(arch):
     assert not model._forward_pre_hooks and all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-def test_wrapper_called_without_its_keyword_refuses_to_run():
+def test_wrapper_called_on_a_module_that_is_not_attached_refuses_to_run():
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    model = build("llama")
+    model, other = build("llama"), build("llama")
     with attach(model, spec(ablate="massive")):
         wrapper = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
         q = torch.zeros(1, HEADS, 3, HEAD_DIM)
-        with pytest.raises(QKAblateError, match="without the qk-ablate keyword.*use rope=pre"):
-            wrapper(attention_modules(model)[0], q, q, q, None)
-
-
-def test_attention_forward_without_kwargs_is_refused(monkeypatch):
-    model = build("llama")
-    attn = attention_modules(model)[0]
-    plain = attn.forward
-    monkeypatch.setattr(attn, "forward", lambda hidden_states, position_embeddings, attention_mask: plain(
-        hidden_states, position_embeddings, attention_mask))
-    with pytest.raises(QKAblateError, match=r"forward takes no \*\*kwargs.*use rope=pre"):
-        attach(model, spec(ablate="massive"))
-    assert model.config._attn_implementation == "sdpa" and not attn._forward_pre_hooks
+        with pytest.raises(QKAblateError, match="not one of the attached attention modules.*use rope=pre"):
+            wrapper(attention_modules(other)[0], q, q, q, None)
+    assert not any(hasattr(m, "qk_ablate_site") for m in model.modules())  # detached: the work is gone too
 
 
 def test_noop_runs_on_a_model_whose_layout_is_unknown():

@@ -59,11 +59,44 @@ def test_start_up_hook_is_inert_outside_lm_eval():
 def test_loglikelihood_rows_are_matched_to_their_context_lengths():
     from qk_ablate.lm import _positions
 
-    lengths = {(5, 6, 7, 8): 2, (9, 0): 2, (4, 4, 4, 0, 0): 5}
+    requests = {(5, 6, 7, 8): (2, 3), (9, 0): (2, 1), (4, 4, 4, 0, 0): (5, 1)}  # input: (context, continuation)
     batch = torch.tensor([[5, 6, 7, 8, 0], [9, 0, 0, 0, 0], [4, 4, 4, 0, 0]])
-    prompt, tokens = _positions(batch, lengths)
+    prompt, tokens, keep = _positions(batch, requests)
     assert prompt.int().tolist() == [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
     assert tokens.int().tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    # row 0 scores positions 1-3 (4 from the end), row 1 position 1 (4), row 2 position 4 (1)
+    assert keep == 4
+    assert _positions(torch.tensor([[7, 7, 7]]), requests)[2] == 0  # an unknown row keeps every position
+
+
+def test_loglikelihood_computes_only_the_scored_logits_and_matches_hflm_exactly():
+    """Identical loglikelihoods (and greedy flags) to plain HFLM, from logits of the scored positions only."""
+    from conftest import build, word_tokenizer
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from qk_ablate.lm import QKAblatedLM
+
+    model = build("llama")
+    context = " ".join(f"w{i}" for i in range(10, 40))
+    requests = [(context, " w40 w41 w42"), (context[:40], " w7"), (context + " w5 w6", " w8 w9"), ("w3", " w4")]
+    instances = [Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)]
+    plain = HFLM(pretrained=model, tokenizer=word_tokenizer(), device="cpu", batch_size=3).loglikelihood(instances)
+    ours = QKAblatedLM(pretrained=model, tokenizer=word_tokenizer(), device="cpu", batch_size=3)
+    kept = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: kept.append((a[0].shape[1], kw.get("logits_to_keep"))),
+                                             with_kwargs=True)
+    try:
+        assert ours.loglikelihood(instances) == plain
+    finally:
+        handle.remove()
+    # the batch of the 3 longest keeps what its shortest row's continuation needs; a 1-token input has nothing to cut
+    (width, keep), last = kept
+    assert 0 < keep < width and last == (1, None)
+    ablated = QKAblatedLM(pretrained=model, tokenizer=word_tokenizer(), device="cpu", batch_size=3, ablate="massive")
+    scored_only = ablated.loglikelihood(instances)
+    ablated._keeps_logits = False  # every position's logits, as HFLM computes them
+    assert scored_only == ablated.loglikelihood(instances) != plain
 
 
 def test_missing_embedded_model_says_how_to_install_it(monkeypatch):

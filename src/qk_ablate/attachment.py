@@ -9,7 +9,9 @@ A forward pre-hook on the whole model decides, once per forward, which positions
 positions (`prompt: [B, S]`, False for padding and for tokens that are not prompt) and whether
 the forward is a prefill (empty cache) or a decode step. The KV cache is recognised by its type
 (a `transformers.cache_utils.Cache` among the forward's arguments), whatever its keyword is.
-A no-op spec with no observer installs nothing, so it runs on any model at all.
+A no-op spec with no observer installs nothing, so it runs on any model at all. A decode step
+that the intervention leaves alone (`stage=prefill`, K/V not rebuilt from a latent) runs without
+the projection hooks, which come back at the next prefill, and the attention wrapper only checks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
 
 __all__ = ["Attachment", "Observer", "attach"]
+
+DECODE = Step(prompt=None, tokens=None, prefill=False)  # a decode step with nothing to do
 
 
 class Attachment:
@@ -55,6 +59,10 @@ class Attachment:
         if self.layout is not None:
             self._check(self.layout)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._pre_handles: list[torch.utils.hooks.RemovableHandle] = []
+        sites = self.layout.sites if self.layout is not None else ()
+        self._decode_work = self.editor.works_on_decode or any(
+            site.recomputed or any(source.recomputed for source in site.sources.values()) for site in sites)
         self._original: str | None = None
         self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -82,20 +90,29 @@ class Attachment:
         if self._handles or self.layout is None:
             return self  # a no-op spec with no observer changes nothing, so install nothing
         if self._post:  # first, so that a refusal leaves nothing installed
-            handles, self._original = post_rope.install(self.model, self.layout, self.editor)
-            self._handles += handles
+            self._original = post_rope.install(self.model, self.layout, self.editor)
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
-        if self._pre:
-            self._handles += pre_rope.install(self.layout, self.editor)
+        self._hook_projections()
         return self
+
+    def _hook_projections(self) -> None:
+        """Pre-RoPE hooks on (again, after decode steps that did without them)."""
+        if self._pre and not self._pre_handles:
+            self._pre_handles = pre_rope.install(self.layout, self.editor)
+
+    def _unhook_projections(self) -> None:
+        for handle in self._pre_handles:
+            handle.remove()
+        self._pre_handles = []
 
     def remove(self) -> None:
         """Remove every hook and restore the attention implementation."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._unhook_projections()
         if self._original is not None:
-            post_rope.restore(self.model, self._original)
+            post_rope.restore(self.model, self.layout, self._original)
             self._original = None
         self.editor.clear()
 
@@ -128,6 +145,11 @@ class Attachment:
         q_len = ids.shape[1]
         cache = next((v for v in (*args, *kwargs.values()) if isinstance(v, Cache)), None)
         past = cache.get_seq_length() if cache is not None else 0
+        if past and not self._decode_work:  # a decode step the intervention leaves alone: no masks, no hooks
+            self._unhook_projections()
+            self.editor.begin(DECODE)
+            return
+        self._hook_projections()
         if self._fixed is not None:
             prompt, tokens = (m[:, -q_len:] for m in self._fixed)
         else:

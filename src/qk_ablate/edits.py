@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from qk_ablate import fused
 from qk_ablate.destroy import destroy_columns, fill_values
 from qk_ablate.errors import QKAblateError
 from qk_ablate.quantize import fake_quantize
@@ -99,6 +100,7 @@ class Editor:
         self.observe = observe
         self.after = after
         self._destroyed, self._quantized = spec.ablate_targets(), spec.quant_target_set()
+        self.works_on_decode = spec.stage == "all" and not spec.is_noop  # new tokens are edited too
         self.step = Step(prompt=None, tokens=None, prefill=True)
         self.shard = shard or {}
         self.band = dict(band or {})
@@ -180,8 +182,8 @@ class Editor:
         columns = fill = None
         if destroy:
             columns = _widen(self._columns(layer, name, span, prompt, massive, lo, hi), lo, x.shape[-1])
-            fill = fill_values(x, prompt, spec.fill, columns)
-            x = destroy_columns(x, columns, edited, fill)
+            fill = fused.run(fill_values, x, prompt, spec.fill, columns)
+            x = fused.run(destroy_columns, x, columns, edited, fill)
         protect = _widen(massive, lo, x.shape[-1]) if spec.protect == "massive" else None
         self._count(name, columns if destroy else protect)
         if quantize:
@@ -227,7 +229,7 @@ class Editor:
         """A decode step of a tensor rebuilt from its cache: the prompt's edit again, then the new tokens'."""
         head, rest = x[:, :, : kept.length], x[:, :, kept.length :]
         if destroy:
-            head = destroy_columns(head, kept.columns, kept.edited, kept.fill)
+            head = fused.run(destroy_columns, head, kept.columns, kept.edited, kept.fill)
         if quantize:
             head = self._quantize(head, kept.edited, kept.protect)
         if self.spec.stage == "all":
@@ -236,7 +238,7 @@ class Editor:
 
     def _edit_new_tokens(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
         if destroy:
-            x = destroy_columns(x, kept.columns, None, kept.fill)
+            x = fused.run(destroy_columns, x, kept.columns, None, kept.fill)
         if quantize:
             x = self._quantize(x, None, kept.protect)
         return x
@@ -260,19 +262,19 @@ class Editor:
 
     def _quantize(self, x: torch.Tensor, valid: torch.Tensor | None, protect: torch.Tensor | None) -> torch.Tensor:
         spec = self.spec
-        return fake_quantize(x, spec.quant, spec.quant_axis, spec.group or None, spec.sym, valid, protect)
+        return fused.run(fake_quantize, x, spec.quant, spec.quant_axis, spec.group or None, spec.sym, valid, protect)
 
     def _massive(self, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor | None:
         if not self.spec.needs_selection:
             return None
-        norms = column_norms(x, prompt)
+        norms = fused.run(column_norms, x, prompt)
         if self.spec.select == "topk":
             return massive_mask_topk(norms, self.spec.topk)
         return massive_mask_threshold(norms, self.spec.lam)
 
     def _control_scores(self, layer: int, name: str, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
         if self.spec.control == "smallest":
-            return column_norms(x, prompt)
+            return fused.run(column_norms, x, prompt)
         return self._random_scores(layer, name, x)
 
     def _random_scores(self, layer: int, name: str, x: torch.Tensor) -> torch.Tensor:

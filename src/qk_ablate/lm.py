@@ -7,6 +7,8 @@ results JSON under `config.qk_ablate`.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import sys
 from typing import Any
 
@@ -46,8 +48,9 @@ class QKAblatedLM(HFLM):
         kv_cache.check_model(self.model, self.spec)
         self.attachment = Attachment(self.model, self.spec).attach()
         self.spec = self.attachment.spec  # its preset resolved for this model
-        self._context_lengths: dict[tuple[int, ...], int] | None = None
+        self._requests: dict[tuple[int, ...], tuple[int, int]] | None = None
         self._warned_kv_cache = False
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def use(self, spec: InterventionSpec) -> None:
         """Swap the intervention without reloading the model (the demo and sweeps run several)."""
@@ -90,32 +93,43 @@ class QKAblatedLM(HFLM):
 
     # ------------------------------------------------------------ loglikelihood prompts
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):  # type: ignore[override]
-        """Remember each request's context length, so only context positions count as the prompt.
+        """Remember each request's context and continuation lengths, by its input tokens.
 
         HFLM feeds context + continuation in one forward; the continuation plays the part of
-        generated tokens, which `stage=prefill` must leave untouched.
+        generated tokens, which `stage=prefill` must leave untouched, and only its positions are
+        scored, so only their logits are computed (`_model_call`).
         """
         if self.spec.kv_cache != "none" and not self._warned_kv_cache:
             self._warned_kv_cache = True
             print(f"qk-ablate: warning: kv_cache={self.spec.kv_cache} acts in generation only; loglikelihood requests are "
                   "scored in one forward without a KV cache, so they run as without it", file=sys.stderr)
         window = self.max_length + 1
-        lengths: dict[tuple[int, ...], int] = {}
+        found: dict[tuple[int, ...], tuple[int, int]] = {}
         for _, context, continuation in requests:
             inp = tuple((context + continuation)[-window:][:-1])
-            lengths[inp] = max(1, len(inp) - (len(continuation) - 1))
-        self._context_lengths = lengths
+            scored = max(len(continuation), found.get(inp, (0, 0))[1])
+            found[inp] = (max(1, len(inp) - (len(continuation) - 1)), scored)
+        self._requests = found
         try:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         finally:
-            self._context_lengths = None
+            self._requests = None
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:  # type: ignore[override]
-        if self._context_lengths is None or attn_mask is not None or not self.spec.edits_attention:
+        """HFLM's forward, with logits for the scored positions only (the last `keep` of the batch).
+
+        HFLM slices each row's continuation counting from the end of what it gets back, so fewer
+        positions at the front change nothing it reads; a 128k-token request then costs a prefill,
+        not a `[128k, vocab]` block of logits and its log-softmax.
+        """
+        if self._requests is None or attn_mask is not None:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-        prompt, tokens = _positions(inps, self._context_lengths)
-        with self.attachment.positions(prompt, tokens):
-            return super()._model_call(inps)
+        prompt, tokens, keep = _positions(inps, self._requests)
+        edits = self.attachment.positions(prompt, tokens) if self.spec.edits_attention else contextlib.nullcontext()
+        extra = {"logits_to_keep": keep} if keep and self._keeps_logits else {}
+        precision = self.mixed_precision_dtype
+        with edits, torch.no_grad(), torch.autocast(self.device.type, dtype=precision, enabled=precision is not None):
+            return self.model(inps, **extra).logits
 
     # ------------------------------------------------------------ reporting
     def get_model_info(self) -> dict:
@@ -129,29 +143,35 @@ class QKAblatedLM(HFLM):
         return info
 
 
-def _positions(inps: torch.Tensor, context_lengths: dict[tuple[int, ...], int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of a right-padded batch: prompt (context) positions and real-token positions.
+def _positions(
+    inps: torch.Tensor, requests: dict[tuple[int, ...], tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per row of a right-padded batch: prompt (context) positions and real-token positions, and how
+    many positions from the end hold every row's scored continuation (0: all, when a row is unknown).
 
     HFLM pads with token 0, so a row is matched to its request by trying it with trailing
     zeros stripped one at a time (a real input may itself end in token 0).
     """
     rows = inps.tolist()
     width = inps.shape[1]
-    prompt_len, token_len = [], []
+    prompt_len, token_len, keep = [], [], 0
     for row in rows:
         length = width
-        while length > 0 and tuple(row[:length]) not in context_lengths:
+        while length > 0 and tuple(row[:length]) not in requests:
             if row[length - 1] != 0:
                 length = 0
                 break
             length -= 1
-        if length == 0:  # not one of our requests (e.g. batch-size probing): treat all as prompt
+        if length == 0:  # not one of our requests (e.g. batch-size probing): treat all as prompt, keep all
             length = width
             prompt_len.append(width)
+            keep = width
         else:
-            prompt_len.append(context_lengths[tuple(row[:length])])
+            context, scored = requests[tuple(row[:length])]
+            prompt_len.append(context)
+            keep = max(keep, width - length + scored)
         token_len.append(length)
     arange = torch.arange(width, device=inps.device)
     prompt = arange[None, :] < torch.tensor(prompt_len, device=inps.device)[:, None]
     tokens = arange[None, :] < torch.tensor(token_len, device=inps.device)[:, None]
-    return prompt, tokens
+    return prompt, tokens, 0 if keep >= width else keep

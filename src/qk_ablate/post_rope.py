@@ -2,12 +2,11 @@
 
 The model is switched, with its public `set_attn_implementation`, to `qk_ablate:<original>`,
 a function that edits query/key/value and then calls the user's own kernel (SDPA, eager, flex),
-so no S x S tensor is ever built. It finds its work in its own call, not in a global: a forward
-pre-hook on each attention module adds the keyword `qk_ablate_site` (the attachment's editor and
-that layer's site) to the module's call, which transformers hands on to the attention function
-with the rest of its `**kwargs`; the wrapper pops it before the kernel sees it, and refuses to
-run without it. (The keyword is added per attention module rather than once at the model's
-forward because some decoder layers, StableLM's among them, do not pass `**kwargs` down.)
+so no S x S tensor is ever built. It finds its work in its own call, not in a global: every
+attention module hands the function itself as `module`, and each attached module carries its
+layer's work (the attachment's editor and that layer's site) as the attribute `qk_ablate_site`;
+the wrapper refuses to run on a module without it. No hook runs per layer, and a decode step
+that the intervention leaves alone (`stage=prefill`) costs the wrapper one check.
 
 Keys and values are edited in place: transformers hands the attention function the tensors it
 has just written into the KV cache, so the destroyed prompt keys stay destroyed for every
@@ -17,9 +16,7 @@ prompt's edit is applied again to the rebuilt prompt positions (`Editor`'s `reco
 
 from __future__ import annotations
 
-import inspect
 import sys
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -29,11 +26,11 @@ from qk_ablate.edits import Editor
 from qk_ablate.errors import QKAblateError
 
 PREFIX = "qk_ablate:"
-KEYWORD = "qk_ablate_site"
+ATTRIBUTE = "qk_ablate_site"
 
 
-def install(model: nn.Module, layout: ModelLayout, editor: Editor) -> tuple[list, str]:
-    """Switch `model` to the wrapper and hook its attention modules; returns (hooks, original implementation)."""
+def install(model: nn.Module, layout: ModelLayout, editor: Editor) -> str:
+    """Switch `model` to the wrapper and give its attention modules their work; returns the original implementation."""
     original = _check(model, layout)
     _register_wrapper(original)
     model.set_attn_implementation(PREFIX + original)
@@ -44,13 +41,17 @@ def install(model: nn.Module, layout: ModelLayout, editor: Editor) -> tuple[list
             f"{layout.model_type}: attention layer {stale[0]} kept its own attention implementation, so post-RoPE "
             "Q/K cannot be reached; use rope=pre"
         )
-    handles = [site.module.register_forward_pre_hook(_injector(editor, site), with_kwargs=True) for site in layout.sites]
-    return handles, original
+    for site in layout.sites:
+        setattr(site.module, ATTRIBUTE, (editor, site))
+    return original
 
 
-def restore(model: nn.Module, original: str) -> None:
-    """Give the model back its attention implementation."""
+def restore(model: nn.Module, layout: ModelLayout, original: str) -> None:
+    """Give the model back its attention implementation and take the layers' work off its modules."""
     model.set_attn_implementation(original)
+    for site in layout.sites:
+        if hasattr(site.module, ATTRIBUTE):
+            delattr(site.module, ATTRIBUTE)
 
 
 def _check(model: nn.Module, layout: ModelLayout) -> str:
@@ -69,13 +70,6 @@ def _check(model: nn.Module, layout: ModelLayout) -> str:
             f"attn_implementation={original} looks itself up by the model's attention name, so it cannot run behind "
             "the post-RoPE wrapper; load the model with attn_implementation=sdpa (or eager), or use rope=pre"
         )
-    for site in layout.sites:
-        params = inspect.signature(site.module.forward).parameters.values()
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            raise QKAblateError(
-                f"{type(site.module).__name__}.forward takes no **kwargs, so qk-ablate cannot hand its attention "
-                "function the layer's work; use rope=pre"
-            )
     return original
 
 
@@ -85,19 +79,12 @@ def _implementation(module: nn.Module, model: nn.Module) -> str:
     return getattr(config, "_attn_implementation", None) or "eager"
 
 
-def _injector(editor: Editor, site: AttentionSite) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict]]:
-    """A pre-hook that adds this layer's work to the attention module's keyword arguments."""
-
-    def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return args, {**kwargs, KEYWORD: (editor, site)}
-
-    return inject
-
-
 def edit(
     editor: Editor, site: AttentionSite, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Edit query (a new tensor) and the new positions of key/value (in place: they are the cache's tensors)."""
+    if not (editor.step.prefill or editor.works_on_decode or site.recomputed):
+        return query, key, value
     q_len = query.shape[2]
     new_query = editor.edit(site.layer, "q", "post", query, site.select)
     tensors = {"k": key, "v": value}
@@ -125,11 +112,11 @@ def _register_wrapper(original: str) -> None:
         return
 
     def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-        entry = kwargs.pop(KEYWORD, None)
+        entry = getattr(module, ATTRIBUTE, None)
         if entry is None:
             raise QKAblateError(
-                f"{type(module).__name__} called its attention function without the qk-ablate keyword "
-                "(its forward does not pass **kwargs on), so post-RoPE work cannot reach it; use rope=pre"
+                f"{type(module).__name__} called the qk-ablate attention function but is not one of the attached "
+                "attention modules, so post-RoPE work cannot reach it; use rope=pre"
             )
         query, key, value = edit(*entry, query, key, value)
         if original in ALL_ATTENTION_FUNCTIONS:

@@ -1,0 +1,228 @@
+"""GPU cost of qk-ablate at a user's scale, as ratios against plain Hugging Face in the same run.
+
+One script, one card, a Llama-3.1-8B-shaped random bf16 model (SDPA), three workloads:
+
+* **generate**: `qk_gsm8k` through lm-eval in-process (`--problems` problems, batch 16, 256-token
+  generations, greedy), plain `HFLM` against `qk_ablated` with none / `ablate=massive` /
+  `quant=int4`, round-robin, median of `--gen-repeats`. Vocabulary = the tokenizer's (SmolLM2's).
+* **prefill**: one forward with last-position logits at each of `--tokens`, plain against every
+  intervention attached, median of `--repeats` after a warm-up (which also compiles).
+* **loglikelihood**: one request of N tokens with an 8-token continuation through lm-eval's
+  `_loglikelihood_tokens`: plain `HFLM` (logits at every position) against `qk_ablated` (logits
+  at the scored positions only), peak GPU memory and the loglikelihood itself, beside a
+  last-position prefill's peak. Llama-3's 128,256-token vocabulary, as the logits are what costs.
+
+    python3 benchmarks/gpu.py --tokenizer .gpu/tokenizer            # everything, printed as markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+
+from qk_ablate import InterventionSpec, attach, fused
+
+LLAMA3_VOCAB = 128256
+PREFILL = {
+    "ablate=none": InterventionSpec(),
+    "ablate=massive": InterventionSpec(ablate="massive"),
+    "ablate=nonmassive": InterventionSpec(ablate="nonmassive"),
+    "quant=int4": InterventionSpec(quant="int4"),
+    "quant=int4,axis=channel,kv,protect": InterventionSpec(quant="int4", quant_axis="channel", quant_targets="kv",
+                                                           protect="massive"),
+}
+GENERATE = {"ablate=none": InterventionSpec(), "ablate=massive": InterventionSpec(ablate="massive"),
+            "quant=int4": InterventionSpec(quant="int4")}
+
+
+DEVICE = "cuda"
+WIDTH = 4096  # --smoke shrinks the model and runs on the CPU: a check of this script, not a measurement
+
+
+def build(vocab: int, layers: int, tokenizer: transformers.PreTrainedTokenizerBase) -> torch.nn.Module:
+    """A random Llama-3.1-8B-shaped bf16 model on the GPU with one massive rotary pair per Q/K head."""
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=WIDTH, intermediate_size=WIDTH * 7 // 2, num_hidden_layers=layers,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072 + 256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    with torch.no_grad():  # a planted massive pair (dims 60 and 124 of every head), as real models have
+        for layer in model.model.layers:
+            for proj, heads in ((layer.self_attn.q_proj, 32), (layer.self_attn.k_proj, 8)):
+                weight = proj.weight.view(heads, 128, -1)
+                weight[:, [60, 124]] *= 30
+    return model.eval()
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_bytes() -> int:
+    return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 1
+
+
+def reset_peak() -> None:
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - started
+
+
+def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> None:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.paths import tasks_dir
+
+    from qk_ablate import task_data
+
+    packaged = Path(task_data.__file__).parent / "gsm8k_test.jsonl"  # the GSM8K test split shipped in the wheel
+    manager = TaskManager(include_path=tasks_dir(), metadata={"gsm8k_path": str(packaged)})
+    plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device=DEVICE)
+    ours = QKAblatedLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device=DEVICE)
+
+    def run(lm, limit: int = problems) -> float:
+        return timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["qk_gsm8k"], limit=limit, task_manager=manager,
+                                                     gen_kwargs="max_gen_toks=256", verbosity="ERROR"))
+
+    ours.use(InterventionSpec())
+    run(plain, limit=min(problems, 16))  # warm-up: kernels, task build, caches
+    times: dict[str, list[float]] = {"plain hf": [], **{name: [] for name in GENERATE}}
+    for _ in range(repeats):
+        ours.use(InterventionSpec())
+        times["plain hf"].append(run(plain))
+        for name, spec in GENERATE.items():
+            ours.use(spec)
+            times[name].append(run(ours))
+    ours.use(InterventionSpec())
+    base = statistics.median(times["plain hf"])
+    print(f"\n### Batched generation: qk_gsm8k, {problems} problems, batch 16, 256-token generations\n")
+    print("| variant | runs (s) | median s | time ratio |\n|---|---|---:|---:|")
+    for name, values in times.items():
+        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {statistics.median(values):.2f} "
+              f"| {statistics.median(values) / base:.3f} |")
+
+
+def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
+    print(f"\n### Prefill: one forward, last-position logits, batch 1 (median of {repeats} after a warm-up)\n")
+    print("| tokens | variant | median s | time ratio | peak GiB | memory ratio |\n|---|---|---:|---:|---:|---:|")
+    vocab = model.config.vocab_size
+    for length in tokens:
+        ids = torch.randint(0, vocab, (1, length), device=DEVICE)
+        rows = {}
+        for name, spec in {"plain": None, **PREFILL}.items():
+            times, peak = [], 0
+            for repeat in range(repeats + 1):
+                reset_peak()
+                with torch.no_grad():
+                    if spec is None:
+                        elapsed = timed(lambda: model(ids, logits_to_keep=1, use_cache=False))
+                    else:
+                        with attach(model, spec):
+                            elapsed = timed(lambda: model(ids, logits_to_keep=1, use_cache=False))
+                if repeat:
+                    times.append(elapsed)
+                peak = max(peak, peak_bytes())
+            rows[name] = (statistics.median(times), peak)
+        base_t, base_m = rows["plain"]
+        for name, (t, m) in rows.items():
+            print(f"| {length} | {name} | {t:.3f} | {t / base_t:.3f} | {m / 2**30:.1f} | {m / base_m:.3f} |")
+
+
+def loglikelihood(model: torch.nn.Module, tokenizer, tokens: list[int]) -> None:
+    from lm_eval.models.huggingface import HFLM
+
+    from qk_ablate.lm import QKAblatedLM
+
+    print("\n### Loglikelihood of one request (8-token continuation), peak GPU memory\n")
+    print("| tokens | last-position prefill GiB | plain HFLM GiB | qk_ablated GiB | qk_ablated massive GiB "
+          "| ours / prefill | loglikelihood plain | ours |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=131072 + 128, device=DEVICE)
+    ours = QKAblatedLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=131072 + 128, device=DEVICE)
+    vocab = len(tokenizer)
+    for length in tokens:
+        generator = torch.Generator().manual_seed(length)
+        request = torch.randint(0, vocab, (length + 1,), generator=generator).tolist()
+        item = [(("", ""), request[:-8], request[-8:])]
+
+        def peak(fn: Callable[[], object]) -> tuple[float, object]:
+            reset_peak()
+            try:
+                with torch.no_grad():
+                    value = fn()
+            except torch.OutOfMemoryError:
+                return float("nan"), "out of memory"
+            return peak_bytes() / 2**30, value
+
+        ids = torch.tensor([request[:-1]], device=DEVICE)
+        prefill_peak, _ = peak(lambda: model(ids, logits_to_keep=1, use_cache=False))
+        ours.use(InterventionSpec())
+        plain_peak, plain_value = peak(lambda: plain._loglikelihood_tokens(item, disable_tqdm=True))
+        ours_peak, ours_value = peak(lambda: ours._loglikelihood_tokens(item, disable_tqdm=True))
+        ours.use(InterventionSpec(ablate="massive"))
+        massive_peak, _ = peak(lambda: ours._loglikelihood_tokens(item, disable_tqdm=True))
+        ours.use(InterventionSpec())
+        show = (lambda v: v if isinstance(v, str) else f"{v[0][0]:.4f}")
+        print(f"| {length} | {prefill_peak:.1f} | {plain_peak:.1f} | {ours_peak:.1f} | {massive_peak:.1f} "
+              f"| {ours_peak / prefill_peak:.3f} | {show(plain_value)} | {show(ours_value)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (SmolLM2's)")
+    parser.add_argument("--parts", default="generate,prefill,loglikelihood")
+    parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--gen-repeats", type=int, default=2)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ll-tokens", type=int, nargs="+", default=[32768, 65536, 131072])
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true", help="a small model on the CPU: checks the script, measures nothing")
+    args = parser.parse_args()
+    if args.smoke:
+        global DEVICE, WIDTH
+        DEVICE, WIDTH = "cpu", 256
+    parts = args.parts.split(",")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer)
+    card = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (smoke)"
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {card}, "
+          f"{args.layers} layers, bf16, SDPA, QK_ABLATE_COMPILE={fused.mode()}")
+    if "generate" in parts:
+        model = build(len(tokenizer), args.layers, tokenizer)
+        generate(model, tokenizer, args.problems, args.gen_repeats)
+        del model
+        reset_peak()
+    if "prefill" in parts or "loglikelihood" in parts:
+        model = build(LLAMA3_VOCAB, args.layers, tokenizer)
+        if "prefill" in parts:
+            prefill(model, args.tokens, args.repeats)
+        if "loglikelihood" in parts:
+            loglikelihood(model, tokenizer, args.ll_tokens)
+
+
+if __name__ == "__main__":
+    main()
