@@ -38,6 +38,8 @@ PREFILL = {
     "quant=int4,axis=channel,kv,protect": InterventionSpec(quant="int4", quant_axis="channel", quant_targets="kv",
                                                            protect="massive"),
 }
+# every generation exactly 256 tokens (a random model's stop strings and EOS would end them at random)
+FIXED_LENGTH = {"max_gen_toks": 256, "min_new_tokens": 256, "until": ["<never stop here>"]}
 GENERATE = {"ablate=none": InterventionSpec(), "ablate=massive": InterventionSpec(ablate="massive"),
             "quant=int4": InterventionSpec(quant="int4")}
 
@@ -107,7 +109,7 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
 
     def run(lm, limit: int = problems) -> float:
         return timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["qk_gsm8k"], limit=limit, task_manager=manager,
-                                                     gen_kwargs="max_gen_toks=256", verbosity="ERROR"))
+                                                     gen_kwargs=FIXED_LENGTH, verbosity="ERROR"))
 
     ours.use(InterventionSpec())
     run(plain, limit=min(problems, 16))  # warm-up: kernels, task build, caches
@@ -128,15 +130,16 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
 
 
 def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
-    print(f"\n### Prefill: one forward, last-position logits, batch 1 (median of {repeats} after a warm-up)\n")
+    print(f"\n### Prefill: one forward, last-position logits, batch 1 (median of {repeats} round-robin runs after a warm-up)\n")
     print("| tokens | variant | median s | time ratio | peak GiB | memory ratio |\n|---|---|---:|---:|---:|---:|")
     vocab = model.config.vocab_size
     for length in tokens:
         ids = torch.randint(0, vocab, (1, length), device=DEVICE)
-        rows = {}
-        for name, spec in {"plain": None, **PREFILL}.items():
-            times, peak = [], 0
-            for repeat in range(repeats + 1):
+        variants = {"plain": None, **PREFILL}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        peaks = dict.fromkeys(variants, 0)
+        for repeat in range(repeats + 1):  # round-robin, so a drift of the card's clocks hits every variant alike
+            for name, spec in variants.items():
                 reset_peak()
                 with torch.no_grad():
                     if spec is None:
@@ -144,10 +147,10 @@ def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
                     else:
                         with attach(model, spec):
                             elapsed = timed(lambda: model(ids, logits_to_keep=1, use_cache=False))
-                if repeat:
-                    times.append(elapsed)
-                peak = max(peak, peak_bytes())
-            rows[name] = (statistics.median(times), peak)
+                if repeat:  # the first is a warm-up (and compiles)
+                    times[name].append(elapsed)
+                peaks[name] = max(peaks[name], peak_bytes())
+        rows = {name: (statistics.median(times[name]), peaks[name]) for name in variants}
         base_t, base_m = rows["plain"]
         for name, (t, m) in rows.items():
             print(f"| {length} | {name} | {t:.3f} | {t / base_t:.3f} | {m / 2**30:.1f} | {m / base_m:.3f} |")

@@ -84,18 +84,18 @@ def test_loglikelihood_computes_only_the_scored_logits_and_matches_hflm_exactly(
     plain = HFLM(pretrained=model, tokenizer=word_tokenizer(), device="cpu", batch_size=3).loglikelihood(instances)
     ours = QKAblatedLM(pretrained=model, tokenizer=word_tokenizer(), device="cpu", batch_size=3)
     kept = []
-    handle = model.register_forward_pre_hook(lambda m, a, kw: kept.append((a[0].shape[1], kw.get("logits_to_keep"))),
-                                             with_kwargs=True)
+    handle = model.register_forward_pre_hook(
+        lambda m, a, kw: kept.append((a[0].shape[1], kw.get("logits_to_keep"), kw.get("use_cache"))), with_kwargs=True)
     try:
         assert ours.loglikelihood(instances) == plain
     finally:
         handle.remove()
     # the batch of the 3 longest keeps what its shortest row's continuation needs; a 1-token input has nothing to cut
-    (width, keep), last = kept
-    assert 0 < keep < width and last == (1, None)
+    (width, keep, cache), last = kept
+    assert 0 < keep < width and cache is False and last == (1, None, None)
     ablated = QKAblatedLM(pretrained=model, tokenizer=word_tokenizer(), device="cpu", batch_size=3, ablate="massive")
     scored_only = ablated.loglikelihood(instances)
-    ablated._keeps_logits = False  # every position's logits, as HFLM computes them
+    ablated._lean_forward = False  # every position's logits, as HFLM computes them
     assert scored_only == ablated.loglikelihood(instances) != plain
 
 

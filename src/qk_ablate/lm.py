@@ -50,7 +50,8 @@ class QKAblatedLM(HFLM):
         self.spec = self.attachment.spec  # its preset resolved for this model
         self._requests: dict[tuple[int, ...], tuple[int, int]] | None = None
         self._warned_kv_cache = False
-        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        accepted = inspect.signature(self.model.forward).parameters
+        self._lean_forward = {"logits_to_keep", "use_cache"} <= set(accepted)
 
     def use(self, spec: InterventionSpec) -> None:
         """Swap the intervention without reloading the model (the demo and sweeps run several)."""
@@ -120,13 +121,13 @@ class QKAblatedLM(HFLM):
 
         HFLM slices each row's continuation counting from the end of what it gets back, so fewer
         positions at the front change nothing it reads; a 128k-token request then costs a prefill,
-        not a `[128k, vocab]` block of logits and its log-softmax.
+        not a `[128k, vocab]` block of logits and its log-softmax, nor a KV cache nobody reads.
         """
         if self._requests is None or attn_mask is not None:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         prompt, tokens, keep = _positions(inps, self._requests)
         edits = self.attachment.positions(prompt, tokens) if self.spec.edits_attention else contextlib.nullcontext()
-        extra = {"logits_to_keep": keep} if keep and self._keeps_logits else {}
+        extra = {"logits_to_keep": keep, "use_cache": False} if keep and self._lean_forward else {}
         precision = self.mixed_precision_dtype
         with edits, torch.no_grad(), torch.autocast(self.device.type, dtype=precision, enabled=precision is not None):
             return self.model(inps, **extra).logits
