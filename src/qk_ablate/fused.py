@@ -47,5 +47,8 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run(fn: Callable[..., Any], x: torch.Tensor, *args: Any) -> Any:
-    """`fn(x, *args)`, compiled when `x`'s device calls for it."""
-    return _compiled(fn)(x, *args) if compiles(x.device) else fn(x, *args)
+    """`fn(x, *args)`, compiled when `x`'s device calls for it (and not already inside an engine's own
+    compiled graph, which traces the plain function into itself)."""
+    if compiles(x.device) and not torch.compiler.is_compiling():
+        return _compiled(fn)(x, *args)
+    return fn(x, *args)
