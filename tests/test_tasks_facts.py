@@ -236,12 +236,13 @@ def test_zero_shot_docs_are_the_same_questions_without_examples(recall):
 
 def test_committed_runs_keep_their_prompts():
     """The few-shot prompts are what the committed paper grid evaluated, so old runs still pair."""
+    from qk_ablate.runs import read_samples
     from qk_ablate.task_data import country_capital as cc
 
     root = TASKS_DIR.parent / "results" / "paper" / "smollm2-135m" / "baseline"
     for name, docs in (("city_facts", cf.build_recall_docs()), ("country_capital", cc.build_docs())):
-        (path,) = root.rglob(f"samples_{name}_*.jsonl")
-        records = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+        (path,) = root.rglob(f"samples_{name}_*.jsonl.gz")  # committed samples are gzipped
+        records = [json.loads(line) for line in read_samples(path) if line.strip()]
         assert len(records) == 100
         assert all(r["doc"]["input"] == docs[r["doc_id"]]["input"] for r in records)
 
