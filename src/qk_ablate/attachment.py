@@ -24,13 +24,11 @@ from torch import nn
 
 from qk_ablate import post_rope, pre_rope
 from qk_ablate.arch import ModelLayout, find_layout
-from qk_ablate.edits import Editor, Observer, Step
+from qk_ablate.edits import IDLE_DECODE, Editor, Observer, Step
 from qk_ablate.errors import QKAblateError
 from qk_ablate.spec import InterventionSpec
 
 __all__ = ["Attachment", "Observer", "attach"]
-
-DECODE = Step(prompt=None, tokens=None, prefill=False)  # a decode step with nothing to do
 
 
 class Attachment:
@@ -147,7 +145,7 @@ class Attachment:
         past = cache.get_seq_length() if cache is not None else 0
         if past and not self._decode_work:  # a decode step the intervention leaves alone: no masks, no hooks
             self._unhook_projections()
-            self.editor.begin(DECODE)
+            self.editor.begin(IDLE_DECODE)
             return
         self._hook_projections()
         if self._fixed is not None:

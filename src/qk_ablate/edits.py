@@ -42,7 +42,8 @@ class Step:
     prefill: the cache was empty, so every position of this forward is new;
     slots: [B] each sample's place in a store of decisions that outlives the batch (vLLM's
     continuous batching, where a later step's decode rows are other samples than this prefill's),
-    below `slot_count`; None: the decisions are kept for this batch as a whole (HF generation).
+    below `slot_count`; None: the decisions are kept for this batch as a whole (HF generation);
+    idle: a decode step that the intervention leaves alone (`IDLE_DECODE`), so callers skip it at once.
     Both masks are on the input's device; `masks(device)` gives them where a layer runs.
     """
 
@@ -51,6 +52,7 @@ class Step:
     prefill: bool
     slots: torch.Tensor | None = None
     slot_count: int = 0
+    idle: bool = False
     _moved: dict[torch.device, tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=dict, repr=False)
 
     def masks(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -63,6 +65,9 @@ class Step:
                 None if m is None else m.to(device, non_blocking=fast) for m in (self.prompt, self.tokens)
             )
         return self._moved[device]
+
+
+IDLE_DECODE = Step(prompt=None, tokens=None, prefill=False, idle=True)
 
 
 @dataclass

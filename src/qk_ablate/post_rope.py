@@ -83,7 +83,7 @@ def edit(
     editor: Editor, site: AttentionSite, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Edit query (a new tensor) and the new positions of key/value (in place: they are the cache's tensors)."""
-    if not (editor.step.prefill or editor.works_on_decode or site.recomputed):
+    if editor.step.idle:  # a decode step the intervention leaves alone
         return query, key, value
     q_len = query.shape[2]
     new_query = editor.edit(site.layer, "q", "post", query, site.select)

@@ -26,11 +26,7 @@ def install(layout: ModelLayout, editor: Editor) -> list[torch.utils.hooks.Remov
 
 
 def _hook(editor: Editor, entries: list[tuple[int, str, TensorSource]]) -> Callable:
-    rebuilt = any(source.recomputed for _, _, source in entries)
-
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if not (editor.step.prefill or editor.works_on_decode or rebuilt):  # a decode step left alone
-            return None
         if output.ndim == 4 and output.shape[-1] == entries[0][2].head_dim:  # a per-head q_norm/k_norm
             (layer, name, source), = entries  # one source, [B, S, H, D] or [B, H, S, D]
             heads_first = _heads_first(args[0], output, source.num_heads)
