@@ -18,6 +18,7 @@ One script, one card, a Llama-3.1-8B-shaped random bf16 model (SDPA), three work
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import time
@@ -107,29 +108,52 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
     plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device=DEVICE)
     ours = QKAblatedLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device=DEVICE)
 
-    def run(lm, limit: int = problems) -> float:
-        return timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["qk_gsm8k"], limit=limit, task_manager=manager,
-                                                     gen_kwargs=FIXED_LENGTH, verbosity="ERROR"))
+    inside = {"s": 0.0}  # seconds spent in model.generate (the decode loop), apart from lm-eval's own work
+
+    def timing(lm) -> None:
+        original = lm._model_generate
+
+        def generate_timed(*args, **kwargs):
+            sync()
+            started = time.perf_counter()
+            out = original(*args, **kwargs)
+            sync()
+            inside["s"] += time.perf_counter() - started
+            return out
+
+        lm._model_generate = generate_timed
+
+    timing(plain)
+    timing(ours)
+
+    def run(lm, limit: int = problems) -> tuple[float, float]:
+        inside["s"] = 0.0
+        total = timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["qk_gsm8k"], limit=limit, task_manager=manager,
+                                                      gen_kwargs=FIXED_LENGTH, verbosity="ERROR"))
+        return total, inside["s"]
 
     ours.use(InterventionSpec())
     run(plain, limit=min(problems, 16))  # warm-up: kernels, task build, caches
     for spec in GENERATE.values():  # and each variant's first prefill, which compiles its fused kernels
         ours.use(spec)
         run(ours, limit=min(problems, 16))
-    times: dict[str, list[float]] = {"plain hf": [], **{name: [] for name in GENERATE}}
-    for _ in range(repeats):
-        ours.use(InterventionSpec())
-        times["plain hf"].append(run(plain))
-        for name, spec in GENERATE.items():
-            ours.use(spec)
-            times[name].append(run(ours))
+    variants: dict[str, InterventionSpec | None] = {"plain hf": None, **GENERATE}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    names = list(variants)
+    for round_ in range(repeats):  # round-robin, each round in a rotated order: drifts hit every variant alike
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            spec = variants[name]
+            ours.use(spec or InterventionSpec())
+            times[name].append(run(plain if spec is None else ours))
     ours.use(InterventionSpec())
-    base = statistics.median(times["plain hf"])
     print(f"\n### Batched generation: qk_gsm8k, {problems} problems, batch 16, 256-token generations\n")
-    print("| variant | runs (s) | median s | time ratio |\n|---|---|---:|---:|")
+    print("Per run: seconds in all (in `model.generate`). Ratio: the median over rounds of the run's time in "
+          "`model.generate` over plain's in the same round.\n")
+    print("| variant | runs, s | median s in generate | ratio to plain |\n|---|---|---:|---:|")
     for name, values in times.items():
-        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {statistics.median(values):.2f} "
-              f"| {statistics.median(values) / base:.3f} |")
+        ratio = statistics.median(g / p[1] for (_, g), p in zip(values, times["plain hf"]))
+        runs = ", ".join(f"{t:.1f} ({g:.1f})" for t, g in values)
+        print(f"| {name} | {runs} | {statistics.median(g for _, g in values):.2f} | {ratio:.3f} |")
 
 
 def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
@@ -138,6 +162,7 @@ def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
     vocab = model.config.vocab_size
     for length in tokens:
         ids = torch.randint(0, vocab, (1, length), device=DEVICE)
+        mask = torch.ones_like(ids)  # as lm-eval passes one: the interventions then take the masked path
         variants = {"plain": None, **PREFILL}
         times: dict[str, list[float]] = {name: [] for name in variants}
         peaks = dict.fromkeys(variants, 0)
@@ -146,10 +171,10 @@ def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
                 reset_peak()
                 with torch.no_grad():
                     if spec is None:
-                        elapsed = timed(lambda: model(ids, logits_to_keep=1, use_cache=False))
+                        elapsed = timed(lambda: model(ids, attention_mask=mask, logits_to_keep=1, use_cache=False))
                     else:
                         with attach(model, spec):
-                            elapsed = timed(lambda: model(ids, logits_to_keep=1, use_cache=False))
+                            elapsed = timed(lambda: model(ids, attention_mask=mask, logits_to_keep=1, use_cache=False))
                 if repeat:  # the first is a warm-up (and compiles)
                     times[name].append(elapsed)
                 peaks[name] = max(peaks[name], peak_bytes())
@@ -157,6 +182,68 @@ def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
         base_t, base_m = rows["plain"]
         for name, (t, m) in rows.items():
             print(f"| {length} | {name} | {t:.3f} | {t / base_t:.3f} | {m / 2**30:.1f} | {m / base_m:.3f} |")
+
+
+def kernel_profile(model: torch.nn.Module, length: int) -> None:
+    """Where each variant's prefill spends GPU time: attention kernels, matmuls, and everything else
+    (the intervention's own kernels among it), summed over one profiled forward after a warm-up.
+
+    Wall-clock ratios of long forwards move by a few percent with the card's clocks, which follow
+    its power draw, which follows the data (fake-quantized Q/K make the attention kernel draw less);
+    the summed kernel time of the non-matmul, non-attention kernels is the intervention's own cost.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(0, model.config.vocab_size, (1, length), device=DEVICE)
+    activity = ProfilerActivity.CUDA if DEVICE == "cuda" else ProfilerActivity.CPU
+    print(f"\n### Kernel time of one prefill, {length} tokens (ms, summed over kernels)\n")
+    print("| variant | wall | all kernels | attention | matmul | other | other - plain's other, % of plain |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    base_other = base_total = None
+    top: dict[str, list[tuple[str, float]]] = {}
+    plain_kernels: set[str] = set()
+    kernel_times: dict[str, dict[str, float]] = {}
+    for name, spec in {"plain": None, **PREFILL, "plain, again": None}.items():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            if spec is not None:
+                stack.enter_context(attach(model, spec))
+            forward = (lambda: model(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1, use_cache=False))
+            timed(forward)  # warm-up (compiles)
+            wall = timed(forward)
+            with profile(activities=[activity]) as prof:
+                forward()
+                sync()
+        groups = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+        others: dict[str, float] = {}
+        kernel_times[name] = every = {}
+        for event in prof.key_averages():
+            spent = getattr(event, "device_time_total", 0.0) if DEVICE == "cuda" else event.self_cpu_time_total
+            if not spent or (DEVICE == "cuda" and event.device_type != torch.autograd.DeviceType.CUDA):
+                continue
+            key = event.key.lower()
+            group = ("attention" if any(w in key for w in ("flash", "fmha", "attention", "sdpa")) else
+                     "matmul" if any(w in key for w in ("gemm", "cutlass", "nvjet", "sm90", "matmul", "aten::mm", "aten::bmm", "addmm")) else "other")
+            groups[group] += spent / 1000
+            every[event.key[:90]] = every.get(event.key[:90], 0.0) + spent / 1000
+            if group == "other":
+                others[event.key[:90]] = spent / 1000
+        total = sum(groups.values())
+        if base_other is None:
+            base_other, base_total = groups["other"], total
+        if name == "plain":
+            plain_kernels = set(others)
+        top[name] = sorted(((k, v) for k, v in others.items() if k not in plain_kernels), key=lambda kv: -kv[1])[:6]
+        print(f"| {name} | {wall * 1000:.0f} | {total:.1f} | {groups['attention']:.1f} | {groups['matmul']:.1f} "
+              f"| {groups['other']:.1f} | {100 * (groups['other'] - base_other) / base_total:+.2f} |")
+    print("\nKernels that took longest more than in plain's forward (ms):")
+    for name, every in kernel_times.items():
+        diff = sorted(((k, v - kernel_times["plain"].get(k, 0.0)) for k, v in every.items()), key=lambda kv: -kv[1])[:8]
+        print(f"- {name}: " + "; ".join(f"`{k}` {v:+.2f}" for k, v in diff))
+    print("\nKernels a variant adds to plain's (ms over the forward):")
+    for name, kernels in top.items():
+        if kernels:
+            print(f"- {name}: " + "; ".join(f"`{k}` {v:.2f}" for k, v in kernels))
 
 
 def loglikelihood(model: torch.nn.Module, tokenizer, tokens: list[int]) -> None:
@@ -200,12 +287,13 @@ def loglikelihood(model: torch.nn.Module, tokenizer, tokens: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (SmolLM2's)")
-    parser.add_argument("--parts", default="generate,prefill,loglikelihood")
+    parser.add_argument("--parts", default="generate,prefill,profile,loglikelihood")
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--gen-repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, nargs="+", default=[32768, 131072])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ll-tokens", type=int, nargs="+", default=[32768, 65536, 131072])
+    parser.add_argument("--profile-tokens", type=int, nargs="+", default=[32768])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--smoke", action="store_true", help="a small model on the CPU: checks the script, measures nothing")
     args = parser.parse_args()
@@ -222,10 +310,13 @@ def main() -> None:
         generate(model, tokenizer, args.problems, args.gen_repeats)
         del model
         reset_peak()
-    if "prefill" in parts or "loglikelihood" in parts:
+    if {"prefill", "profile", "loglikelihood"} & set(parts):
         model = build(LLAMA3_VOCAB, args.layers, tokenizer)
         if "prefill" in parts:
             prefill(model, args.tokens, args.repeats)
+        if "profile" in parts:
+            for length in args.profile_tokens:
+                kernel_profile(model, length)
         if "loglikelihood" in parts:
             loglikelihood(model, tokenizer, args.ll_tokens)
 

@@ -215,14 +215,15 @@ def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, 
     calls: list[tuple[str, torch.device]] = []
 
     def checked(name, function):
-        def wrapper(x, *rest, **kwargs):
-            others = [t for t in (*rest, *kwargs.values()) if isinstance(t, torch.Tensor) and t.ndim > 0]
-            assert all(t.device == x.device for t in others), (name, x.device, [t.device for t in others])
-            calls.append((name, x.device))
-            return function(x, *rest, **kwargs)
+        def wrapper(*args, **kwargs):
+            tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.ndim > 0]
+            device = tensors[0].device
+            assert all(t.device == device for t in tensors), (name, [t.device for t in tensors])
+            calls.append((name, device))
+            return function(*args, **kwargs)
         return wrapper
 
-    for name in ("column_norms", "control_mask", "fill_values", "destroy_columns", "fake_quantize"):
+    for name in ("statistics", "control_mask", "fill_from_means", "destroy_columns", "fake_quantize", "edit_new_tokens"):
         monkeypatch.setattr(edits, name, checked(name, getattr(edits, name)))
     model = build(arch)
     _split_second_layer_to_meta(model)

@@ -90,7 +90,7 @@ def test_band_attachment_detaches_bit_exact_and_counts_what_it_chose():
 
 
 def test_a_selection_that_chooses_nothing_changes_nothing_and_says_so(capsys):
-    from qk_ablate.edits import warn_if_nothing_selected
+    from qk_ablate.selection import warn_if_nothing_selected
 
     model = build("llama")
     ids = prompts()

@@ -8,6 +8,7 @@ from conftest import build
 
 from qk_ablate import InterventionSpec, attach, fused
 from qk_ablate.destroy import destroy_columns, fill_values
+from qk_ablate.edits import edit_new_tokens, statistics
 from qk_ablate.errors import QKAblateError
 from qk_ablate.quantize import fake_quantize
 from qk_ablate.selection import column_norms, massive_mask_threshold
@@ -43,6 +44,60 @@ def test_selection_fill_and_destroy_compiled_match_eager(compiled, dtype):
     assert torch.equal(fused.run(destroy_columns, x, columns, valid, fill), destroy_columns(x, columns, valid, fill))
 
 
+def test_one_pass_statistics_and_new_token_edits_compiled_match_eager(compiled):
+    x, valid = tensors(torch.bfloat16)
+    norms, means = fused.run(statistics, x, valid, True)
+    want_norms, want_means = statistics(x, valid, True)
+    torch.testing.assert_close(norms, want_norms, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(means, want_means, rtol=1e-5, atol=1e-5)
+    assert fused.run(statistics, x, valid, False)[1] is None
+    columns = massive_mask_threshold(norms, 5.0)
+    fill = means.to(x.dtype)
+    new = x[:, :, -1:]  # a decode step's token under stage=all: destroyed and quantized in one pass
+    for args in ((columns, fill, "int4", "token", None, True, None), (columns, fill, "none", "token", None, True, None),
+                 (None, None, "int4", "channel", None, True, columns)):
+        assert torch.equal(fused.run(edit_new_tokens, new, *args), edit_new_tokens(new, *args))
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_edits_into_a_tensor_write_its_own_memory_and_agree_with_new_tensors(monkeypatch, setting):
+    """transformers' query is a transposed [B, S, H, D] buffer: edited in place, it keeps that layout."""
+    monkeypatch.setenv("QK_ABLATE_COMPILE", setting)
+    x = torch.randn(2, 37, 3, 16).transpose(1, 2)
+    valid = torch.ones(2, 37, dtype=torch.bool)
+    valid[0, :5] = False
+    columns = torch.zeros(2, 3, 16, dtype=torch.bool)
+    columns[:, :, 4] = True
+    fill = x.mean(dim=2, keepdim=True)
+    for fn, args in ((destroy_columns, (columns, valid, fill)), (fake_quantize, ("int4", "token", None, True, valid, None)),
+                     (fake_quantize, ("int4", "channel", None, True, None, columns))):
+        want = fused.run(fn, x, *args)
+        target = x.clone().transpose(1, 2).contiguous().transpose(1, 2)  # the same layout as x
+        pointer, stride = target.data_ptr(), target.stride()
+        got = fused.run(fn, target, *args, into=True)
+        assert got is target and got.data_ptr() == pointer and got.stride() == stride == x.stride()
+        assert torch.equal(got, want)
+
+
+def test_prompts_of_every_length_and_batch_share_one_compiled_kernel(compiled):
+    """Batch and sequence are symbols, heads and head dim constants: a new prompt length or batch size
+    compiles nothing new, a new head count does."""
+    from torch._dynamo.utils import counters
+
+    def graphs() -> int:
+        return counters["stats"]["unique_graphs"]
+
+    torch._dynamo.reset()
+    fused._compiled.cache_clear()
+    fused.run(statistics, torch.randn(2, 4, 10, 16), torch.ones(2, 10, dtype=torch.bool), True)
+    first = graphs()
+    for batch, length in ((2, 33), (3, 7), (5, 120)):
+        fused.run(statistics, torch.randn(batch, 4, length, 16), torch.ones(batch, length, dtype=torch.bool), True)
+    assert graphs() == first
+    fused.run(statistics, torch.randn(2, 8, 10, 16), torch.ones(2, 10, dtype=torch.bool), True)
+    assert graphs() == first + 1
+
+
 @pytest.mark.parametrize(("fmt", "axis", "group", "sym"), [("int4", "token", None, True), ("int4", "channel", None, True),
                                                            ("int2", "channel", 8, False), ("fp8", "tensor", None, True)])
 def test_quantizers_compiled_match_eager(compiled, fmt, axis, group, sym):
@@ -66,6 +121,24 @@ def test_a_model_gives_the_same_logits_compiled_and_eager(monkeypatch):
         monkeypatch.setenv("QK_ABLATE_COMPILE", setting)
         with attach(model, spec), torch.no_grad():
             outputs[setting] = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(outputs["1"], outputs["0"], rtol=1e-5, atol=1e-5)
+
+
+def test_stage_all_generation_is_the_same_compiled_and_eager(monkeypatch):
+    """`stage=all` edits every decode step's new token with the prompt's decisions in one fused pass."""
+    model = build("llama")
+    ids = torch.randint(1, 100, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    spec = InterventionSpec.from_args({"ablate": "massive", "quant": "int4", "quant_targets": "k", "stage": "all",
+                                       "select": "topk", "topk": 2})
+    outputs = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("QK_ABLATE_COMPILE", setting)
+        with attach(model, spec), torch.no_grad():
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+        outputs[setting] = torch.stack(out.logits)
     torch.testing.assert_close(outputs["1"], outputs["0"], rtol=1e-5, atol=1e-5)
 
 

@@ -422,3 +422,24 @@ def test_bad_input_tensor_raises():
         fake_quantize(torch.zeros(3, 10, 8), "int8", "token")
     with pytest.raises(ValueError, match="floating-point"):
         fake_quantize(torch.zeros(1, 1, 2, 2, dtype=torch.int32), "int8", "token")
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_one_channel_group_reduces_without_scatter_and_matches_the_grouped_path(sym):
+    """`axis=channel` with no group (one group per column) is a masked reduction over S; it gives what the
+    scatter/gather path gives with a group as long as the prompt, padding and protected columns included."""
+    from qk_ablate.quantize import _quantize_channel
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 19, 8)
+    x[..., 2] *= 30
+    valid = torch.ones(2, 19, dtype=torch.bool)
+    valid[0, :7] = False
+    protect = torch.zeros(2, 3, 8, dtype=torch.bool)
+    protect[:, :, 2] = True
+    got = fake_quantize(x, "int4", "channel", None, sym, valid, protect)
+    mask = valid[:, None, :, None].expand_as(x) & ~protect[:, :, None, :].expand_as(x)
+    grouped = torch.where(mask, _quantize_channel(x, "int4", sym, valid, mask, 19), x)
+    assert torch.equal(got, grouped)
+    assert torch.equal(got[0, :, :7], x[0, :, :7]) and torch.equal(got[..., 2], x[..., 2])
+    assert not torch.equal(got, x)

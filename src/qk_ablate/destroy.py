@@ -15,24 +15,38 @@ def fill_values(
     Qwen2 code); tensor_mean: the mean of the whole sample tensor (all heads, dims, prompt
     positions); zero: 0. Padding positions never enter a mean.
     """
-    if mode == "zero":
-        return x.new_zeros(())
+    means = None if mode == "zero" else column_means(x, valid)
+    return fill_from_means(means, mode, x, columns)
+
+
+def column_means(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """`[B, H, 1, D]` float32: each column's mean over the sample's non-padding positions."""
     xf = x.float()
     if valid is None:
-        column = xf.mean(dim=2, keepdim=True)
-    else:
-        weight = valid[:, None, :, None].to(xf.dtype)
-        column = (xf * weight).sum(dim=2, keepdim=True) / weight.sum(dim=2, keepdim=True).clamp_min(1)
+        return xf.mean(dim=2, keepdim=True)
+    weight = valid[:, None, :, None].to(xf.dtype)
+    return (xf * weight).sum(dim=2, keepdim=True) / weight.sum(dim=2, keepdim=True).clamp_min(1)
+
+
+def fill_from_means(
+    means: torch.Tensor | None, mode: str, x: torch.Tensor, columns: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`fill_values` from the column means already taken (None for `zero`), in `x`'s dtype and on its device."""
+    dtype = x.dtype
+    if mode == "zero":
+        return x.new_zeros(())
+    if means is None:
+        raise ValueError(f"fill={mode} needs the column means")
     if mode == "mean":
-        return column.to(x.dtype)
+        return means.to(dtype)
     if mode == "shared_mean":
         if columns is None:
             raise ValueError("fill=shared_mean needs the selected columns")
-        chosen = columns[:, :, None, :].to(column.dtype)
-        shared = (column * chosen).sum(dim=-1, keepdim=True) / chosen.sum(dim=-1, keepdim=True).clamp_min(1)
-        return shared.to(x.dtype)
+        chosen = columns[:, :, None, :].to(means.dtype)
+        shared = (means * chosen).sum(dim=-1, keepdim=True) / chosen.sum(dim=-1, keepdim=True).clamp_min(1)
+        return shared.to(dtype)
     if mode == "tensor_mean":
-        return column.mean(dim=(1, 3), keepdim=True).to(x.dtype)
+        return means.mean(dim=(1, 3), keepdim=True).to(dtype)
     raise ValueError(f"unknown fill mode {mode!r}")
 
 

@@ -9,14 +9,13 @@ made on that tensor's device.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
 from qk_ablate import fused
-from qk_ablate.destroy import destroy_columns, fill_values
+from qk_ablate.destroy import column_means, destroy_columns, fill_from_means
 from qk_ablate.errors import QKAblateError
 from qk_ablate.quantize import fake_quantize
 from qk_ablate.selection import (
@@ -25,6 +24,7 @@ from qk_ablate.selection import (
     massive_mask_threshold,
     massive_mask_topk,
     random_scores,
+    summarize_selection,
 )
 from qk_ablate.spec import InterventionSpec
 
@@ -136,6 +136,7 @@ class Editor:
         select: tuple[int, int] | None = None,
         recomputed: bool = False,
         step: Step | None = None,
+        into: bool = False,
     ) -> torch.Tensor | None:
         """The intervention on `x: [B, H, S, D]`; None = unchanged.
 
@@ -143,28 +144,30 @@ class Editor:
         `recomputed`: `x` holds every cached position again at each decode step (MLA's K/V).
         `step`: what `x`'s samples are, when not the forward given to `begin` (an engine whose
         step mixes prefills and decodes edits each part with its own).
+        `into`: edit `x` itself (the attention wrapper's query and cache spans) and return it.
         """
         step = self.step if step is None else step
         watch = step.prefill and self.observer is not None and where in self.observe
         if watch and not self.after:
             self.observer(layer, name, where, x, step.masks(x.device)[0])
-        new = self._edit(layer, name, x, select, recomputed, step) if self.changes(layer, name, where) else None
+        new = self._edit(layer, name, x, select, recomputed, step, into) if self.changes(layer, name, where) else None
         if watch and self.after:  # what the intervention left: the edited tensor, or x where it changed nothing
             self.observer(layer, name, where, x if new is None else new, step.masks(x.device)[0])
         return new
 
     def _edit(
-        self, layer: int, name: str, x: torch.Tensor, select: tuple[int, int] | None, recomputed: bool, step: Step
+        self, layer: int, name: str, x: torch.Tensor, select: tuple[int, int] | None, recomputed: bool, step: Step,
+        into: bool,
     ) -> torch.Tensor | None:
         spec = self.spec
         destroy, quantize = name in self._destroyed, name in self._quantized
         if step.prefill:
             keep = recomputed or spec.stage == "all"
-            return self._edit_prompt(step, layer, name, x, destroy, quantize, select, keep)
+            return self._edit_prompt(step, layer, name, x, destroy, quantize, select, keep, into)
         if recomputed:
             return self._edit_again(self._kept_for(step, layer, name), x, destroy, quantize)
         if spec.stage == "all":
-            return self._edit_new_tokens(self._kept_for(step, layer, name), x, destroy, quantize)
+            return self._edit_new_tokens(self._kept_for(step, layer, name), x, destroy, quantize, into)
         return None
 
     def changes(self, layer: int, name: str, where: str) -> bool:
@@ -175,32 +178,35 @@ class Editor:
 
     def _edit_prompt(
         self, step: Step, layer: int, name: str, x: torch.Tensor, destroy: bool, quantize: bool,
-        select: tuple[int, int] | None, keep: bool,
+        select: tuple[int, int] | None, keep: bool, into: bool = False,
     ) -> torch.Tensor:
         """Select and fill from the prompt; edit the prompt (`stage=prefill`) or every real token (`all`)."""
         spec = self.spec
         prompt, tokens = step.masks(x.device)
         edited = prompt if spec.stage == "prefill" else tokens
         lo, hi = select or (0, x.shape[-1])
-        span = x[..., lo:hi]
-        massive = self._massive(span, prompt)
+        means = destroy and spec.fill != "zero"
+        norms, column_mean = fused.run(statistics, x, prompt, means) if spec.needs_selection else (None, None)
+        norms = None if norms is None else norms[..., lo:hi]
+        massive = self._massive(norms)
         columns = fill = None
         if destroy:
-            columns = _widen(self._columns(layer, name, span, prompt, massive, lo, hi), lo, x.shape[-1])
-            fill = fused.run(fill_values, x, prompt, spec.fill, columns)
-            x = fused.run(destroy_columns, x, columns, edited, fill)
+            columns = _widen(self._columns(layer, name, x[..., lo:hi], norms, massive, lo, hi), lo, x.shape[-1])
+            fill = fill_from_means(column_mean, spec.fill, x, columns)
+            x = fused.run(destroy_columns, x, columns, edited, fill, into=into)
         protect = _widen(massive, lo, x.shape[-1]) if spec.protect == "massive" else None
         self._count(name, columns if destroy else protect)
         if quantize:
-            x = self._quantize(x, edited, protect)
+            x = self._quantize(x, edited, protect, into=into or destroy)  # after destroy, x is already a new tensor
         if keep:
             self._keep(step, (layer, name), _Kept(columns, fill, protect, edited, x.shape[2]))
         return x
 
     def _columns(
-        self, layer: int, name: str, x: torch.Tensor, prompt: torch.Tensor | None, massive: torch.Tensor, lo: int, hi: int
+        self, layer: int, name: str, x: torch.Tensor, norms: torch.Tensor, massive: torch.Tensor, lo: int, hi: int
     ) -> torch.Tensor:
-        """The columns to destroy: the massive ones, the control, or as many as are massive from a band."""
+        """The columns to destroy (of `x`, the span selected from): the massive ones, the control, or as many
+        as are massive from a band."""
         spec = self.spec
         if spec.select == "band":
             allowed = self._band_on(name, x.device)[lo:hi]
@@ -209,7 +215,7 @@ class Editor:
             return control_mask(massive, self._random_scores(layer, name, x), allowed)
         if spec.ablate == "massive":
             return massive
-        return control_mask(massive, self._control_scores(layer, name, x, prompt))
+        return control_mask(massive, norms if spec.control == "smallest" else self._random_scores(layer, name, x))
 
     def _band_on(self, name: str, device: torch.device) -> torch.Tensor:
         """The band's `[D]` mask on `device`, copied once per device."""
@@ -241,12 +247,14 @@ class Editor:
             rest = self._edit_new_tokens(kept, rest, destroy, quantize)
         return torch.cat([head, rest], dim=2)
 
-    def _edit_new_tokens(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
-        if destroy:
-            x = fused.run(destroy_columns, x, kept.columns, None, kept.fill)
-        if quantize:
-            x = self._quantize(x, None, kept.protect)
-        return x
+    def _edit_new_tokens(
+        self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool, into: bool = False
+    ) -> torch.Tensor:
+        """`stage=all`'s decode work, the prompt's decisions applied to the new tokens: one fused pass."""
+        spec = self.spec
+        return fused.run(edit_new_tokens, x, kept.columns if destroy else None, kept.fill,
+                         spec.quant if quantize else "none", spec.quant_axis, spec.group or None, spec.sym, kept.protect,
+                         into=into)
 
     def _keep(self, step: Step, key: tuple[int, str], kept: _Kept) -> None:
         if step.slots is None:
@@ -265,22 +273,19 @@ class Editor:
             return kept
         return _Kept(*(_rows(t, step.slots) for t in (kept.columns, kept.fill, kept.protect)), None, 0)
 
-    def _quantize(self, x: torch.Tensor, valid: torch.Tensor | None, protect: torch.Tensor | None) -> torch.Tensor:
+    def _quantize(
+        self, x: torch.Tensor, valid: torch.Tensor | None, protect: torch.Tensor | None, into: bool = False
+    ) -> torch.Tensor:
         spec = self.spec
-        return fused.run(fake_quantize, x, spec.quant, spec.quant_axis, spec.group or None, spec.sym, valid, protect)
+        return fused.run(fake_quantize, x, spec.quant, spec.quant_axis, spec.group or None, spec.sym, valid, protect,
+                         into=into)
 
-    def _massive(self, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor | None:
+    def _massive(self, norms: torch.Tensor | None) -> torch.Tensor | None:
         if not self.spec.needs_selection:
             return None
-        norms = fused.run(column_norms, x, prompt)
         if self.spec.select == "topk":
             return massive_mask_topk(norms, self.spec.topk)
         return massive_mask_threshold(norms, self.spec.lam)
-
-    def _control_scores(self, layer: int, name: str, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
-        if self.spec.control == "smallest":
-            return fused.run(column_norms, x, prompt)
-        return self._random_scores(layer, name, x)
 
     def _random_scores(self, layer: int, name: str, x: torch.Tensor) -> torch.Tensor:
         """Seeded `[1, H, D]` noise of this layer and tensor (drawn for all heads, sliced to a shard's)."""
@@ -293,22 +298,25 @@ class Editor:
         return self._scores[key]
 
 
-def summarize_selection(selected: Mapping[str, int], heads: Mapping[str, int]) -> dict[str, dict[str, float]]:
-    """The results JSON's `qk_ablate_selected`: per tensor, columns chosen per prompt head, and the head count
-    (totals of one process, or summed over an engine's workers, each holding its own heads)."""
-    return {name: {"dims_per_head": round(total / heads[name], 4) if heads[name] else 0.0, "heads": heads[name]}
-            for name, total in sorted(selected.items())}
+def statistics(
+    x: torch.Tensor, valid: torch.Tensor | None, means: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One pass over a prompt's `x`: its column norms (which dims are massive) and, with `means`, its
+    column means (the fill), both over the positions `valid` marks. Compiled, the two reductions
+    share one read of `x`."""
+    return column_norms(x, valid), column_means(x, valid) if means else None
 
 
-def warn_if_nothing_selected(spec: InterventionSpec, selected: dict[str, dict[str, float]]) -> None:
-    """A run labelled `ablate=massive` that selected no dim on any prompt changed nothing: say so."""
-    empty = [name for name, count in selected.items() if count["heads"] and not count["dims_per_head"]]
-    if empty:
-        print(
-            f"qk-ablate: warning: {spec.select} selection chose no dim of {'/'.join(e.upper() for e in empty)} on any prompt "
-            f"(lam={spec.lam}), so this run left them unchanged; lower lam or use select=topk",
-            file=sys.stderr,
-        )
+def edit_new_tokens(
+    x: torch.Tensor, columns: torch.Tensor | None, fill: torch.Tensor | None, quant: str, axis: str,
+    group: int | None, sym: bool, protect: torch.Tensor | None,
+) -> torch.Tensor:
+    """New tokens' `x` with the prompt's `columns` set to its `fill` and/or fake-quantized (`quant`)."""
+    if columns is not None:
+        x = destroy_columns(x, columns, None, fill)
+    if quant != "none":
+        x = fake_quantize(x, quant, axis, group, sym, None, protect)
+    return x
 
 
 def _store(store: torch.Tensor | None, value: torch.Tensor | None, slots: torch.Tensor, count: int) -> torch.Tensor | None:

@@ -19,7 +19,7 @@ from lm_eval.models.huggingface import HFLM
 
 from qk_ablate import __version__, kv_cache
 from qk_ablate.attachment import Attachment
-from qk_ablate.edits import warn_if_nothing_selected
+from qk_ablate.selection import warn_if_nothing_selected
 from qk_ablate.embedded import resolve_pretrained
 from qk_ablate.errors import QKAblateError
 from qk_ablate.loading import is_load_failure, load_error

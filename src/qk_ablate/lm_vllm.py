@@ -34,7 +34,7 @@ from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 
 from qk_ablate import __version__, vllm_hooks  # noqa: E402
 from qk_ablate.embedded import hf_folder, is_embedded  # noqa: E402
-from qk_ablate.edits import summarize_selection, warn_if_nothing_selected  # noqa: E402
+from qk_ablate.selection import summarize_selection, warn_if_nothing_selected  # noqa: E402
 from qk_ablate.errors import QKAblateError  # noqa: E402
 from qk_ablate.spec import InterventionSpec, split_model_args  # noqa: E402
 

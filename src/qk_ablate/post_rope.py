@@ -8,9 +8,9 @@ layer's work (the attachment's editor and that layer's site) as the attribute `q
 the wrapper refuses to run on a module without it. No hook runs per layer, and a decode step
 that the intervention leaves alone (`stage=prefill`) costs the wrapper one check.
 
-Keys and values are edited in place: transformers hands the attention function the tensors it
-has just written into the KV cache, so the destroyed prompt keys stay destroyed for every
-decode step. MLA (DeepSeek-V3) caches a latent instead and rebuilds K/V every step; there the
+Queries, keys and values are edited in place: transformers hands the attention function the
+tensors it has just written into the KV cache, so the destroyed prompt keys stay destroyed for
+every decode step, and the query (a tensor only the attention kernel reads) keeps its memory layout. MLA (DeepSeek-V3) caches a latent instead and rebuilds K/V every step; there the
 prompt's edit is applied again to the rebuilt prompt positions (`Editor`'s `recomputed`).
 """
 
@@ -82,11 +82,11 @@ def _implementation(module: nn.Module, model: nn.Module) -> str:
 def edit(
     editor: Editor, site: AttentionSite, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Edit query (a new tensor) and the new positions of key/value (in place: they are the cache's tensors)."""
+    """Edit query and the new positions of key/value in place (the latter are the cache's tensors)."""
     if editor.step.idle:  # a decode step the intervention leaves alone
         return query, key, value
     q_len = query.shape[2]
-    new_query = editor.edit(site.layer, "q", "post", query, site.select)
+    editor.edit(site.layer, "q", "post", query, site.select, into=True)
     tensors = {"k": key, "v": value}
     for name, tensor in tensors.items():
         select = site.select if name == "k" else None
@@ -95,10 +95,8 @@ def edit(
             tensors[name] = tensor if new is None else new
             continue
         span = tensor[:, :, :q_len] if editor.step.prefill else tensor[:, :, -q_len:]
-        new = editor.edit(site.layer, name, "post", span, select)
-        if new is not None:
-            span.copy_(new)
-    return query if new_query is None else new_query, tensors["k"], tensors["v"]
+        editor.edit(site.layer, name, "post", span, select, into=True)
+    return query, tensors["k"], tensors["v"]
 
 
 def _register_wrapper(original: str) -> None:

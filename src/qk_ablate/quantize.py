@@ -71,8 +71,10 @@ def fake_quantize(
         q = q.reshape(B, H, S, D)
     elif axis == "tensor":
         q = _quantize_reduced(xf, fmt, sym, mask, dims=(1, 2, 3))
-    else:  # channel
-        q = _quantize_channel(xf, fmt, sym, valid, mask, S if group is None else group)
+    elif group is None or group >= S:  # channel, one group per column: a masked reduction over S
+        q = _quantize_reduced(xf, fmt, sym, mask, dims=(2,))
+    else:  # channel, groups of `group` valid positions
+        q = _quantize_channel(xf, fmt, sym, valid, mask, group)
 
     q = q.to(x.dtype)
     if mask is None:

@@ -7,7 +7,14 @@ what else is in the batch.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from qk_ablate.spec import InterventionSpec
 
 
 def column_norms(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,3 +59,21 @@ def random_scores(num_heads: int, head_dim: int, seed: int, salt: int, device: t
     """
     generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + salt)
     return torch.rand((1, num_heads, head_dim), generator=generator).to(device)
+
+
+def summarize_selection(selected: Mapping[str, int], heads: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """The results JSON's `qk_ablate_selected`: per tensor, columns chosen per prompt head, and the head count
+    (totals of one process, or summed over an engine's workers, each holding its own heads)."""
+    return {name: {"dims_per_head": round(total / heads[name], 4) if heads[name] else 0.0, "heads": heads[name]}
+            for name, total in sorted(selected.items())}
+
+
+def warn_if_nothing_selected(spec: InterventionSpec, selected: dict[str, dict[str, float]]) -> None:
+    """A run labelled `ablate=massive` that selected no dim on any prompt changed nothing: say so."""
+    empty = [name for name, count in selected.items() if count["heads"] and not count["dims_per_head"]]
+    if empty:
+        print(
+            f"qk-ablate: warning: {spec.select} selection chose no dim of {'/'.join(e.upper() for e in empty)} on any prompt "
+            f"(lam={spec.lam}), so this run left them unchanged; lower lam or use select=topk",
+            file=sys.stderr,
+        )
