@@ -22,11 +22,11 @@ INTERVENTIONS = {"none": {}, "ablate=massive": {"ablate": "massive"}, "quant=int
 MASSIVE_PAIR = 60  # a low-frequency rotary pair, as in real models (dims 60 and 124 of each 128-dim head)
 
 
-def build(folder: Path, tokenizer: str) -> None:
-    """A random Llama-3.1-8B-shaped bf16 model whose Q/K carry one massive rotary pair per head."""
+def build(folder: Path, tokenizer: str, layers: int = 32) -> None:
+    """A random Llama-3.1-8B-shaped bf16 model (`layers` deep) whose Q/K carry one massive rotary pair per head."""
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer)
     config = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        vocab_size=len(tok), hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--layers", type=int, default=32, help="fewer for a quicker check (same layer shapes)")
     parser.add_argument("--deterministic", action="store_true",
                         help="torch.use_deterministic_algorithms (needs CUBLAS_WORKSPACE_CONFIG=:4096:8)")
     args = parser.parse_args()
@@ -87,16 +88,18 @@ def main() -> None:
 
     folder = Path(args.model_dir)
     if not (folder / "config.json").is_file():
-        build(folder, args.tokenizer)
+        build(folder, args.tokenizer, args.layers)
     tasks = args.tasks.split(",")
     manager = TaskManager(metadata={"pretrained": str(folder), "imdb_path": "tests/data/imdb_test_200.csv"})
     common = {"pretrained": str(folder), "dtype": args.dtype, "batch_size": 4}
     split = QKAblatedLM(parallelize=True, **common)
     one = QKAblatedLM(device="cuda:0", **common)
     devices = sorted({str(p.device) for p in split.model.parameters()})
-    print(f"torch {torch.__version__} transformers {transformers.__version__} "
+    from qk_ablate import fused
+
+    print(f"torch {torch.__version__} transformers {transformers.__version__} QK_ABLATE_COMPILE={fused.mode()} "
           f"{', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))}; "
-          f"split model on {devices}; tasks {args.tasks}, {args.limit} documents each, batch 4, {args.dtype}")
+          f"{split.model.config.num_hidden_layers} layers split over {devices}; tasks {args.tasks}, {args.limit} documents each, batch 4, {args.dtype}")
 
     def run(lm) -> dict[str, list]:
         return responses(simple_evaluate(model=lm, tasks=tasks, limit=args.limit, task_manager=manager, log_samples=True))

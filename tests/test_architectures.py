@@ -237,7 +237,9 @@ def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, 
         model(input_ids=ids[:, :1], attention_mask=step, past_key_values=cache, use_cache=True)  # a decode step
         with attachment.positions(mask.bool()):
             model(input_ids=ids, use_cache=False)
+        tallies = {device.type for _, device in attachment.editor._selected}
     assert {device.type for _, device in calls} == {"cpu", "meta"}
+    assert tallies in ({"cpu", "meta"}, set())  # each device counts its own layers' selections: no sum across cards
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (run it on the GPU machine)")

@@ -110,7 +110,7 @@ class Editor:
         self.shard = shard or {}
         self.band = dict(band or {})
         self._bands_moved: dict[tuple[str, torch.device], torch.Tensor] = {}
-        self.selected: dict[str, torch.Tensor] = {}  # per tensor: (head, dim) columns selected, summed on its device
+        self._selected: dict[tuple[str, torch.device], torch.Tensor] = {}  # columns selected, per tensor and device
         self.heads_seen: dict[str, int] = {}  # per tensor: (sample, layer, head) triples that were selected from
         self._kept: dict[tuple[int, str], _Kept] = {}
         self._stored: dict[tuple[int, str], _Kept] = {}
@@ -228,13 +228,19 @@ class Editor:
         """Tally what was selected, on the tensor's device (read once, after the run: no sync per layer)."""
         if columns is None:
             return
-        total = columns.sum(dtype=torch.int64)
-        self.selected[name] = self.selected[name] + total if name in self.selected else total
+        key, total = (name, columns.device), columns.sum(dtype=torch.int64)  # a split model's layers tally apart
+        self._selected[key] = self._selected[key] + total if key in self._selected else total
         self.heads_seen[name] = self.heads_seen.get(name, 0) + columns.shape[0] * columns.shape[1]
 
     def selection_counts(self) -> dict[str, dict[str, float]]:
         """Per tensor: mean selected dims per head and the prompts' (sample, layer, head) count."""
-        return summarize_selection({name: int(total) for name, total in self.selected.items()}, self.heads_seen)
+        return summarize_selection(self.selected, self.heads_seen)
+
+    @property
+    def selected(self) -> dict[str, int]:
+        """Per tensor: the (head, dim) columns selected, summed over devices (reads them: call after the run)."""
+        names = {name for name, _ in self._selected}
+        return {name: sum(int(t) for (n, _), t in self._selected.items() if n == name) for name in names}
 
     def _edit_again(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool) -> torch.Tensor:
         """A decode step of a tensor rebuilt from its cache: the prompt's edit again, then the new tokens'."""
@@ -247,9 +253,7 @@ class Editor:
             rest = self._edit_new_tokens(kept, rest, destroy, quantize)
         return torch.cat([head, rest], dim=2)
 
-    def _edit_new_tokens(
-        self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool, into: bool = False
-    ) -> torch.Tensor:
+    def _edit_new_tokens(self, kept: _Kept, x: torch.Tensor, destroy: bool, quantize: bool, into: bool = False) -> torch.Tensor:
         """`stage=all`'s decode work, the prompt's decisions applied to the new tokens: one fused pass."""
         spec = self.spec
         return fused.run(edit_new_tokens, x, kept.columns if destroy else None, kept.fill,
@@ -298,9 +302,7 @@ class Editor:
         return self._scores[key]
 
 
-def statistics(
-    x: torch.Tensor, valid: torch.Tensor | None, means: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def statistics(x: torch.Tensor, valid: torch.Tensor | None, means: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One pass over a prompt's `x`: its column norms (which dims are massive) and, with `means`, its
     column means (the fill), both over the positions `valid` marks. Compiled, the two reductions
     share one read of `x`."""
