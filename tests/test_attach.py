@@ -3,6 +3,7 @@ padding and batch invariance, and the KV-cache semantics of `stage=prefill`."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import pytest
@@ -323,3 +324,29 @@ def test_non_rope_models_give_statistics_and_refuse_post_rope(non_rope_arch):
     with attach(model, spec(ablate="massive", rope="pre")):
         assert not torch.equal(logits(model, ids), plain)
     assert torch.equal(logits(model, ids), plain)
+
+
+@pytest.mark.parametrize("args", [dict(ablate="massive"), dict(quant="int4"), dict(ablate="massive", rope="pre")],
+                         ids=["massive", "int4", "massive-pre"])
+def test_a_decode_step_the_intervention_leaves_alone_runs_what_plain_runs(args):
+    """`stage=prefill`: after the prefill, a decode step runs exactly plain's tensor operators, so on a GPU
+    it launches the same kernels; what it adds is Python only (a flag check per layer)."""
+    import transformers
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build("llama")
+    ids = prompts(2, 16)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    step = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+
+    def decode_operators(attached: bool) -> dict[str, int]:
+        with attach(model, spec(**args)) if attached else contextlib.nullcontext(), torch.no_grad():
+            cache = transformers.DynamicCache(config=model.config)
+            model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(input_ids=ids[:, :1], attention_mask=step, past_key_values=cache, use_cache=True)
+        return {event.key: event.count for event in prof.key_averages() if event.key.startswith("aten::")}
+
+    plain = decode_operators(attached=False)
+    assert plain and decode_operators(attached=True) == plain
