@@ -109,36 +109,26 @@ def test_quantizers_compiled_match_eager(compiled, fmt, axis, group, sym):
     assert torch.equal(got[protect[:, :, None, :].expand_as(x)], x[protect[:, :, None, :].expand_as(x)])
 
 
-def test_a_model_gives_the_same_logits_compiled_and_eager(monkeypatch):
+@pytest.mark.parametrize(("args", "generate"), [
+    ({"ablate": "massive", "quant": "int4", "quant_targets": "k", "protect": "massive", "quant_axis": "channel"}, False),
+    ({"ablate": "massive", "quant": "int4", "quant_targets": "k", "stage": "all", "select": "topk", "topk": 2}, True),
+], ids=["prefill-logits", "stage-all-generation"])
+def test_a_model_gives_the_same_logits_compiled_and_eager(monkeypatch, args, generate):
+    """A whole model, prefill; and `stage=all` generation, whose decode steps edit each new token in one fused pass."""
     model = build("llama")
     ids = torch.randint(1, 100, (2, 24))
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
-    spec = InterventionSpec.from_args({"ablate": "massive", "quant": "int4", "quant_targets": "k", "protect": "massive",
-                                       "quant_axis": "channel"})
     outputs = {}
     for setting in ("0", "1"):
         monkeypatch.setenv("QK_ABLATE_COMPILE", setting)
-        with attach(model, spec), torch.no_grad():
-            outputs[setting] = model(ids, attention_mask=mask).logits
-    torch.testing.assert_close(outputs["1"], outputs["0"], rtol=1e-5, atol=1e-5)
-
-
-def test_stage_all_generation_is_the_same_compiled_and_eager(monkeypatch):
-    """`stage=all` edits every decode step's new token with the prompt's decisions in one fused pass."""
-    model = build("llama")
-    ids = torch.randint(1, 100, (2, 20))
-    mask = torch.ones_like(ids)
-    mask[0, :4] = 0
-    spec = InterventionSpec.from_args({"ablate": "massive", "quant": "int4", "quant_targets": "k", "stage": "all",
-                                       "select": "topk", "topk": 2})
-    outputs = {}
-    for setting in ("0", "1"):
-        monkeypatch.setenv("QK_ABLATE_COMPILE", setting)
-        with attach(model, spec), torch.no_grad():
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, output_logits=True,
-                                 return_dict_in_generate=True)
-        outputs[setting] = torch.stack(out.logits)
+        with attach(model, InterventionSpec.from_args(args)), torch.no_grad():
+            if generate:
+                out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, output_logits=True,
+                                     return_dict_in_generate=True)
+                outputs[setting] = torch.stack(out.logits)
+            else:
+                outputs[setting] = model(ids, attention_mask=mask).logits
     torch.testing.assert_close(outputs["1"], outputs["0"], rtol=1e-5, atol=1e-5)
 
 
