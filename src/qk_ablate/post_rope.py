@@ -10,7 +10,8 @@ that the intervention leaves alone (`stage=prefill`) costs the wrapper one check
 
 Queries, keys and values are edited in place: transformers hands the attention function the
 tensors it has just written into the KV cache, so the destroyed prompt keys stay destroyed for
-every decode step, and the query (a tensor only the attention kernel reads) keeps its memory layout. MLA (DeepSeek-V3) caches a latent instead and rebuilds K/V every step; there the
+every decode step, and the query (a tensor only the attention kernel reads) keeps its memory
+layout. MLA (DeepSeek-V3) caches a latent instead and rebuilds K/V every step; there the
 prompt's edit is applied again to the rebuilt prompt positions (`Editor`'s `recomputed`).
 """
 
