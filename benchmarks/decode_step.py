@@ -35,7 +35,7 @@ VARIANTS = {
 
 
 def build(layers: int) -> transformers.PreTrainedModel:
-    """A 32-layer Llama whose ops are tiny, so a decode step is almost all host work."""
+    """A Llama of `layers` layers whose ops are tiny, so a decode step is almost all host work."""
     config = transformers.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                       max_position_embeddings=2048)

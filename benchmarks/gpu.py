@@ -14,7 +14,7 @@ One script, one card, a Llama-3.1-8B-shaped random bf16 model (SDPA), three work
 
     python3 benchmarks/gpu.py --tokenizer .gpu/tokenizer            # everything, printed as markdown
 
-Everything at the defaults (the issue's 64 problems, 5 rounds) takes about 25 minutes on an H100.
+Everything at the defaults (the issue's 64 problems, 5 rounds) took 27 minutes on an H100.
 """
 
 from __future__ import annotations
