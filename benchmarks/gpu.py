@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from qk_ablate import InterventionSpec, attach, fused
+from qk_ablate import InterventionSpec, attach
+
+from qk_ablate.core import fused
 
 LLAMA3_VOCAB = 128256
 PREFILL = {
@@ -100,7 +102,7 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.paths import tasks_dir
 
     from qk_ablate import task_data
@@ -281,7 +283,7 @@ def attention_data(model: torch.nn.Module, tokens: list[int], repeats: int = 10)
 def loglikelihood(model: torch.nn.Module, tokenizer, tokens: list[int]) -> None:
     from lm_eval.models.huggingface import HFLM
 
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     print("\n### Loglikelihood of one request (8-token continuation), peak GPU memory\n")
     print("| tokens | last-position prefill GiB | plain HFLM GiB | qk_ablated GiB | qk_ablated massive GiB "

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from qk_ablate.loading import auto_device
+from qk_ablate.models.loading import auto_device
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -68,9 +68,9 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from qk_ablate.lm import QKAblatedLM
-    from qk_ablate.loading import load_model
-    from qk_ablate.spec import InterventionSpec
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+    from qk_ablate.models.loading import load_model
+    from qk_ablate.core.spec import InterventionSpec
 
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     common = dict(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=args.device)

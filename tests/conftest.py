@@ -82,7 +82,7 @@ def build(arch: str, attn: str | None = None, plant: bool = True, seed: int = 0)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """Every layer's attention module, in order (found by name, independently of qk_ablate.arch)."""
+    """Every layer's attention module, in order (found by name, independently of qk_ablate.engines.hf.arch)."""
     names = ("self_attn", "attention", "self_attention", "attn")
     return [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in names and n.split(".")[-2].isdigit()]
 
@@ -179,7 +179,7 @@ def prompts(batch: int = 2, length: int = 24, seed: int = 1) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def smol():
     """The embedded SmolLM2 tokenizer (loaded once per test session)."""
-    from qk_ablate.embedded import load_tokenizer
+    from qk_ablate.models.embedded import load_tokenizer
 
     return load_tokenizer("smollm2-135m")
 

@@ -26,9 +26,9 @@ from conftest import (
     prompts,
 )
 from qk_ablate import InterventionSpec, QKAblateError, attach
-from qk_ablate.arch import find_layout
-from qk_ablate.rope import model_rope_dims
-from qk_ablate.selection import column_norms, massive_mask_threshold
+from qk_ablate.engines.hf.arch import find_layout
+from qk_ablate.engines.hf.rope import model_rope_dims
+from qk_ablate.core.selection import column_norms, massive_mask_threshold
 
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
 
@@ -79,7 +79,7 @@ def test_mla_rotary_geometry_pre_and_post():
     assert pre_k.pair == tuple(i // 2 for i in range(16))
     # the pair planted at projection dims nope+2, nope+3 (pair 1) is what post-RoPE selection finds: dims 17 and 25
     seen = {}
-    observer = lambda layer, name, where, x, p: seen.setdefault((name, where), x)  # noqa: E731
+    observer = lambda site, x, p: seen.setdefault((site.name, site.where), x)  # noqa: E731
     with attach(model, spec(), observer=observer, observe=("pre", "post")):
         logits(model, prompts())
     for name in "qk":
@@ -210,7 +210,7 @@ def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, 
     `positions`), kept columns/fills/protect masks of stage=all, control scores and fills all
     follow the layer's device, at prefill and at a decode step. What it does not: numbers on GPUs.
     """
-    import qk_ablate.edits as edits
+    import qk_ablate.core.edits as edits
 
     calls: list[tuple[str, torch.device]] = []
 

@@ -22,9 +22,9 @@ from conftest import (
     prompts,
 )
 from qk_ablate import InterventionSpec, QKAblateError, attach
-from qk_ablate.arch import find_layout
-from qk_ablate.destroy import fill_values
-from qk_ablate.selection import column_norms, massive_mask_threshold
+from qk_ablate.engines.hf.arch import find_layout
+from qk_ablate.core.destroy import fill_values
+from qk_ablate.core.selection import column_norms, massive_mask_threshold
 
 
 def spec(**kwargs) -> InterventionSpec:
@@ -75,7 +75,7 @@ def test_noop_is_bit_identical_with_hooks_installed_and_after_removal(rope_arch)
     seen = []
     where = ("pre",) if rope_arch in NO_POST_ROPE else ("pre", "post")
     # An observer forces both the pre-RoPE hooks and the post-RoPE attention wrapper to be installed.
-    with attach(model, spec(), observer=lambda *a: seen.append(a[:3]), observe=where):
+    with attach(model, spec(), observer=lambda site, x, p: seen.append(tuple(site)), observe=where):
         assert model.config._attn_implementation.startswith("qk_ablate:") == ("post" in where)
         assert torch.equal(logits(model, ids), plain)
     assert len(seen) == len(where) * 3 * len(find_layout(model).sites)  # q, k, v at pre (and post), per layer
@@ -169,7 +169,7 @@ def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_a
 def test_planted_dims_are_the_ones_found():
     model = build("llama")
     seen = {}
-    with attach(model, spec(), observer=lambda layer, name, where, x, p: seen.setdefault((layer, name), x), observe=("post",)):
+    with attach(model, spec(), observer=lambda site, x, p: seen.setdefault(site[:2], x), observe=("post",)):
         logits(model, prompts())
     for name in "qk":
         columns = massive_mask_threshold(column_norms(seen[(0, name)]), 5.0)
@@ -208,7 +208,7 @@ def test_batch_of_left_padded_prompts_matches_each_alone(arch, args):
     ids, mask = left_pad([long, short])
     masks: list[torch.Tensor] = []
 
-    def observe(layer, name, where, x, prompt):
+    def observe(site, x, prompt):
         masks.append(massive_mask_threshold(column_norms(x, prompt), 5.0))
 
     with attach(model, spec(**args), observer=observe, observe=(where,)):
@@ -315,7 +315,7 @@ def test_non_rope_models_give_statistics_and_refuse_post_rope(non_rope_arch):
     model = build(non_rope_arch)
     ids = prompts()
     seen = {}
-    with attach(model, spec(), observer=lambda layer, name, where, x, p: seen.setdefault((layer, name), x.shape), observe=("pre",)):
+    with attach(model, spec(), observer=lambda site, x, p: seen.setdefault(site[:2], x.shape), observe=("pre",)):
         logits(model, ids)
     assert seen[(0, "q")] == (2, 4, 24, HEAD_DIM) and seen[(1, "v")] == (2, 4, 24, HEAD_DIM)
     with pytest.raises(QKAblateError, match="no rotary embedding.*rope=pre"):

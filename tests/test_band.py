@@ -8,11 +8,12 @@ import pytest
 import torch
 from conftest import HEAD_DIM, build, prompts
 
-from qk_ablate.attachment import Attachment, band_dims
-from qk_ablate.edits import Editor, Step
+from qk_ablate.engines.hf.attachment import Attachment, band_dims
+from qk_ablate.core.edits import Editor
+from qk_ablate.core.step import PREFILL, TensorSite
 from qk_ablate.errors import QKAblateError
-from qk_ablate.selection import column_norms, massive_mask_threshold
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.core.selection import column_norms, massive_mask_threshold
+from qk_ablate.core.spec import InterventionSpec
 
 D = 16  # dims 0-7: high band, 8-11: mid, 12-15: low, in this synthetic head
 BAND = {"high": torch.arange(D) < 8, "mid": (torch.arange(D) >= 8) & (torch.arange(D) < 12), "low": torch.arange(D) >= 12}
@@ -31,8 +32,7 @@ def _chosen(band: str, exclude: str = "none", seed: int = 0, x: torch.Tensor | N
     x = _tensor() if x is None else x
     spec = InterventionSpec(ablate="massive", select="band", band=band, exclude=exclude, fill="zero", seed=seed, targets="q")
     editor = Editor(spec, frozenset({0}), band={"q": BAND[band]})
-    editor.begin(Step(prompt=None, tokens=None, prefill=True))
-    edited = editor.edit(0, "q", "post", x.clone())
+    edited = editor.edit(TensorSite(0, "q", "post"), x.clone(), PREFILL)
     return (edited == 0).all(dim=2)
 
 
@@ -82,7 +82,7 @@ def test_band_attachment_detaches_bit_exact_and_counts_what_it_chose():
         plain = model(ids).logits
         attachment = Attachment(model, InterventionSpec(ablate="massive", select="band", band="mid", seed=1)).attach()
         changed = model(ids).logits
-        counts = attachment.editor.selection_counts()
+        counts = attachment.tally().summary()
         attachment.remove()
         assert torch.equal(model(ids).logits, plain)
     assert not torch.equal(changed, plain)
@@ -90,7 +90,7 @@ def test_band_attachment_detaches_bit_exact_and_counts_what_it_chose():
 
 
 def test_a_selection_that_chooses_nothing_changes_nothing_and_says_so(capsys):
-    from qk_ablate.selection import warn_if_nothing_selected
+    from qk_ablate.core.record import warn_if_nothing_selected
 
     model = build("llama")
     ids = prompts()
@@ -99,7 +99,7 @@ def test_a_selection_that_chooses_nothing_changes_nothing_and_says_so(capsys):
         plain = model(ids).logits
         with Attachment(model, spec) as attachment:
             assert torch.equal(model(ids).logits, plain)
-            counts = attachment.editor.selection_counts()
+            counts = attachment.tally().summary()
     assert counts["q"]["dims_per_head"] == 0 and counts["q"]["heads"] > 0
     warn_if_nothing_selected(spec, counts)
     assert "chose no dim of K/Q on any prompt (lam=inf)" in capsys.readouterr().err

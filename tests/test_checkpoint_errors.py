@@ -18,8 +18,8 @@ from conftest import build, word_tokenizer
 from torch import nn
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.lm import QKAblatedLM
-from qk_ablate.loading import checkpoint_problem, load_error, load_model
+from qk_ablate.engines.hf.lm import QKAblatedLM
+from qk_ablate.models.loading import checkpoint_problem, load_error, load_model
 
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
 

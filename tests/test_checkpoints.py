@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qk_ablate.checkpoints import Calibration, calibration_dataset, describe_folder, pick_group, stored_formats
+from qk_ablate.models.checkpoints import Calibration, calibration_dataset, describe_folder, pick_group, stored_formats
 from qk_ablate.errors import QKAblateError
 
 DATA = Path(__file__).parent / "data"
@@ -87,7 +87,7 @@ def test_the_committed_checkpoint_really_stores_4_bit_weights():
 def test_the_main_environment_loads_it_through_qk_ablated_on_the_int4_grid():
     """transformers 5.24 + compressed-tensors read llm-compressor's output; its weights lie on the
     symmetric int4 grid of their group scales; a no-op attachment leaves its logits bit-identical."""
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     plain = QKAblatedLM(pretrained=str(FIXTURE), device="cpu", dtype="float32", batch_size=1)
     ids = torch.tensor([[1, 5, 9, 14, 3, 7, 22, 40]])

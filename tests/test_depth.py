@@ -13,9 +13,9 @@ import transformers
 from conftest import _COMMON, build, prompts
 
 from qk_ablate.cli import main
-from qk_ablate.depth import Prompt, gold_tokens, load_prompts, measure, parse_interventions, plot, summarize, write_json
+from qk_ablate.probes.depth import Prompt, gold_tokens, load_prompts, measure, parse_interventions, plot, summarize, write_json
 from qk_ablate.errors import QKAblateError
-from qk_ablate.lens import TrainSettings, TunedLens, collect, kl_to_final, log_probs, readout, residuals, train_tuned_lens
+from qk_ablate.probes.lens import TrainSettings, TunedLens, collect, kl_to_final, log_probs, readout, residuals, train_tuned_lens
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +54,8 @@ def test_lens_at_the_last_layer_is_the_models_own_output(arch):
 
 
 def test_lens_reads_the_model_output_with_an_intervention_attached():
-    from qk_ablate.attachment import Attachment
-    from qk_ablate.spec import InterventionSpec
+    from qk_ablate.engines.hf.attachment import Attachment
+    from qk_ablate.core.spec import InterventionSpec
 
     model = _identity_last_block(build("llama"))
     ids = prompts(batch=1, length=16)
@@ -93,7 +93,7 @@ def test_tuned_lens_beats_the_logit_lens_at_every_layer_on_held_out_prompts(caps
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])  # gemma2: soft-capped logits
 def test_hand_written_kl_gradient_matches_autograd(arch):
-    from qk_ablate.lens import _Unembed
+    from qk_ablate.probes.lens import _Unembed
 
     model = build(arch)
     read = readout(model)

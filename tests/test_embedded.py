@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qk_ablate import InterventionSpec, attach
-from qk_ablate.embedded import embedded_gguf, load_tokenizer
+from qk_ablate.models.embedded import embedded_gguf, load_tokenizer
 
 pytestmark = pytest.mark.slow
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
@@ -39,7 +39,7 @@ def passkey_prompt(tokenizer, key: str = "68204", filler_repeats: int = 20) -> t
 
 
 def test_massive_values_sit_in_post_rope_q_and_k_not_v(smollm):
-    from qk_ablate.massive_stats import collect_massive_stats
+    from qk_ablate.probes.massive_stats import collect_massive_stats
 
     model, tokenizer = smollm
     ids = passkey_prompt(tokenizer, filler_repeats=30)
@@ -100,7 +100,7 @@ def test_bad_model_args_give_one_line_through_lm_eval(tmp_path):
 
 def test_profile_puts_q_and_k_massive_dims_in_the_same_low_frequency_pairs(smollm):
     """The measurement behind results/paper's heatmaps, at a small size: Q and K agree on pairs 23/24."""
-    from qk_ablate.profile import run_profile, summarize
+    from qk_ablate.probes.profile import run_profile, summarize
 
     model, tokenizer = smollm
     results = summarize(run_profile(model, tokenizer, "smollm2-135m", [1024], samples=2))["results"]["1024"]

@@ -7,10 +7,15 @@ import pytest
 import torch
 
 from qk_ablate import InterventionSpec, QKAblateError
-from qk_ablate.edits import Editor, Step
-from qk_ablate.vllm_hooks import local_heads
+from qk_ablate.core.edits import Editor
+from qk_ablate.core.step import PREFILL, Step, TensorSite
+from qk_ablate.engines.vllm.worker import local_heads
 
 LAYERS = frozenset({0})
+
+
+def _site(name: str) -> TensorSite:
+    return TensorSite(0, name, "post")  # type: ignore[arg-type]
 
 
 def _tensor(batch: int, heads: int = 4, length: int = 12, dim: int = 16, seed: int = 0) -> torch.Tensor:
@@ -30,17 +35,15 @@ def test_decisions_kept_by_slot_equal_those_kept_for_the_batch(args):
     spec = InterventionSpec.from_args({**args, "stage": "all"})
     prompt, new = _tensor(2), _tensor(2, length=1, seed=1)
     whole = Editor(spec, LAYERS)
-    whole.begin(Step(None, None, prefill=True))
-    expected_prompt = whole.edit(0, "k", "post", prompt)
-    whole.begin(Step(None, None, prefill=False))
-    expected_new = whole.edit(0, "k", "post", new)
+    expected_prompt = whole.edit(_site("k"), prompt, Step(None, None, prefill=True))
+    expected_new = whole.edit(_site("k"), new, Step(None, None, prefill=False))
 
     slotted = Editor(spec, LAYERS)
-    got_prompt = slotted.edit(0, "k", "post", prompt, step=Step(None, None, True, torch.tensor([3, 0]), 4))
+    got_prompt = slotted.edit(_site("k"), prompt, Step(None, None, True, torch.tensor([3, 0]), 4))
     torch.testing.assert_close(got_prompt, expected_prompt, rtol=0, atol=0)
-    swapped = slotted.edit(0, "k", "post", new.flip(0), step=Step(None, None, False, torch.tensor([0, 3]), 4))
+    swapped = slotted.edit(_site("k"), new.flip(0), Step(None, None, False, torch.tensor([0, 3]), 4))
     torch.testing.assert_close(swapped.flip(0), expected_new, rtol=0, atol=0)
-    alone = slotted.edit(0, "k", "post", new[1:], step=Step(None, None, False, torch.tensor([0]), 4))
+    alone = slotted.edit(_site("k"), new[1:], Step(None, None, False, torch.tensor([0]), 4))
     torch.testing.assert_close(alone, expected_new[1:], rtol=0, atol=0)
 
 
@@ -48,17 +51,17 @@ def test_a_new_prefill_at_one_slot_leaves_the_other_slots_decisions():
     spec = InterventionSpec(ablate="massive", stage="all")
     editor = Editor(spec, LAYERS)
     first, second, new = _tensor(2), _tensor(1, seed=2), _tensor(2, length=1, seed=3)
-    editor.edit(0, "q", "post", first, step=Step(None, None, True, torch.tensor([0, 1]), 2))
-    before = editor.edit(0, "q", "post", new[:1], step=Step(None, None, False, torch.tensor([0]), 2))
-    editor.edit(0, "q", "post", second, step=Step(None, None, True, torch.tensor([1]), 2))
-    after = editor.edit(0, "q", "post", new[:1], step=Step(None, None, False, torch.tensor([0]), 2))
+    editor.edit(_site("q"), first, Step(None, None, True, torch.tensor([0, 1]), 2))
+    before = editor.edit(_site("q"), new[:1], Step(None, None, False, torch.tensor([0]), 2))
+    editor.edit(_site("q"), second, Step(None, None, True, torch.tensor([1]), 2))
+    after = editor.edit(_site("q"), new[:1], Step(None, None, False, torch.tensor([0]), 2))
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
 def test_a_decode_without_its_prefill_is_one_line():
     editor = Editor(InterventionSpec(ablate="massive", stage="all"), LAYERS)
     with pytest.raises(QKAblateError, match="decode step came without its prefill"):
-        editor.edit(0, "q", "post", _tensor(1, length=1), step=Step(None, None, False, torch.tensor([0]), 1))
+        editor.edit(_site("q"), _tensor(1, length=1), Step(None, None, False, torch.tensor([0]), 1))
 
 
 @pytest.mark.parametrize(("total", "world", "expected"), [
@@ -84,13 +87,13 @@ def test_each_rank_edits_its_heads_as_the_whole_model_would(heads, kv_heads, wor
     spec = InterventionSpec.from_args(args)
     tensors = {"q": _tensor(2, heads, seed=4), "k": _tensor(2, kv_heads, seed=5)}
     whole = Editor(spec, LAYERS)
-    expected = {name: whole.edit(0, name, "post", x) for name, x in tensors.items()}
+    expected = {name: whole.edit(_site(name), x, PREFILL) for name, x in tensors.items()}
     for rank in range(world):
         q_local, kv_local = local_heads(heads, world, rank), local_heads(kv_heads, world, rank)
         shard = {"q": (heads, q_local), "k": (kv_heads, kv_local), "v": (kv_heads, kv_local)}
         editor = Editor(spec, LAYERS, shard=shard)
         for name, local in (("q", q_local), ("k", kv_local)):
-            got = editor.edit(0, name, "post", tensors[name][:, list(local)])
+            got = editor.edit(_site(name), tensors[name][:, list(local)], PREFILL)
             if expected[name] is None:  # a tensor this spec leaves alone
                 assert got is None
             else:

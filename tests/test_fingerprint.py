@@ -13,9 +13,9 @@ import transformers
 
 from qk_ablate.cli import main
 from qk_ablate.errors import QKAblateError
-from qk_ablate.fingerprint import compare, fingerprint, measure, save_fingerprint, summary_text
-from qk_ablate.massive_stats import collect_massive_stats
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.probes.fingerprint import compare, fingerprint, measure, save_fingerprint, summary_text
+from qk_ablate.probes.massive_stats import collect_massive_stats
+from qk_ablate.core.spec import InterventionSpec
 
 from conftest import _COMMON, MASSIVE_DIMS, attention_modules, plant_massive, projection_columns, prompts, rotary_pair
 

@@ -6,12 +6,14 @@ import pytest
 import torch
 from conftest import build
 
-from qk_ablate import InterventionSpec, attach, fused
-from qk_ablate.destroy import destroy_columns, fill_values
-from qk_ablate.edits import edit_new_tokens, statistics
+from qk_ablate import InterventionSpec, attach
+
+from qk_ablate.core import fused
+from qk_ablate.core.destroy import destroy_columns, fill_values
+from qk_ablate.core.edits import edit_new_tokens, statistics
 from qk_ablate.errors import QKAblateError
-from qk_ablate.quantize import fake_quantize
-from qk_ablate.selection import column_norms, massive_mask_threshold
+from qk_ablate.core.quantize import fake_quantize
+from qk_ablate.core.selection import column_norms, massive_mask_threshold
 
 
 @pytest.fixture

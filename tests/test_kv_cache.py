@@ -14,11 +14,11 @@ from conftest import HEAD_DIM, KV_HEADS, build, prompts, word_tokenizer
 from lm_eval.api.instance import Instance
 from lm_eval.utils import simple_parse_args_string
 
-from qk_ablate import kv_cache
+from qk_ablate.engines.hf import kv_cache
 from qk_ablate.errors import QKAblateError
-from qk_ablate.quantize import fake_quantize
-from qk_ablate.runs import describe
-from qk_ablate.spec import InterventionSpec, split_model_args
+from qk_ablate.core.quantize import fake_quantize
+from qk_ablate.stats.runs import describe
+from qk_ablate.core.spec import InterventionSpec, split_model_args
 
 PROMPT, NEW = 24, 6
 
@@ -122,7 +122,7 @@ def test_quanto_groups_are_our_token_axis_asymmetric(bits, group, dim):
 
 # ------------------------------------------------------------------ generation on a tiny llama
 def _lm(**args):
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     return QKAblatedLM(pretrained=build("llama"), tokenizer=word_tokenizer(), device="cpu", batch_size=2, **args)
 
@@ -186,7 +186,7 @@ def test_a_pre_rope_edit_really_runs_under_the_real_cache():
     assert torch.equal(logits[0], edited_plain_cache[1][0])
     assert not torch.allclose(logits[1], edited_plain_cache[1][1], atol=1e-4)
     assert type(caches[0]).__name__ == "QuantizedCache"
-    assert lm.attachment.editor.selection_counts()["k"]["dims_per_head"] > 0
+    assert lm.attachment.tally().summary()["k"]["dims_per_head"] > 0
 
 
 def test_the_cache_is_recorded_in_the_results_config():
@@ -228,7 +228,7 @@ def test_a_group_that_does_not_divide_a_tokens_heads_is_refused():
 
 def test_transformers_own_refusals_become_one_line():
     """QuantizedCache takes full-attention models only: Gemma-2's sliding layers are refused at load, not mid-run."""
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     with pytest.raises(QKAblateError, match="kv_cache=quanto:int4 cannot run on this model: `QuantizedCache` is only supported"):
         QKAblatedLM(pretrained=build("gemma2"), tokenizer=word_tokenizer(), device="cpu", kv_cache="quanto:int4", kv_group=32)

@@ -15,7 +15,7 @@ def test_plugin_registers_our_model_and_keeps_lm_evals_own():
 
     import qk_ablate.plugin  # noqa: F401
 
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     assert registry.get_model("qk_ablated") is QKAblatedLM
     assert registry.get_model("hf").__name__ == "HFLM"
@@ -57,7 +57,7 @@ def test_start_up_hook_is_inert_outside_lm_eval():
 
 
 def test_loglikelihood_rows_are_matched_to_their_context_lengths():
-    from qk_ablate.lm import _positions
+    from qk_ablate.engines.hf.lm import _positions
 
     requests = {(5, 6, 7, 8): (2, 3), (9, 0): (2, 1), (4, 4, 4, 0, 0): (5, 1)}  # input: (context, continuation)
     batch = torch.tensor([[5, 6, 7, 8, 0], [9, 0, 0, 0, 0], [4, 4, 4, 0, 0]])
@@ -75,7 +75,7 @@ def test_loglikelihood_computes_only_the_scored_logits_and_matches_hflm_exactly(
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     model = build("llama")
     context = " ".join(f"w{i}" for i in range(10, 40))
@@ -100,7 +100,7 @@ def test_loglikelihood_computes_only_the_scored_logits_and_matches_hflm_exactly(
 
 
 def test_missing_embedded_model_says_how_to_install_it(monkeypatch):
-    from qk_ablate import embedded
+    from qk_ablate.models import embedded
 
     embedded.embedded_gguf.cache_clear()
     real = importlib.util.find_spec
@@ -111,7 +111,7 @@ def test_missing_embedded_model_says_how_to_install_it(monkeypatch):
 
 
 def test_other_models_pass_through_unchanged():
-    from qk_ablate.embedded import resolve_pretrained
+    from qk_ablate.models.embedded import resolve_pretrained
 
     assert resolve_pretrained("Qwen/Qwen2.5-7B-Instruct") == ("Qwen/Qwen2.5-7B-Instruct", None)
     assert resolve_pretrained("/models/x", "x.Q4.gguf") == ("/models/x", "x.Q4.gguf")
@@ -131,7 +131,7 @@ def test_loglikelihood_continuation_is_not_prompt():
     """A multi-token continuation is scored as generated text: not destroyed, not in the statistics."""
     from conftest import build, word_tokenizer
 
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     model = build("llama")
     lm = QKAblatedLM(pretrained=model, tokenizer=word_tokenizer(), ablate="massive", device="cpu", batch_size=2)
@@ -158,7 +158,7 @@ def test_prompts_longer_than_the_window_are_refused_not_truncated():
     from conftest import build, word_tokenizer
     from lm_eval.api.instance import Instance
 
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     lm = QKAblatedLM(pretrained=build("llama"), tokenizer=word_tokenizer(), device="cpu", batch_size=1, max_length=40)
     short = Instance("generate_until", {}, (" ".join(["w5"] * 30), {"until": ["w9"], "max_gen_toks": 4}), 0,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qk_ablate.catalogue import GROUPS, tasks
+from qk_ablate.task_data.catalogue import GROUPS, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every task of the catalogue (gsm8k is lm-eval's own, qk_gsm8k our offline one), and the groups.

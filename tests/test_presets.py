@@ -19,9 +19,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from qk_ablate.attachment import Attachment
+from qk_ablate.engines.hf.attachment import Attachment
 from qk_ablate.errors import QKAblateError
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.core.spec import InterventionSpec
 
 
 def _authors_edit(states: torch.Tensor, k: int, fill: str) -> None:
@@ -152,7 +152,7 @@ def test_preset_for_an_architecture_the_authors_did_not_cover_is_one_line():
 
 
 def test_shared_mean_fill_of_one_column_is_that_columns_mean():
-    from qk_ablate.destroy import fill_values
+    from qk_ablate.core.destroy import fill_values
 
     x = torch.randn(2, 3, 7, 8)
     valid = torch.ones(2, 7, dtype=torch.bool)

@@ -12,9 +12,9 @@ import torch
 import transformers
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.figures import save_heatmaps
-from qk_ablate.profile import profile_model, save_profile, summarize
-from qk_ablate.rope import inv_freq_of, model_rope_dims, rope_dims
+from qk_ablate.probes.figures import save_heatmaps
+from qk_ablate.probes.profile import profile_model, save_profile, summarize
+from qk_ablate.engines.hf.rope import inv_freq_of, model_rope_dims, rope_dims
 
 from conftest import MASSIVE_DIMS, build, prompts
 
@@ -90,7 +90,7 @@ def test_profile_finds_the_planted_pair_in_every_head(tmp_path):
     assert arrays["L24_post_q_M"].shape == (2, 4, 32)
     assert json.loads((tmp_path / "profile.json").read_text())["rope"]["dims"][0]["pair"] == 0
     assert (tmp_path / "heatmap_post_q.png").read_bytes()[:4] == b"\x89PNG"
-    from qk_ablate.profile import load_profile
+    from qk_ablate.probes.profile import load_profile
 
     again = load_profile(tmp_path)  # pictures can be redrawn from the saved arrays
     assert summarize(again) == json.loads((tmp_path / "profile.json").read_text())
@@ -145,7 +145,7 @@ def test_cli_profile_in_bfloat16(tmp_path, monkeypatch):
 def test_profile_of_latent_attention_and_falcon(arch, tmp_path):
     """MLA: each tensor's own rotary layout labels its pairs (the planted pair 1 everywhere, pre and
     post, Q and K); Falcon, whose post-RoPE Q/K cannot be reached, is profiled pre-RoPE only."""
-    from qk_ablate.profile import load_profile
+    from qk_ablate.probes.profile import load_profile
 
     model = build(arch)
     profile = profile_model(model, {24: [{"input_ids": prompts(2, 24, seed=1)}]}, arch, "random")

@@ -1,4 +1,4 @@
-"""Tests for the fake quantizers in qk_ablate.quantize (CPU, no model)."""
+"""Tests for the fake quantizers in qk_ablate.core.quantize (CPU, no model)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from qk_ablate.quantize import FP8_MAX, fake_quantize
-from qk_ablate.vocabulary import BITS
-from qk_ablate.vocabulary import QUANT_AXES as AXES
-from qk_ablate.vocabulary import QUANT_FORMATS as FORMATS
+from qk_ablate.core.quantize import FP8_MAX, fake_quantize
+from qk_ablate.core.vocabulary import BITS
+from qk_ablate.core.vocabulary import QUANT_AXES as AXES
+from qk_ablate.core.vocabulary import QUANT_FORMATS as FORMATS
 
 # Every supported (fmt, axis, sym, group) combination; groups sized for the shapes used below
 # (D = 8, S = 10: token group 4 divides D, channel group 4 leaves a short last group).
@@ -428,7 +428,7 @@ def test_bad_input_tensor_raises():
 def test_one_channel_group_reduces_without_scatter_and_matches_the_grouped_path(sym):
     """`axis=channel` with no group (one group per column) is a masked reduction over S; it gives what the
     scatter/gather path gives with a group as long as the prompt, padding and protected columns included."""
-    from qk_ablate.quantize import _quantize_channel
+    from qk_ablate.core.quantize import _quantize_channel
 
     torch.manual_seed(3)
     x = torch.randn(2, 3, 19, 8)

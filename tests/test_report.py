@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from qk_ablate.cli import main
-from qk_ablate.compare import compare
+from qk_ablate.stats.compare import compare
 from qk_ablate.errors import QKAblateError
-from qk_ablate.gate import FAIL, PASS, UNUSABLE, parse_budgets, run_gate
-from qk_ablate.report import build_report, to_csv, to_html, to_markdown, write_report
-from qk_ablate.runs import describe, load_run
+from qk_ablate.stats.gate import FAIL, PASS, UNUSABLE, parse_budgets, run_gate
+from qk_ablate.stats.report import build_report, to_csv, to_html, to_markdown, write_report
+from qk_ablate.stats.runs import describe, load_run
 
 STAMP = "2026-01-01T00-00-00.000000"
 
@@ -398,7 +398,7 @@ def test_a_bad_declared_chance_is_one_line(tmp_path, chance):
 
 
 def test_binomial_tail_is_exact():
-    from qk_ablate.baseline_signal import binomial_tail
+    from qk_ablate.stats.baseline_signal import binomial_tail
 
     assert binomial_tail(0, 10, 0.3) == 1.0 and binomial_tail(11, 10, 0.3) == 0.0
     assert binomial_tail(10, 10, 0.5) == pytest.approx(0.5**10)

@@ -10,9 +10,9 @@ import yaml
 from test_report import bernoulli, write_run
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.report import build_report, to_markdown
-from qk_ablate.runs import load_run
-from qk_ablate.seeds import parse_seeds, pooled_run, seed_groups
+from qk_ablate.stats.report import build_report, to_markdown
+from qk_ablate.stats.runs import load_run
+from qk_ablate.stats.seeds import parse_seeds, pooled_run, seed_groups
 from qk_ablate.sweep import MARKER, load_config, run_sweep
 
 

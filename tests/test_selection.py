@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from qk_ablate.destroy import destroy_columns, fill_values
-from qk_ablate.selection import column_norms, control_mask, massive_mask_threshold, massive_mask_topk, random_scores
+from qk_ablate.core.destroy import destroy_columns, fill_values
+from qk_ablate.core.selection import column_norms, control_mask, massive_mask_threshold, massive_mask_topk, random_scores
 
 
 def test_column_norms_exclude_padding():

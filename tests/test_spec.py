@@ -8,7 +8,7 @@ import pytest
 from lm_eval.utils import simple_parse_args_string
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.spec import CHOICES, InterventionSpec, split_model_args
+from qk_ablate.core.spec import CHOICES, InterventionSpec, split_model_args
 
 
 def parse(text: str) -> tuple[InterventionSpec, dict]:

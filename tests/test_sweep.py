@@ -98,12 +98,12 @@ def test_cli_sweep_writes_report_and_leaderboard(tmp_path, tiny, capsys):
 
 
 def test_unknown_task_fails_with_a_hint_before_the_model_loads(tmp_path, tiny, monkeypatch):
-    import qk_ablate.lm
+    import qk_ablate.engines.hf.lm
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not load for a config with an unknown task")
 
-    monkeypatch.setattr(qk_ablate.lm, "QKAblatedLM", no_model)
+    monkeypatch.setattr(qk_ablate.engines.hf.lm, "QKAblatedLM", no_model)
     config = load_config(_config(tmp_path, tiny, tasks=["passkey_1kk"]))
     with pytest.raises(QKAblateError, match=r"unknown task 'passkey_1kk'; did you mean passkey_1k"):
         run_sweep(config, log=lambda line: None)
@@ -152,7 +152,7 @@ def test_bad_profile_settings(tmp_path, tiny, profile, match):
 
 def test_sweep_profiles_each_model_once(tmp_path, tiny, monkeypatch):
     """`profile:` writes the model's profile beside its cells; a rerun keeps it, new settings redo it."""
-    import qk_ablate.profile
+    import qk_ablate.probes.profile
 
     config = load_config(_config(tmp_path, tiny, profile={"lengths": "128,256", "samples": 2, "source": "passkey"}))
     run_sweep(config, log=lambda line: None)
@@ -162,8 +162,8 @@ def test_sweep_profiles_each_model_once(tmp_path, tiny, monkeypatch):
     assert (folder / "heatmap_post_q.png").is_file() and (folder / "profile.npz").is_file()
 
     calls = []
-    real = qk_ablate.profile.run_profile
-    monkeypatch.setattr(qk_ablate.profile, "run_profile", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real = qk_ablate.probes.profile.run_profile
+    monkeypatch.setattr(qk_ablate.probes.profile, "run_profile", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     run_sweep(config, log=lambda line: None)
     assert calls == []  # same settings: kept, and no model loads for a finished grid
     run_sweep(load_config(_config(tmp_path, tiny, profile={"lengths": [128], "samples": 2})), log=lambda line: None)
@@ -189,8 +189,8 @@ def test_shipped_configs_are_valid(name):
 def test_committed_paper_results_agree_with_their_own_recorded_settings():
     """results/paper is checked against what its cells recorded (cell.json), not against today's
     configs/paper.yaml, so editing a config never fails CI until a multi-hour sweep is rerun."""
-    from qk_ablate.report import build_report, to_markdown
-    from qk_ablate.runs import load_run
+    from qk_ablate.stats.report import build_report, to_markdown
+    from qk_ablate.stats.runs import load_run
 
     markers = sorted((ROOT / "results" / "paper").rglob(MARKER))
     assert len(markers) == 5

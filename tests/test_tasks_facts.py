@@ -236,7 +236,7 @@ def test_zero_shot_docs_are_the_same_questions_without_examples(recall):
 
 def test_committed_runs_keep_their_prompts():
     """The few-shot prompts are what the committed paper grid evaluated, so old runs still pair."""
-    from qk_ablate.runs import read_samples
+    from qk_ablate.stats.runs import read_samples
     from qk_ablate.task_data import country_capital as cc
 
     root = TASKS_DIR.parent / "results" / "paper" / "smollm2-135m" / "baseline"
@@ -273,8 +273,8 @@ def test_lm_eval_samples_hold_both_scores_and_a_constant_answerer_is_flagged(tmp
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from qk_ablate.report import build_report, to_markdown
-    from qk_ablate.runs import load_run
+    from qk_ablate.stats.report import build_report, to_markdown
+    from qk_ablate.stats.runs import load_run
 
     names = ["city_facts", "city_facts_0shot", "country_capital", "country_capital_0shot",
              "country_continent", "country_continent_0shot"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qk_ablate.checkpoints import FOUR_BIT, INFO, METHODS, stored_formats
+from qk_ablate.models.checkpoints import FOUR_BIT, INFO, METHODS, stored_formats
 from qk_ablate.cli import main
 
 CALIBRATED = ("gptq", "awq", "smoothquant")

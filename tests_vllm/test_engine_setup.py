@@ -10,7 +10,7 @@ from qk_ablate.errors import QKAblateError
 def test_lm_evals_vllm_model_imports_under_the_cpu_build():
     from importlib.metadata import version
 
-    import qk_ablate.lm_vllm  # noqa: F401  (registers the alias before lm-eval reads the version)
+    import qk_ablate.engines.vllm.lm  # noqa: F401  (registers the alias before lm-eval reads the version)
 
     assert version("vllm").endswith("+cpu")  # how vLLM itself recognises its CPU build
     import lm_eval.api.registry as registry
@@ -32,7 +32,7 @@ def test_lm_evals_vllm_model_imports_under_the_cpu_build():
      ({"kv_cache": "quanto:int4"}, "kv_cache=quanto:int4 is transformers' QuantizedCache, HF engine only")],
 )
 def test_what_the_engine_cannot_honour_is_refused_in_one_line_before_loading(args, match):
-    from qk_ablate.lm_vllm import QKAblatedVLLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     with pytest.raises(QKAblateError, match=match) as info:
         QKAblatedVLLM(pretrained="/no/such/model", **args)
@@ -47,7 +47,7 @@ def _engine_args(monkeypatch, **model_args) -> dict:
     """The arguments QKAblatedVLLM hands lm-eval's VLLM (stopped before any model loads)."""
     from lm_eval.models.vllm_causallms import VLLM
 
-    from qk_ablate.lm_vllm import QKAblatedVLLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     seen = {}
 
@@ -77,7 +77,7 @@ def test_what_the_user_gives_is_kept(monkeypatch):
 def test_an_engine_that_does_not_start_is_one_line(monkeypatch):
     from lm_eval.models.vllm_causallms import VLLM
 
-    from qk_ablate.lm_vllm import QKAblatedVLLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     def fail(self, **kwargs):
         raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")

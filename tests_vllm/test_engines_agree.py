@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.core.spec import InterventionSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [
@@ -28,8 +28,8 @@ VARIANTS = [
 @pytest.fixture(scope="module")
 def engines():
     import qk_ablate.plugin  # noqa: F401
-    from qk_ablate.lm import QKAblatedLM
-    from qk_ablate.lm_vllm import QKAblatedVLLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     vllm = QKAblatedVLLM(pretrained="smollm2-135m", dtype="float32", max_model_len=2048, batch_size=8,
                          gpu_memory_utilization=0.5, seed=0)
@@ -170,8 +170,8 @@ def test_the_vllm_path_quantizes_its_own_inputs_as_the_hf_engine_would(engines, 
     import torch
     from lm_eval.api.instance import Instance
 
-    from qk_ablate.quantize import fake_quantize
-    from qk_ablate.selection import column_norms, massive_mask_threshold
+    from qk_ablate.core.quantize import fake_quantize
+    from qk_ablate.core.selection import column_norms, massive_mask_threshold
 
     _, vllm = engines
     vllm.use(InterventionSpec(quant="int4", quant_targets="qk", protect=protect))

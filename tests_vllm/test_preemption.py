@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.core.spec import InterventionSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_cache():
     """An engine whose KV cache holds about two of the prompts below at once (blocks of 32 tokens)."""
     import qk_ablate.plugin  # noqa: F401
-    from qk_ablate.lm_vllm import QKAblatedVLLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     return QKAblatedVLLM(pretrained="smollm2-135m", dtype="float32", max_model_len=1024, block_size=32,
                          num_gpu_blocks_override=36, gpu_memory_utilization=0.5, seed=0)

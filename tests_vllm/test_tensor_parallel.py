@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.core.spec import InterventionSpec
 
 VARIANTS = [{"ablate": "massive"}, {"ablate": "nonmassive"}, {"ablate": "massive", "rope": "pre"},
             {"quant": "int4", "quant_targets": "k", "quant_axis": "token"}]
@@ -19,8 +19,8 @@ VARIANTS = [{"ablate": "massive"}, {"ablate": "nonmassive"}, {"ablate": "massive
 @pytest.fixture(scope="module")
 def engines():
     import qk_ablate.plugin  # noqa: F401
-    from qk_ablate.lm import QKAblatedLM
-    from qk_ablate.lm_vllm import QKAblatedVLLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     cpus = sorted(os.sched_getaffinity(0))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(cpus[rank % len(cpus)]) for rank in range(3)))

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from qk_ablate.attachment import band_dims
-from qk_ablate.loading import load_model
-from qk_ablate.massive_stats import collect_massive_stats
-from qk_ablate.selection import control_mask, massive_mask_threshold, random_scores
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.engines.hf.attachment import band_dims
+from qk_ablate.models.loading import load_model
+from qk_ablate.probes.massive_stats import collect_massive_stats
+from qk_ablate.core.selection import control_mask, massive_mask_threshold, random_scores
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.task_data.passkey import build_passkey_docs
 
 CELLS = {

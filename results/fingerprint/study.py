@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qk_ablate.compare import compare as compare_runs
-from qk_ablate.fingerprint import compare, measure, prompt_texts
-from qk_ablate.gate import run_gate
-from qk_ablate.loading import load_model
-from qk_ablate.runs import load_run
+from qk_ablate.stats.compare import compare as compare_runs
+from qk_ablate.probes.fingerprint import compare, measure, prompt_texts
+from qk_ablate.stats.gate import run_gate
+from qk_ablate.models.loading import load_model
+from qk_ablate.stats.runs import load_run
 from qk_ablate.sweep import load_config
 
 HERE = Path(__file__).resolve().parent

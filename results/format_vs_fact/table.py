@@ -27,7 +27,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from qk_ablate.runs import read_samples
+from qk_ablate.stats.runs import read_samples
 from qk_ablate.task_data.city_facts import EXTRA_ALIASES, UK_CONSTITUENTS, geonames
 from qk_ablate.task_data.scoring import answer_candidates, normalize_name
 

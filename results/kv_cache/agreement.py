@@ -5,7 +5,7 @@ configs/kv_cache_long.yaml (results/kv_cache/long: 4k, 8k) and, for each pair of
 documents on which both give the same answer (the first number of the response: what passkey
 scores against the key) and the same exact generated text (8 tokens at most: it also sees what
 follows the answer), the first with a 95% Wilson interval, beside both accuracies and the paired
-bootstrap interval of their difference (`qk_ablate.compare`, the report's own). Failures differ
+bootstrap interval of their difference (`qk_ablate.stats.compare`, the report's own). Failures differ
 too, so per cell it also gives the share of the key's digits its answers get right from the start.
 Writes agreement.md and agreement.json here.
 
@@ -19,8 +19,8 @@ import math
 import re
 from pathlib import Path
 
-from qk_ablate.compare import compare
-from qk_ablate.runs import Run, load_run, merge_runs, read_samples
+from qk_ablate.stats.compare import compare
+from qk_ablate.stats.runs import Run, load_run, merge_runs, read_samples
 from qk_ablate.task_data.scoring import first_number
 
 HERE = Path(__file__).resolve().parent

@@ -18,8 +18,8 @@ from lm_eval.tasks import TaskManager
 from transformers.cache_utils import DynamicCache, QuantoQuantizedLayer
 
 import qk_ablate.plugin  # noqa: F401  (our tasks)
-from qk_ablate.loading import load_model
-from qk_ablate.quantize import fake_quantize
+from qk_ablate.models.loading import load_model
+from qk_ablate.core.quantize import fake_quantize
 
 HERE = Path(__file__).resolve().parent
 

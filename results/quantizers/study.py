@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from qk_ablate.checkpoints import INFO, size_on_disk, stored_formats
-from qk_ablate.fingerprint import run_fingerprint, save_fingerprint
+from qk_ablate.models.checkpoints import INFO, size_on_disk, stored_formats
+from qk_ablate.probes.fingerprint import run_fingerprint, save_fingerprint
 from qk_ablate.sweep import load_config
 
 HERE = Path(__file__).resolve().parent

@@ -9,10 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from qk_ablate.catalogue import PROFILE_SOURCES, parse_kinds
-from qk_ablate.compare import DEFAULT_ITERATIONS
+from qk_ablate.task_data.catalogue import PROFILE_SOURCES, parse_kinds
+from qk_ablate.stats.compare import DEFAULT_ITERATIONS
 from qk_ablate.errors import QKAblateError
-from qk_ablate.loading import DTYPES
+from qk_ablate.models.loading import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from qk_ablate.figures import save_heatmaps
-    from qk_ablate.loading import load_model
-    from qk_ablate.profile import headline, load_profile, run_profile, save_profile
+    from qk_ablate.probes.figures import save_heatmaps
+    from qk_ablate.models.loading import load_model
+    from qk_ablate.probes.profile import headline, load_profile, run_profile, save_profile
     from qk_ablate.task_data.lengths import parse_length
 
     if args.replot:
@@ -141,8 +141,8 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from qk_ablate.report import build_report, to_markdown, write_report
-    from qk_ablate.runs import load_runs
+    from qk_ablate.stats.report import build_report, to_markdown, write_report
+    from qk_ablate.stats.runs import load_runs
 
     if args.iterations < 100:
         raise QKAblateError(f"--iterations must be at least 100, got {args.iterations}")
@@ -163,7 +163,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from qk_ablate.gate import run_gate
+    from qk_ablate.stats.gate import run_gate
 
     verdict = run_gate(args.baseline, args.candidate, args.max_drop, junit=args.junit, json_path=args.json,
                        kinds=parse_kinds(args.kinds))
@@ -174,7 +174,7 @@ def _gate(args: argparse.Namespace) -> int:
 def _fingerprint(args: argparse.Namespace) -> int:
     import re
 
-    from qk_ablate.fingerprint import run_fingerprint, save_fingerprint, summary_text
+    from qk_ablate.probes.fingerprint import run_fingerprint, save_fingerprint, summary_text
     from qk_ablate.task_data.lengths import parse_length
 
     lengths = sorted({parse_length(part) for part in args.lengths.split(",") if part.strip()})
@@ -189,7 +189,7 @@ def _fingerprint(args: argparse.Namespace) -> int:
 
 
 def _depth(args: argparse.Namespace) -> int:
-    from qk_ablate.depth import run_depth
+    from qk_ablate.probes.depth import run_depth
 
     if not str(args.limit).isdigit():
         raise QKAblateError(f"--limit {args.limit!r} must be a whole number of documents per task")
@@ -201,7 +201,7 @@ def _depth(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     """Each method into its own folder; a method already written is kept, so a rerun finishes the rest."""
-    from qk_ablate.checkpoints import METHODS, Calibration, describe_folder, quantize
+    from qk_ablate.models.checkpoints import METHODS, Calibration, describe_folder, quantize
 
     methods = list(METHODS) if not args.method or "all" in args.method else args.method
     unknown = [m for m in methods if m not in METHODS]
@@ -223,8 +223,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """Run the grid, print the report, write it beside the cells and write the leaderboard."""
-    from qk_ablate.report import build_report, to_markdown, write_report
-    from qk_ablate.runs import load_run
+    from qk_ablate.stats.report import build_report, to_markdown, write_report
+    from qk_ablate.stats.runs import load_run
     from qk_ablate.sweep import load_config, run_sweep, write_leaderboard
 
     config = load_config(args.config)
@@ -251,7 +251,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _warn_unclassified(tasks: list[str]) -> None:
     if tasks:
-        from qk_ablate.gate import unclassified_warning
+        from qk_ablate.stats.gate import unclassified_warning
 
         print(f"qk-ablate: warning: {unclassified_warning(tasks)}", file=sys.stderr)
 

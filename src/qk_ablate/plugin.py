@@ -15,11 +15,11 @@ from pathlib import Path
 import lm_eval.models  # noqa: F401  (lm-eval's own models are registered before ours)
 from lm_eval.tasks import TaskManager, _yaml_loader
 
-import qk_ablate.lm  # noqa: F401  (registers `qk_ablated`)
+import qk_ablate.engines.hf.lm  # noqa: F401  (registers `qk_ablated`)
 
 # `qk_ablated_vllm` is registered when a command asks for it: importing vLLM takes seconds.
 if any("qk_ablated_vllm" in str(arg) for arg in sys.argv):
-    import qk_ablate.lm_vllm  # noqa: F401
+    import qk_ablate.engines.vllm.lm  # noqa: F401
 from qk_ablate.errors import QKAblateError
 from qk_ablate.paths import TEMPLATE_PREFIX, tasks_dir, template_path
 

@@ -46,11 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qk_ablate.catalogue import KINDS, PROFILE_SOURCES, check_kind
+from qk_ablate.task_data.catalogue import KINDS, PROFILE_SOURCES, check_kind
 from qk_ablate.errors import QKAblateError
-from qk_ablate.loading import auto_device
-from qk_ablate.seeds import expand_seeds
-from qk_ablate.spec import InterventionSpec
+from qk_ablate.models.loading import auto_device
+from qk_ablate.stats.seeds import expand_seeds
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.task_data.lengths import parse_length
 
 _KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata",
@@ -265,7 +265,7 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
     from lm_eval.tasks import TaskManager
 
     import qk_ablate.plugin  # noqa: F401  (our tasks and templates for the TaskManager)
-    from qk_ablate.lm import QKAblatedLM
+    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     device = auto_device(config.device)
     cells: list[Path] = []
@@ -281,7 +281,7 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
         manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
         _check_tasks(config, manager)  # before the model loads
         if config.engine == "vllm":
-            from qk_ablate.lm_vllm import QKAblatedVLLM
+            from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
             lm = QKAblatedVLLM(batch_size=config.batch_size, **model)
         else:
@@ -311,8 +311,8 @@ def _profile_done(folder: Path, settings: ProfileSettings) -> bool:
 
 def _profile(lm: Any, name: str, settings: ProfileSettings, folder: Path, log) -> None:
     """Profile the loaded model with no intervention attached."""
-    from qk_ablate.figures import save_heatmaps
-    from qk_ablate.profile import headline, run_profile, save_profile
+    from qk_ablate.probes.figures import save_heatmaps
+    from qk_ablate.probes.profile import headline, run_profile, save_profile
 
     started = time.time()
     lm.use(InterventionSpec())

@@ -73,7 +73,7 @@ def resolve_tokenizer(metadata: dict[str, Any]) -> Any:
             if not value:
                 continue
         gguf = metadata.get("gguf_file") if key == "pretrained" else None
-        from qk_ablate.embedded import load_tokenizer
+        from qk_ablate.models.embedded import load_tokenizer
 
         try:
             return load_tokenizer(value, gguf)

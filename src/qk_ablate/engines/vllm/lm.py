@@ -1,0 +1,169 @@
+"""The lm-eval model `qk_ablated_vllm`: lm-eval's `VLLM` with the same interventions inside vLLM.
+
+Our keys are taken out of model_args and validated into the same `InterventionSpec` as the HF
+engine's; every other vLLM argument keeps working. The spec travels to vLLM's worker
+(`LLM.apply_model`, so it also reaches a worker in another process) where `vllm_hooks` installs
+it; the results JSON records it under `config.qk_ablate` with `engine: vllm`.
+
+vLLM features that would change the experiment are switched off or refused, never silently
+kept: CUDA graphs and torch.compile (hooks would not run on replayed steps: eager mode is
+forced), prefix caching (a cached prefix is never seen by a prefill, so its statistics would be
+missing) and chunked prefill (a prompt split over steps would be selected from a part of itself).
+Every input is registered with the worker before it is sent (`vllm_hooks.set_prompt_lengths`),
+so a loglikelihood continuation is not counted as prompt and a preempted generation, recomputed
+by vLLM from its prompt and generated tokens, is edited as it was the first time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+from qk_ablate.engines.vllm.compat import alias_cpu_build
+
+alias_cpu_build()  # before lm-eval's vLLM module reads the version of `vllm`
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model sends our functions to the worker
+
+import lm_eval.models  # noqa: E402,F401  (lm-eval's own models are registered before ours)
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
+
+from qk_ablate import __version__  # noqa: E402
+
+from qk_ablate.engines.vllm import worker
+from qk_ablate.models.embedded import hf_folder, is_embedded  # noqa: E402
+from qk_ablate.core.selection import summarize_selection, warn_if_nothing_selected  # noqa: E402
+from qk_ablate.errors import QKAblateError  # noqa: E402
+from qk_ablate.core.spec import InterventionSpec, split_model_args  # noqa: E402
+
+# On a CPU host `gpu_memory_utilization` is the share of the NUMA node's memory vLLM takes (and
+# refuses to start when that much is not free); lm-eval's default of 0.9 rarely is.
+CPU_MEMORY_FRACTION = 0.5
+
+# vLLM arguments that would change what the intervention sees: (name, value we need, why).
+_FORCED = (
+    ("enforce_eager", True, "CUDA graphs and torch.compile replay steps without running the hooks"),
+    ("enable_prefix_caching", False, "a cached prefix skips the prefill that selects and destroys its dims"),
+    ("enable_chunked_prefill", False, "a prompt split over steps would be selected from a part of itself"),
+)
+
+
+@register_model("qk_ablated_vllm")
+class QKAblatedVLLM(VLLM):
+    """lm-eval's VLLM whose attention destroys or quantizes Q/K/V dims as its `InterventionSpec` says."""
+
+    def __init__(self, pretrained: str = "smollm2-135m", **kwargs: Any) -> None:
+        ours, rest = split_model_args(kwargs)
+        self.spec = InterventionSpec.from_args(ours)
+        if self.spec.select == "band":
+            raise QKAblateError("select=band runs on the HF engine only (it reads the model's inv_freq); use --model qk_ablated")
+        if self.spec.kv_cache != "none":
+            raise QKAblateError(f"kv_cache={self.spec.kv_cache} is transformers' QuantizedCache, HF engine only: use --model "
+                                "qk_ablated (vLLM quantizes its own cache with its argument kv_cache_dtype, e.g. fp8)")
+        _check_engine_args(rest)
+        for name, value, _ in _FORCED:
+            rest[name] = value
+        self._requested_model = str(pretrained)
+        if is_embedded(pretrained):
+            pretrained = hf_folder()
+            rest.setdefault("dtype", "float32")  # as the HF engine runs it; vLLM's auto would pick bfloat16 on a CPU
+        if "gpu_memory_utilization" not in rest and _on_cpu():
+            rest["gpu_memory_utilization"] = CPU_MEMORY_FRACTION
+        try:
+            super().__init__(pretrained=pretrained, **rest)
+        except RuntimeError as error:
+            if "initialization failed" not in str(error):
+                raise
+            raise QKAblateError(
+                f"vLLM's engine did not start ({error}); its own log above says why (on a CPU host: lower "
+                "gpu_memory_utilization, which there is the share of the NUMA node's memory, or max_model_len)"
+            ) from None
+        self.use(self.spec)
+
+    def use(self, spec: InterventionSpec) -> None:
+        """Install `spec` in the worker (replacing the current one) without reloading the model."""
+        self.spec = spec = spec.for_architecture(self.model.model_config.hf_config.model_type)
+        self.model.apply_model(partial(vllm_hooks.attach, spec=spec.to_dict()))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+        """Tell the worker each input's context length, so only context tokens count as the prompt.
+
+        The inputs are built as lm-eval's VLLM builds them (context + continuation, cut from the
+        left to the window); the continuation plays the part of generated tokens.
+        """
+        window = self.max_length - 1
+        lengths = {}
+        for _, context, continuation in requests:
+            tokens = tuple((context + continuation)[-window:])
+            lengths[tokens] = len(context) - max(0, len(context) + len(continuation) - window)
+        with self._registered(lengths):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
+
+    def _model_generate(self, requests, generate: bool = False, sampling_params=None):  # type: ignore[override]
+        """Register each generation prompt, so a preempted and recomputed request keeps its prompt."""
+        if not generate:
+            return super()._model_generate(requests, generate, sampling_params)
+        with self._registered({tuple(tokens): len(tokens) for tokens in requests}):
+            return super()._model_generate(requests, generate, sampling_params)
+
+    @contextmanager
+    def _registered(self, lengths: dict[tuple[int, ...], int]) -> Iterator[None]:
+        if self.spec.is_noop:
+            yield
+            return
+        self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=lengths))
+        try:
+            yield
+        finally:
+            self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=None))
+
+    def counts(self) -> dict[str, int]:
+        """What the intervention has edited so far, summed over the workers (see `vllm_hooks.counts`)."""
+        total: Counter[str] = Counter()
+        for worker in self.model.apply_model(vllm_hooks.counts):
+            total.update(worker)
+        return dict(total)
+
+    def get_model_info(self) -> dict:
+        """The validated intervention spec and the engine, so results say what produced them, and what
+        the selection chose (summed over the workers: each holds its own heads)."""
+        info: dict[str, Any] = {"qk_ablate": {"model": self._requested_model, "version": __version__, "engine": "vllm",
+                                              **self.spec.to_dict()}}
+        counts = self.counts()
+        tallies = {kind: {key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith(f"{kind}:")}
+                   for kind in ("selected", "heads")}
+        selected = summarize_selection(tallies["selected"], tallies["heads"])
+        if selected:
+            info["qk_ablate_selected"] = selected
+            warn_if_nothing_selected(self.spec, selected)
+        return info
+
+
+def _check_engine_args(args: dict[str, Any]) -> None:
+    """One line for every vLLM setting this engine cannot honour (yet)."""
+    for name, value, why in _FORCED:
+        if name in args and _as_bool(args[name]) != value:
+            raise QKAblateError(f"qk_ablated_vllm needs {name}={value}: {why}; drop {name} from model_args")
+    if int(args.get("data_parallel_size", 1) or 1) > 1:
+        raise QKAblateError("qk_ablated_vllm does not run with data_parallel_size > 1 (its Ray replicas would "
+                            "load the model without the hooks); use tensor_parallel_size, or several runs")
+    if int(args.get("pipeline_parallel_size", 1) or 1) > 1:
+        raise QKAblateError("qk_ablated_vllm does not run with pipeline_parallel_size > 1 (a rank would number "
+                            "its layers from its own share); split the model with tensor_parallel_size instead")
+    if args.get("speculative_config"):
+        raise QKAblateError("qk_ablated_vllm does not run with speculative_config (its verification steps are "
+                            "not covered by our tests); drop it from model_args")
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")

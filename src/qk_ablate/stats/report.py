@@ -1,0 +1,268 @@
+"""The results table: rows = model x intervention, columns = tasks, contextual and
+parametric means, their deltas to the baseline and the interaction, each with a 95% paired
+bootstrap interval; written as markdown, CSV and HTML, with a bar chart of the deltas as PNG.
+A task whose baseline is not distinguishable from chance or from a constant answer
+(`qk_ablate.stats.baseline_signal`) is marked † in the header, named in a footnote with its p-value and
+top answer share, and listed in the CSV's `no_signal` column; it stays in its kind's mean (so the
+numbers never move), and the footnote says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from qk_ablate.stats.baseline_signal import Signal, assess
+from qk_ablate.task_data.catalogue import KINDS, task_chance, task_kind
+from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
+from qk_ablate.errors import QKAblateError
+from qk_ablate.stats.runs import Run, merge_runs
+from qk_ablate.stats.seeds import pooled_run, seed_groups
+
+MARK = "†"  # a task whose baseline carries no signal
+
+
+@dataclass(frozen=True)
+class Report:
+    tasks: list[str]
+    rows: list[tuple[Run, Comparison]]  # each run against its model's baseline (the baseline too)
+    signals: tuple[Signal, ...] = ()  # each baseline's tasks against chance and a constant answer
+
+    @property
+    def unclassified(self) -> list[str]:
+        """Tasks counted in neither mean (no kind from the catalogue, --kinds or their YAML)."""
+        return sorted({t for _, comparison in self.rows for t in comparison.unclassified})
+
+
+def build_report(
+    runs: list[Run],
+    baseline: Run | None = None,
+    kinds: dict[str, str] | None = None,
+    iterations: int = DEFAULT_ITERATIONS,
+    only: list[str] | None = None,
+) -> Report:
+    """Compare every run with the baseline of its model (`baseline`, or the model's run with no
+    intervention), over the baselines' tasks (or just `only`). Runs of one model and intervention
+    from several folders are merged first."""
+    if not runs:
+        raise QKAblateError("no runs to report; give one or more lm_eval --output_path folders")
+    runs = merge_runs(runs)
+    baselines: dict[str, Run] = {}
+    if baseline is not None:
+        baselines = {run.model: baseline for run in [*runs, baseline]}  # it may be another model's run
+    else:
+        for run in runs:
+            if run.is_baseline:
+                if run.model in baselines:
+                    raise QKAblateError(
+                        f"two baseline runs of {run.model} ('{baselines[run.model].path}', '{run.path}'); "
+                        "name the one to compare against with --baseline"
+                    )
+                baselines[run.model] = run
+    missing = sorted({run.model for run in runs} - set(baselines))
+    if missing:
+        raise QKAblateError(
+            f"no baseline (ablate=none, quant=none) run for {', '.join(missing)}; add one, or name it with --baseline"
+        )
+    declared = {t: k for b in baselines.values() for t, k in b.kinds.items()}
+    tasks = sorted({t for b in baselines.values() for t in b.tasks},
+                   key=lambda t: (_kind_order(task_kind(t, kinds, declared)), t))
+    if only is not None:
+        unknown = sorted(set(only) - set(tasks))
+        if unknown:
+            raise QKAblateError(f"--tasks names {unknown[0]}, which no baseline run has; it has {', '.join(tasks)}")
+        tasks = [t for t in tasks if t in only]
+    rows = []
+    ordered = sorted(runs, key=lambda r: (r.model, not r.is_baseline))
+    if baseline is not None and all(r.path != baseline.path for r in runs):
+        ordered.insert(0, baseline)
+    for run in ordered:
+        base = baselines[run.model]
+        names = [t for t in tasks if t in base.tasks]
+        rows.append((run, compare(base, run, names, kinds=kinds, iterations=iterations)))
+    for group in seed_groups(ordered):  # one pooled row after each group of seeds, resampling seeds and documents
+        pooled, base = pooled_run(group), baselines[group[0].model]
+        names = [t for t in tasks if t in base.tasks and t in pooled.tasks]
+        at = max(i for i, (run, _) in enumerate(rows) if any(run is g for g in group)) + 1
+        rows.insert(at, (pooled, compare(base, pooled, names, kinds=kinds, iterations=iterations, replicates=group)))
+    signals = tuple(assess(t, b.model, b.tasks[t].scores, b.tasks[t].answers, task_chance(t, b.chances),
+                           task_kind(t, kinds, declared))
+                    for b in {id(b): b for b in baselines.values()}.values() for t in tasks if t in b.tasks)
+    return Report(tasks=tasks, rows=rows, signals=signals)
+
+
+def _no_signal(report: Report, model: str | None = None) -> list[str]:
+    """The tasks flagged in some baseline (of `model`, when given), in table order."""
+    flagged = {s.task for s in report.signals if s.flagged and model in (None, s.model)}
+    return [t for t in report.tasks if t in flagged]
+
+
+def _names(report: Report) -> list[str]:
+    flagged = set(_no_signal(report))
+    return [f"{t} {MARK}" if t in flagged else t for t in report.tasks]
+
+
+def _signal_note(report: Report) -> str:
+    """One footnote line per flagged task: which test it fails, its p-value, its top answer share."""
+    return "\n".join(f"{MARK} {s.sentence()}." for s in report.signals if s.flagged)
+
+
+def _is_reference(run: Run, comparison: Comparison) -> bool:
+    """The baseline's own row (compared with itself): it has means but no deltas."""
+    return run.is_baseline and comparison.baseline.path == run.path
+
+
+def _kind_order(kind: str | None) -> int:
+    return {"contextual": 0, "parametric": 1}.get(kind or "", 2)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _delta(e: Estimate) -> str:
+    return f"{100 * e.value:+.1f} [{100 * e.low:+.1f}, {100 * e.high:+.1f}]"
+
+
+def _cells(run: Run, comparison: Comparison, tasks: list[str]) -> list[str]:
+    base = _is_reference(run, comparison)
+    cells = [run.model, run.label]
+    for task in tasks:
+        if task not in run.tasks or task not in comparison.tasks:
+            cells.append("n/a")
+            continue
+        score = _pct(run.tasks[task].mean)
+        cells.append(score if base else f"{score} ({_delta(comparison.tasks[task])})")
+    for kind in KINDS:
+        mean = comparison.means.get(kind)
+        cells.append("n/a" if mean is None else f"{_pct(mean.value)} [{_pct(mean.low)}, {_pct(mean.high)}]")
+        delta = comparison.deltas.get(kind)
+        cells.append("" if base or delta is None else _delta(delta))
+    inter = comparison.interaction
+    cells.append("" if base or inter is None else _delta(inter))
+    return cells
+
+
+def header(tasks: list[str]) -> list[str]:
+    return ["model", "intervention", *tasks, "contextual", "Δ contextual", "parametric", "Δ parametric", "interaction"]
+
+
+def _footnote(report: Report) -> str:
+    docs = report.rows[0][1].docs
+    return (
+        "accuracy in %; (change vs the model's baseline in points [95% paired bootstrap interval]); "
+        "means pool each kind's documents; interaction = Δ contextual − Δ parametric. Documents: "
+        + ", ".join(f"{t} {n}" for t, n in docs.items())
+    )
+
+
+def to_markdown(report: Report) -> str:
+    head = header(_names(report))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for run, comparison in report.rows:
+        lines.append("| " + " | ".join(_cells(run, comparison, report.tasks)) + " |")
+    lines.append("\n" + _footnote(report))
+    if _signal_note(report):
+        lines.append("\n" + _signal_note(report).replace("\n", "\n\n"))
+    return "\n".join(lines)
+
+
+def to_html(report: Report, image: str | None = None) -> str:
+    """A standalone page: the table, its footnote and (when given) the delta chart beside it."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header(_names(report)))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(run, cmp, report.tasks)) + "</tr>\n"
+        for run, cmp in report.rows
+    )
+    chart = f'<p><img src="{html.escape(image)}" alt="deltas with 95% intervals"></p>\n' if image else ""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>qk-ablate report</title>\n'
+        "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
+        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} td:nth-child(-n+2),th{text-align:left}</style>"
+        "</head><body>\n"
+        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+        f"<p>{html.escape(_footnote(report))}</p>\n"
+        + "".join(f"<p>{html.escape(line)}</p>\n" for line in _signal_note(report).splitlines())
+        + f"{chart}</body></html>\n"
+    )
+
+
+def to_csv(report: Report) -> str:
+    """One row per run; numbers in %, each delta with its interval bounds in their own columns."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    columns = ["model", "intervention"]
+    for task in report.tasks:
+        columns += [task, f"{task}_delta", f"{task}_delta_low", f"{task}_delta_high"]
+    for kind in KINDS:
+        columns += [kind, f"{kind}_low", f"{kind}_high", f"{kind}_delta", f"{kind}_delta_low", f"{kind}_delta_high"]
+    columns += ["interaction", "interaction_low", "interaction_high", "no_signal"]
+    writer.writerow(columns)
+
+    def nums(e: Estimate | None) -> list[str]:
+        return ["", "", ""] if e is None else [f"{100 * e.value:.2f}", f"{100 * e.low:.2f}", f"{100 * e.high:.2f}"]
+
+    for run, cmp in report.rows:
+        row = [run.model, run.label]
+        for task in report.tasks:
+            row += [f"{100 * run.tasks[task].mean:.2f}" if task in run.tasks else "", *nums(cmp.tasks.get(task))]
+        for kind in KINDS:
+            row += nums(cmp.means.get(kind)) + nums(cmp.deltas.get(kind))
+        row += nums(cmp.interaction)
+        row.append(";".join(_no_signal(report, cmp.baseline.model)))  # tasks whose baseline is flagged
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def plot_deltas(report: Report, path: str | Path) -> Path:
+    """Bar chart: Δ contextual and Δ parametric of every non-baseline run, with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [(run, cmp) for run, cmp in report.rows if not _is_reference(run, cmp)]
+    if not rows:
+        raise QKAblateError("the report has no run besides the baseline, so there are no deltas to plot")
+    several = len({r.model for r, _ in rows}) > 1
+    # one argument per line, so long labels (quant=int4,quant_targets=qk,...) never overlap
+    labels = [(f"{run.model}\n" if several else "") + run.label.replace(",", "\n") for run, _ in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows)), 4.6))
+    for offset, kind, colour in ((-0.2, "contextual", "#c0392b"), (0.2, "parametric", "#2471a3")):
+        est = [cmp.deltas.get(kind) for _, cmp in rows]
+        values = [100 * e.value if e else np.nan for e in est]
+        errors = [[100 * (e.value - e.low) if e else 0 for e in est], [100 * (e.high - e.value) if e else 0 for e in est]]
+        ax.bar(x + offset, values, 0.4, yerr=errors, capsize=4, color=colour, label=f"Δ {kind}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("change vs baseline (points)")
+    ax.set_title("Δ accuracy with 95% paired bootstrap intervals")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(report: Report, folder: str | Path, name: str = "report") -> list[Path]:
+    """report.md, report.csv, report.html and report_deltas.png (when there are deltas) in `folder`."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    chart = None
+    if any(not _is_reference(run, cmp) for run, cmp in report.rows):
+        chart = plot_deltas(report, out / f"{name}_deltas.png")
+    pages = (("md", to_markdown(report) + "\n"), ("csv", to_csv(report)),
+             ("html", to_html(report, chart.name if chart else None)))
+    for suffix, text in pages:
+        path = out / f"{name}.{suffix}"
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written + ([chart] if chart else [])
