@@ -36,9 +36,16 @@ VARIANTS = {
 
 def build(layers: int) -> transformers.PreTrainedModel:
     """A Llama of `layers` layers whose ops are tiny, so a decode step is almost all host work."""
-    config = transformers.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                      max_position_embeddings=2048)
+    config = transformers.LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
@@ -66,7 +73,7 @@ def main() -> None:
                 grown = torch.cat([grown, torch.ones_like(grown[:, :1])], dim=1)
                 token = ids[:, step % args.prompt : step % args.prompt + 1]
                 seconds = [0.0, 0.0]
-                for which in ((0, 1) if step % 2 else (1, 0)):
+                for which in (0, 1) if step % 2 else (1, 0):
                     started = time.perf_counter()
                     (plain, ours)[which](token, attention_mask=grown, past_key_values=caches[which], use_cache=True)
                     seconds[which] = time.perf_counter() - started
@@ -83,15 +90,21 @@ def main() -> None:
             base, added = paired(VARIANTS[name])
             times[name][0].extend(base)
             times[name][1].extend(added)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, CPU, {torch.get_num_threads()} threads; "
-          f"{args.layers} layers, batch {args.batch}, {args.prompt}-token prompts, {args.steps} decode steps, "
-          f"median over the {args.rounds * args.steps} steps of {args.rounds} rounds\n")
-    print("| variant | plain's ms per decode step | attached minus plain, ms | ratio | added per layer per step, us |\n"
-          "|---|---:|---:|---:|---:|")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, CPU, {torch.get_num_threads()} threads; "
+        f"{args.layers} layers, batch {args.batch}, {args.prompt}-token prompts, {args.steps} decode steps, "
+        f"median over the {args.rounds * args.steps} steps of {args.rounds} rounds\n"
+    )
+    print(
+        "| variant | plain's ms per decode step | attached minus plain, ms | ratio | added per layer per step, us |\n"
+        "|---|---:|---:|---:|---:|"
+    )
     for name, (base, added) in times.items():
         plain_ms, added_ms = 1000 * statistics.median(base), 1000 * statistics.median(added)
-        print(f"| {name} | {plain_ms:.3f} | {added_ms:+.3f} | {1 + added_ms / plain_ms:.3f} "
-              f"| {1000 * added_ms / args.layers:+.1f} |")
+        print(
+            f"| {name} | {plain_ms:.3f} | {added_ms:+.3f} | {1 + added_ms / plain_ms:.3f} "
+            f"| {1000 * added_ms / args.layers:+.1f} |"
+        )
 
 
 if __name__ == "__main__":

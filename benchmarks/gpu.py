@@ -31,7 +31,6 @@ import torch
 import transformers
 
 from qk_ablate import InterventionSpec, attach
-
 from qk_ablate.core import fused
 
 LLAMA3_VOCAB = 128256
@@ -40,13 +39,17 @@ PREFILL = {
     "ablate=massive": InterventionSpec(ablate="massive"),
     "ablate=nonmassive": InterventionSpec(ablate="nonmassive"),
     "quant=int4": InterventionSpec(quant="int4"),
-    "quant=int4,axis=channel,kv,protect": InterventionSpec(quant="int4", quant_axis="channel", quant_targets="kv",
-                                                           protect="massive"),
+    "quant=int4,axis=channel,kv,protect": InterventionSpec(
+        quant="int4", quant_axis="channel", quant_targets="kv", protect="massive"
+    ),
 }
 # every generation exactly 256 tokens (a random model's stop strings and EOS would end them at random)
 FIXED_LENGTH = {"max_gen_toks": 256, "min_new_tokens": 256, "until": ["<never stop here>"]}
-GENERATE = {"ablate=none": InterventionSpec(), "ablate=massive": InterventionSpec(ablate="massive"),
-            "quant=int4": InterventionSpec(quant="int4")}
+GENERATE = {
+    "ablate=none": InterventionSpec(),
+    "ablate=massive": InterventionSpec(ablate="massive"),
+    "quant=int4": InterventionSpec(quant="int4"),
+}
 
 
 DEVICE = "cuda"
@@ -56,11 +59,24 @@ WIDTH = 4096  # --smoke shrinks the model and runs on the CPU: a check of this s
 def build(vocab: int, layers: int, tokenizer: transformers.PreTrainedTokenizerBase) -> torch.nn.Module:
     """A random Llama-3.1-8B-shaped bf16 model on the GPU with one massive rotary pair per Q/K head."""
     config = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=WIDTH, intermediate_size=WIDTH * 7 // 2, num_hidden_layers=layers,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072 + 256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        vocab_size=vocab,
+        hidden_size=WIDTH,
+        intermediate_size=WIDTH * 7 // 2,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072 + 256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
     )
     torch.manual_seed(0)
     with torch.device(DEVICE):
@@ -102,10 +118,9 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from qk_ablate import task_data
     from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.paths import tasks_dir
-
-    from qk_ablate import task_data
 
     packaged = Path(task_data.__file__).parent / "gsm8k_test.jsonl"  # the GSM8K test split shipped in the wheel
     manager = TaskManager(include_path=tasks_dir(), metadata={"gsm8k_path": str(packaged)})
@@ -132,8 +147,16 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
 
     def run(lm, limit: int = problems) -> tuple[float, float]:
         inside["s"] = 0.0
-        total = timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["qk_gsm8k"], limit=limit, task_manager=manager,
-                                                      gen_kwargs=FIXED_LENGTH, verbosity="ERROR"))
+        total = timed(
+            lambda: lm_eval.simple_evaluate(
+                model=lm,
+                tasks=["qk_gsm8k"],
+                limit=limit,
+                task_manager=manager,
+                gen_kwargs=FIXED_LENGTH,
+                verbosity="ERROR",
+            )
+        )
         return total, inside["s"]
 
     ours.use(InterventionSpec())
@@ -145,15 +168,19 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     names = list(variants)
     for round_ in range(repeats):  # round-robin, each round in a rotated order: drifts hit every variant alike
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             spec = variants[name]
             ours.use(spec or InterventionSpec())
             times[name].append(run(plain if spec is None else ours))
     ours.use(InterventionSpec())
     print(f"\n### Batched generation: qk_gsm8k, {problems} problems, batch 16, 256-token generations\n")
-    print("Per run: seconds in all (in `model.generate`). Ratios of the time in `model.generate`: of the medians, "
-          "and of the best runs (noise only ever adds time).\n")
-    print("| variant | runs, s | median s in generate | ratio of medians | ratio of best runs |\n|---|---|---:|---:|---:|")
+    print(
+        "Per run: seconds in all (in `model.generate`). Ratios of the time in `model.generate`: of the medians, "
+        "and of the best runs (noise only ever adds time).\n"
+    )
+    print(
+        "| variant | runs, s | median s in generate | ratio of medians | ratio of best runs |\n|---|---|---:|---:|---:|"
+    )
     base = [f(g for _, g in times["plain hf"]) for f in (statistics.median, min)]
     for name, values in times.items():
         median, best = (f(g for _, g in values) for f in (statistics.median, min))
@@ -162,7 +189,9 @@ def generate(model: torch.nn.Module, tokenizer, problems: int, repeats: int) -> 
 
 
 def prefill(model: torch.nn.Module, tokens: list[int], repeats: int) -> None:
-    print(f"\n### Prefill: one forward, last-position logits, batch 1 (median of {repeats} round-robin runs after a warm-up)\n")
+    print(
+        f"\n### Prefill: one forward, last-position logits, batch 1 (median of {repeats} round-robin runs after a warm-up)\n"
+    )
     print("| tokens | variant | median s | time ratio | peak GiB | memory ratio |\n|---|---|---:|---:|---:|---:|")
     vocab = model.config.vocab_size
     for length in tokens:
@@ -202,8 +231,10 @@ def kernel_profile(model: torch.nn.Module, length: int) -> None:
     ids = torch.randint(0, model.config.vocab_size, (1, length), device=DEVICE)
     activity = ProfilerActivity.CUDA if DEVICE == "cuda" else ProfilerActivity.CPU
     print(f"\n### Kernel time of one prefill, {length} tokens (ms, summed over kernels)\n")
-    print("| variant | wall | all kernels | attention | matmul | other | other - plain's other, % of plain |\n"
-          "|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| variant | wall | all kernels | attention | matmul | other | other - plain's other, % of plain |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
+    )
     base_other = base_total = None
     kernel_times: dict[str, dict[str, float]] = {}  # per variant: ms per kernel
     for name, spec in {"plain": None, **PREFILL, "plain, again": None}.items():
@@ -211,7 +242,7 @@ def kernel_profile(model: torch.nn.Module, length: int) -> None:
             stack.enter_context(torch.no_grad())
             if spec is not None:
                 stack.enter_context(attach(model, spec))
-            forward = (lambda: model(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1, use_cache=False))
+            forward = lambda: model(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1, use_cache=False)
             timed(forward)  # warm-up (compiles)
             wall = timed(forward)
             with profile(activities=[activity]) as prof:
@@ -224,16 +255,24 @@ def kernel_profile(model: torch.nn.Module, length: int) -> None:
             if not spent or (DEVICE == "cuda" and event.device_type != torch.autograd.DeviceType.CUDA):
                 continue
             key = event.key.lower()
-            group = ("attention" if any(w in key for w in ("flash", "fmha", "attention", "sdpa")) else
-                     "matmul" if any(w in key for w in ("gemm", "cutlass", "nvjet", "sm90", "matmul", "aten::mm",
-                                                        "aten::bmm", "addmm")) else "other")
+            group = (
+                "attention"
+                if any(w in key for w in ("flash", "fmha", "attention", "sdpa"))
+                else "matmul"
+                if any(
+                    w in key for w in ("gemm", "cutlass", "nvjet", "sm90", "matmul", "aten::mm", "aten::bmm", "addmm")
+                )
+                else "other"
+            )
             groups[group] += spent / 1000
             every[event.key[:90]] = every.get(event.key[:90], 0.0) + spent / 1000
         total = sum(groups.values())
         if base_other is None:
             base_other, base_total = groups["other"], total
-        print(f"| {name} | {wall * 1000:.0f} | {total:.1f} | {groups['attention']:.1f} | {groups['matmul']:.1f} "
-              f"| {groups['other']:.1f} | {100 * (groups['other'] - base_other) / base_total:+.2f} |")
+        print(
+            f"| {name} | {wall * 1000:.0f} | {total:.1f} | {groups['attention']:.1f} | {groups['matmul']:.1f} "
+            f"| {groups['other']:.1f} | {100 * (groups['other'] - base_other) / base_total:+.2f} |"
+        )
     print("\nKernels that took longest more than in plain's forward (ms; a kernel plain lacks counts in full):")
     plain = kernel_times.pop("plain")
     for name, every in kernel_times.items():
@@ -250,9 +289,15 @@ def attention_data(model: torch.nn.Module, tokens: list[int], repeats: int = 10)
     """
     import torch.nn.functional as F
 
-    variants = {"plain": InterventionSpec(), "ablate=massive": InterventionSpec(ablate="massive"),
-                "ablate=nonmassive": InterventionSpec(ablate="nonmassive"), "quant=int4": InterventionSpec(quant="int4")}
-    print(f"\n### The attention kernel alone on each variant's Q/K/V (layer 1, median of {repeats} round-robin calls)\n")
+    variants = {
+        "plain": InterventionSpec(),
+        "ablate=massive": InterventionSpec(ablate="massive"),
+        "ablate=nonmassive": InterventionSpec(ablate="nonmassive"),
+        "quant=int4": InterventionSpec(quant="int4"),
+    }
+    print(
+        f"\n### The attention kernel alone on each variant's Q/K/V (layer 1, median of {repeats} round-robin calls)\n"
+    )
     print("| tokens | variant | median ms | ratio |\n|---:|---|---:|---:|")
     for length in tokens:
         ids = torch.randint(0, model.config.vocab_size, (1, length), device=DEVICE)
@@ -275,7 +320,9 @@ def attention_data(model: torch.nn.Module, tokens: list[int], repeats: int = 10)
                     times[name].append(elapsed)
         base = statistics.median(times["plain"])
         for name, values in times.items():
-            print(f"| {length} | {name} | {1000 * statistics.median(values):.2f} | {statistics.median(values) / base:.3f} |")
+            print(
+                f"| {length} | {name} | {1000 * statistics.median(values):.2f} | {statistics.median(values) / base:.3f} |"
+            )
         del captured
         reset_peak()
 
@@ -286,8 +333,10 @@ def loglikelihood(model: torch.nn.Module, tokenizer, tokens: list[int]) -> None:
     from qk_ablate.engines.hf.lm import QKAblatedLM
 
     print("\n### Loglikelihood of one request (8-token continuation), peak GPU memory\n")
-    print("| tokens | last-position prefill GiB | plain HFLM GiB | qk_ablated GiB | qk_ablated massive GiB "
-          "| ours / prefill | loglikelihood plain | ours |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| tokens | last-position prefill GiB | plain HFLM GiB | qk_ablated GiB | qk_ablated massive GiB "
+        "| ours / prefill | loglikelihood plain | ours |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
     plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=131072 + 128, device=DEVICE)
     ours = QKAblatedLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=131072 + 128, device=DEVICE)
     vocab = len(tokenizer)
@@ -313,9 +362,11 @@ def loglikelihood(model: torch.nn.Module, tokenizer, tokens: list[int]) -> None:
         ours.use(InterventionSpec(ablate="massive"))
         massive_peak, _ = peak(lambda: ours._loglikelihood_tokens(item, disable_tqdm=True))
         ours.use(InterventionSpec())
-        show = (lambda v: v if isinstance(v, str) else f"{v[0][0]:.4f}")
-        print(f"| {length} | {prefill_peak:.1f} | {plain_peak:.1f} | {ours_peak:.1f} | {massive_peak:.1f} "
-              f"| {ours_peak / prefill_peak:.3f} | {show(plain_value)} | {show(ours_value)} |")
+        show = lambda v: v if isinstance(v, str) else f"{v[0][0]:.4f}"
+        print(
+            f"| {length} | {prefill_peak:.1f} | {plain_peak:.1f} | {ours_peak:.1f} | {massive_peak:.1f} "
+            f"| {ours_peak / prefill_peak:.3f} | {show(plain_value)} | {show(ours_value)} |"
+        )
 
 
 def main() -> None:
@@ -329,7 +380,9 @@ def main() -> None:
     parser.add_argument("--ll-tokens", type=int, nargs="+", default=[32768, 65536, 131072])
     parser.add_argument("--profile-tokens", type=int, nargs="+", default=[32768])
     parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--smoke", action="store_true", help="a small model on the CPU: checks the script, measures nothing")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a small model on the CPU: checks the script, measures nothing"
+    )
     args = parser.parse_args()
     if args.smoke:
         global DEVICE, WIDTH
@@ -337,8 +390,10 @@ def main() -> None:
     parts = args.parts.split(",")
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer)
     card = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (smoke)"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {card}, "
-          f"{args.layers} layers, bf16, SDPA, QK_ABLATE_COMPILE={fused.mode()}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {card}, "
+        f"{args.layers} layers, bf16, SDPA, QK_ABLATE_COMPILE={fused.mode()}"
+    )
     if "generate" in parts:
         model = build(len(tokenizer), args.layers, tokenizer)
         generate(model, tokenizer, args.problems, args.gen_repeats)

@@ -68,9 +68,9 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
+    from qk_ablate.core.spec import InterventionSpec
     from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.models.loading import load_model
-    from qk_ablate.core.spec import InterventionSpec
 
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     common = dict(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=args.device)
@@ -82,10 +82,15 @@ def main() -> None:
     for i in range(args.prompts):
         ids = torch.randint(100, 40000, (args.tokens,), generator=generator).tolist()
         contexts.append(tokenizer.decode(ids))
-    gen = [Instance("generate_until", {}, (c, {"until": ["\n\n"], "max_gen_toks": 8, "do_sample": False}), i) for i, c in enumerate(contexts)]
+    gen = [
+        Instance("generate_until", {}, (c, {"until": ["\n\n"], "max_gen_toks": 8, "do_sample": False}), i)
+        for i, c in enumerate(contexts)
+    ]
     ll = [Instance("loglikelihood", {}, (c, " the answer"), i) for i, c in enumerate(contexts)]
-    workloads = {"generate_until": lambda lm: lm.generate_until(gen, disable_tqdm=True),
-                 "loglikelihood": lambda lm: lm.loglikelihood(ll, disable_tqdm=True)}
+    workloads = {
+        "generate_until": lambda lm: lm.generate_until(gen, disable_tqdm=True),
+        "loglikelihood": lambda lm: lm.loglikelihood(ll, disable_tqdm=True),
+    }
     variants = {
         "plain HFLM": (plain, None),
         "ablate=none": (ours, InterventionSpec()),
@@ -117,8 +122,10 @@ def main() -> None:
                 peaks.setdefault((work_name, name), []).append(peak)
 
     memory_kind = "peak CUDA memory" if args.device.startswith("cuda") else "peak RSS growth"
-    print(f"model={args.model} device={args.device} dtype={args.dtype} prompts={args.prompts}x{args.tokens} tokens "
-          f"batch_size={args.batch_size} repeats={args.repeats} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} device={args.device} dtype={args.dtype} prompts={args.prompts}x{args.tokens} tokens "
+        f"batch_size={args.batch_size} repeats={args.repeats} torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
     print(f"| workload | variant | median s | time ratio | {memory_kind} MiB | memory ratio |")
     print("|---|---|---|---|---|---|")
     for work_name in workloads:

@@ -18,10 +18,10 @@ from functools import partial
 from qk_ablate.models.embedded import load_tokenizer
 from qk_ablate.task_data.ctxqa import DEFAULT_GEN_BUDGET as CTXQA_BUDGET
 from qk_ablate.task_data.ctxqa import build_ctxqa_docs
+from qk_ablate.task_data.lengths import LENGTHS
 from qk_ablate.task_data.niah import DEFAULT_GEN_BUDGET as NIAH_BUDGET
 from qk_ablate.task_data.niah import build_niah_docs
 from qk_ablate.task_data.passkey import DEFAULT_GEN_BUDGET as PASSKEY_BUDGET
-from qk_ablate.task_data.lengths import LENGTHS
 from qk_ablate.task_data.passkey import build_passkey_docs
 
 BUILDERS = {

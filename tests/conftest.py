@@ -29,8 +29,15 @@ _COMMON = dict(
 
 _NO_HEAD_DIM = {k: v for k, v in _COMMON.items() if k != "head_dim"}
 _FALCON = dict(
-    vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-    max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, alibi=False,
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    alibi=False,
 )
 
 ROPE_CONFIGS = {
@@ -54,17 +61,32 @@ ROPE_CONFIGS = {
     "falcon_mha": lambda: transformers.FalconConfig(**_FALCON, multi_query=False),
     # multi-head latent attention: heads of [nope 16 | rope 16] for Q/K, V of 24 dims, Q through a LoRA
     "deepseek_v3": lambda: transformers.DeepseekV3Config(
-        **{**_NO_HEAD_DIM, "num_key_value_heads": HEADS}, q_lora_rank=48, kv_lora_rank=32,
-        qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=24, first_k_dense_replace=LAYERS,
-        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+        **{**_NO_HEAD_DIM, "num_key_value_heads": HEADS},
+        q_lora_rank=48,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=16,
+        v_head_dim=24,
+        first_k_dense_replace=LAYERS,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
     ),
 }
 NO_POST_ROPE = {"falcon", "falcon_mq", "falcon_mha"}  # attention computed inline, not through AttentionInterface
 NON_ROPE_CONFIGS = {
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=512),
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=512
+    ),
     "opt": lambda: transformers.OPTConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, ffn_dim=128,
-        num_attention_heads=HEADS, max_position_embeddings=512, word_embed_proj_dim=HIDDEN,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        ffn_dim=128,
+        num_attention_heads=HEADS,
+        max_position_embeddings=512,
+        word_embed_proj_dim=HIDDEN,
     ),
 }
 MASSIVE_DIMS = (1, 1 + HEAD_DIM // 2)  # one rotary pair (rotate-half layout) in every head of a full-rotary model
@@ -118,7 +140,9 @@ def projection_columns(model: nn.Module, attn: nn.Module, name: str) -> tuple[nn
         if name == "k":
             return attn.kv_a_proj_with_mqa, rank + torch.arange(config.qk_rope_head_dim)[None]
         width = config.qk_nope_head_dim + config.v_head_dim
-        return attn.kv_b_proj, torch.arange(HEADS)[:, None] * width + config.qk_nope_head_dim + torch.arange(config.v_head_dim)
+        return attn.kv_b_proj, torch.arange(HEADS)[:, None] * width + config.qk_nope_head_dim + torch.arange(
+            config.v_head_dim
+        )
     heads = torch.arange(HEADS)[:, None]
     dims = torch.arange(d)[None]
     slot = "qkv".index(name)
@@ -203,7 +227,9 @@ def toy():
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet)
     tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     # A chat template unlike SmolLM2's (no default system turn), for the chat-template length tests.
     fast.chat_template = (

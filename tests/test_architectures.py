@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-
 from conftest import (
     HEAD_DIM,
     HEADS,
@@ -25,10 +24,11 @@ from conftest import (
     projection_columns,
     prompts,
 )
+
 from qk_ablate import InterventionSpec, QKAblateError, attach
+from qk_ablate.core.selection import column_norms, massive_mask_threshold
 from qk_ablate.engines.hf.arch import find_layout
 from qk_ablate.engines.hf.rope import model_rope_dims
-from qk_ablate.core.selection import column_norms, massive_mask_threshold
 
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
 
@@ -53,7 +53,9 @@ def test_layout_reads_the_same_columns_as_the_modeling_file(arch):
             proj, columns = projection_columns(model, attn, name)
             source = site.sources[name]
             if source.module is not proj:  # the output of a q_norm/k_norm, taken after the projection
-                assert name in "qk" and source.module is (getattr(attn, f"{name}_norm", None) or getattr(attn, f"{name}_layernorm"))
+                assert name in "qk" and source.module is (
+                    getattr(attn, f"{name}_norm", None) or getattr(attn, f"{name}_layernorm")
+                )
                 continue
             width = proj.weight.shape[0 if isinstance(proj, torch.nn.Linear) else 1]
             assert torch.equal(source.heads(torch.arange(width)), columns)
@@ -136,7 +138,9 @@ def test_falcon_refuses_post_rope_in_one_line_and_leaves_the_model_alone(arch):
         with pytest.raises(QKAblateError, match=r"^falcon computes attention inside its own modules.*use rope=pre"):
             attach(model, kwargs["args"], **{k: v for k, v in kwargs.items() if k != "args"})
     assert model.config._attn_implementation == implementation
-    assert not model._forward_pre_hooks and all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert not model._forward_pre_hooks and all(
+        not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()
+    )
 
 
 def test_wrapper_called_on_a_module_that_is_not_attached_refuses_to_run():
@@ -196,13 +200,17 @@ def _split_second_layer_to_meta(model) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "deepseek_v3"])
-@pytest.mark.parametrize("args", [
-    dict(ablate="massive"),
-    dict(ablate="nonmassive", rope="pre", stage="all"),
-    dict(ablate="nonmassive", control="smallest", fill="tensor_mean"),
-    dict(quant="int4", quant_targets="qkv", quant_axis="channel", protect="massive"),
-    dict(ablate="massive", quant="int8", quant_targets="q", stage="all", protect="massive"),
-], ids=["massive", "control-pre-all", "smallest", "quant-protect", "all"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        dict(ablate="massive"),
+        dict(ablate="nonmassive", rope="pre", stage="all"),
+        dict(ablate="nonmassive", control="smallest", fill="tensor_mean"),
+        dict(quant="int4", quant_targets="qkv", quant_axis="channel", protect="massive"),
+        dict(ablate="massive", quant="int8", quant_targets="q", stage="all", protect="massive"),
+    ],
+    ids=["massive", "control-pre-all", "smallest", "quant-protect", "all"],
+)
 def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, monkeypatch):
     """With layer 1 on another device, every tensor handed to the pure functions sits on x's device.
 
@@ -221,9 +229,17 @@ def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, 
             assert all(t.device == device for t in tensors), (name, [t.device for t in tensors])
             calls.append((name, device))
             return function(*args, **kwargs)
+
         return wrapper
 
-    for name in ("statistics", "control_mask", "fill_from_means", "destroy_columns", "fake_quantize", "edit_new_tokens"):
+    for name in (
+        "statistics",
+        "control_mask",
+        "fill_from_means",
+        "destroy_columns",
+        "fake_quantize",
+        "edit_new_tokens",
+    ):
         monkeypatch.setattr(edits, name, checked(name, getattr(edits, name)))
     model = build(arch)
     _split_second_layer_to_meta(model)
@@ -259,18 +275,27 @@ def test_layers_on_two_gpus_give_what_one_gpu_gives(arch):
     ids = prompts(2, 24).to("cuda:0")
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
-    for args in (dict(ablate="massive"), dict(ablate="nonmassive", stage="all"), dict(ablate="massive", rope="pre"),
-                 dict(quant="int4", quant_axis="channel", quant_targets="qk", protect="massive")):
+    for args in (
+        dict(ablate="massive"),
+        dict(ablate="nonmassive", stage="all"),
+        dict(ablate="massive", rope="pre"),
+        dict(quant="int4", quant_axis="channel", quant_targets="qk", protect="massive"),
+    ):
         if arch == "falcon" and args.get("rope") != "pre":
             continue
         outs = []
         for each in (single, split):
             with attach(each, spec(**args)), torch.no_grad():
-                outs.append((each(input_ids=ids, attention_mask=mask).logits.to("cuda:0"),
-                             each.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False).to("cuda:0")))
+                outs.append(
+                    (
+                        each(input_ids=ids, attention_mask=mask).logits.to("cuda:0"),
+                        each.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False).to("cuda:0"),
+                    )
+                )
         (one, gen_one), (two, gen_two) = outs
         torch.testing.assert_close(one[mask.bool()], two[mask.bool()], rtol=1e-4, atol=1e-4)
         assert torch.equal(gen_one, gen_two), args
+
 
 # ----------------------------------------------------------------------------- stock lm_eval CLI
 def _char_tokenizer():
@@ -298,17 +323,36 @@ def test_stock_lm_eval_cli_no_op_equals_hf_bit_for_bit(arch, tmp_path):
     model_dir = tmp_path / arch
     build(arch).save_pretrained(model_dir)
     _char_tokenizer().save_pretrained(model_dir)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}  # one thread each: the two processes run side by side and must sum alike
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }  # one thread each: the two processes run side by side and must sum alike
     runs = {}
     for engine, extra in (("hf", ""), ("qk_ablated", ",ablate=none")):
         command = [
-            LM_EVAL, "--model", engine, "--model_args", f"pretrained={model_dir},dtype=float32{extra}",
-            "--tasks", "city_facts_tf", "--limit", "4", "--device", "cpu", "--batch_size", "2",
-            "--log_samples", "--output_path", str(tmp_path / engine),
+            LM_EVAL,
+            "--model",
+            engine,
+            "--model_args",
+            f"pretrained={model_dir},dtype=float32{extra}",
+            "--tasks",
+            "city_facts_tf",
+            "--limit",
+            "4",
+            "--device",
+            "cpu",
+            "--batch_size",
+            "2",
+            "--log_samples",
+            "--output_path",
+            str(tmp_path / engine),
         ]
-        runs[engine] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+        runs[engine] = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     for engine, process in runs.items():
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, (engine, stderr[-3000:])

@@ -8,8 +8,6 @@ import sys
 
 import pytest
 import torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
 from conftest import (
     HEAD_DIM,
     KV_HEADS,
@@ -21,10 +19,12 @@ from conftest import (
     projection_columns,
     prompts,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
 from qk_ablate import InterventionSpec, QKAblateError, attach
-from qk_ablate.engines.hf.arch import find_layout
 from qk_ablate.core.destroy import fill_values
 from qk_ablate.core.selection import column_norms, massive_mask_threshold
+from qk_ablate.engines.hf.arch import find_layout
 
 
 def spec(**kwargs) -> InterventionSpec:
@@ -145,7 +145,7 @@ def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_a
         proj, cols = projection_columns(model, attn, name)
         module = norm or proj
         outputs = []
-        hook = lambda m, a, out: outputs.append(out.detach().clone())  # noqa: E731
+        hook = lambda m, a, out, outputs=outputs: outputs.append(out.detach().clone())  # noqa: E731
         for intervention in (spec(), spec(ablate="massive", rope="pre", targets=name, layers="0")):
             with attach(model, intervention):
                 handle = module.register_forward_hook(hook)  # after ours, so it sees the edited output
@@ -195,12 +195,15 @@ BATCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("arch,args", [
-    (arch, args)
-    for arch in ("qwen2", "gpt_neox", "falcon", "deepseek_v3", "phi", "stablelm")
-    for args in BATCH_CASES
-    if arch not in NO_POST_ROPE or args.get("rope") == "pre"  # falcon: pre-RoPE only
-])
+@pytest.mark.parametrize(
+    "arch,args",
+    [
+        (arch, args)
+        for arch in ("qwen2", "gpt_neox", "falcon", "deepseek_v3", "phi", "stablelm")
+        for args in BATCH_CASES
+        if arch not in NO_POST_ROPE or args.get("rope") == "pre"  # falcon: pre-RoPE only
+    ],
+)
 def test_batch_of_left_padded_prompts_matches_each_alone(arch, args):
     where = "pre" if arch in NO_POST_ROPE else "post"
     model = build(arch)
@@ -220,7 +223,9 @@ def test_batch_of_left_padded_prompts_matches_each_alone(arch, args):
             alone_masks.append(list(masks))
             masks.clear()
         generated = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)[:, -6:]
-        generated_alone = [model.generate(row[None], max_new_tokens=6, do_sample=False)[0, -6:] for row in (long, short)]
+        generated_alone = [
+            model.generate(row[None], max_new_tokens=6, do_sample=False)[0, -6:] for row in (long, short)
+        ]
     for i in range(2):
         torch.testing.assert_close(batched[i], alone[i], rtol=1e-4, atol=1e-4)
         assert torch.equal(generated[i], generated_alone[i])
@@ -228,14 +233,20 @@ def test_batch_of_left_padded_prompts_matches_each_alone(arch, args):
             assert torch.equal(in_batch[i], single[0])
 
 
-@pytest.mark.parametrize("change", [{"ablate": "massive"}, {"ablate": "massive", "fill": "zero"},
-                                    {"quant": "int2", "quant_targets": "qk"}], ids=["destroy", "zero", "int2"])
-@pytest.mark.parametrize("arch,rope", [
-    (arch, rope)
-    for arch in ("llama", "gemma3_text", "gpt_neox", "falcon", "deepseek_v3", "phi", "stablelm")
-    for rope in ("post", "pre")
-    if not (arch in NO_POST_ROPE and rope == "post")  # falcon refuses post-RoPE (tested in test_architectures)
-])
+@pytest.mark.parametrize(
+    "change",
+    [{"ablate": "massive"}, {"ablate": "massive", "fill": "zero"}, {"quant": "int2", "quant_targets": "qk"}],
+    ids=["destroy", "zero", "int2"],
+)
+@pytest.mark.parametrize(
+    "arch,rope",
+    [
+        (arch, rope)
+        for arch in ("llama", "gemma3_text", "gpt_neox", "falcon", "deepseek_v3", "phi", "stablelm")
+        for rope in ("post", "pre")
+        if not (arch in NO_POST_ROPE and rope == "post")  # falcon refuses post-RoPE (tested in test_architectures)
+    ],
+)
 def test_prefill_stage_with_cache_equals_cache_free_recomputation(arch, rope, change):
     model = build(arch)
     prompt = prompts(1, 20, seed=5)
@@ -262,7 +273,7 @@ def test_decode_steps_leave_new_queries_and_keys_untouched(record_post):
         model.generate(prompt, max_new_tokens=3, do_sample=False)
     decode = [(layer, q, k) for layer, q, k in record_post if q.shape[2] == 1]
     assert decode
-    for layer, q, k in decode:
+    for _layer, q, k in decode:
         # the new token's planted pair is still massive in value: no fill was applied to it
         assert q[..., list(MASSIVE_DIMS)].abs().mean() > 3 * q.abs().mean()
         prompt_keys, new_key = k[:, :, :20], k[:, :, -1]
@@ -326,8 +337,11 @@ def test_non_rope_models_give_statistics_and_refuse_post_rope(non_rope_arch):
     assert torch.equal(logits(model, ids), plain)
 
 
-@pytest.mark.parametrize("args", [dict(ablate="massive"), dict(quant="int4"), dict(ablate="massive", rope="pre")],
-                         ids=["massive", "int4", "massive-pre"])
+@pytest.mark.parametrize(
+    "args",
+    [dict(ablate="massive"), dict(quant="int4"), dict(ablate="massive", rope="pre")],
+    ids=["massive", "int4", "massive-pre"],
+)
 def test_a_decode_step_the_intervention_leaves_alone_runs_what_plain_runs(args):
     """`stage=prefill`: after the prefill, a decode step runs exactly plain's tensor operators, so on a GPU
     it launches the same kernels; what it adds is Python only (a flag check per layer)."""

@@ -8,15 +8,19 @@ import pytest
 import torch
 from conftest import HEAD_DIM, build, prompts
 
-from qk_ablate.engines.hf.attachment import Attachment, band_dims
 from qk_ablate.core.edits import Editor
-from qk_ablate.core.step import PREFILL, TensorSite
-from qk_ablate.errors import QKAblateError
 from qk_ablate.core.selection import column_norms, massive_mask_threshold
 from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.core.step import PREFILL, TensorSite
+from qk_ablate.engines.hf.attachment import Attachment, band_dims
+from qk_ablate.errors import QKAblateError
 
 D = 16  # dims 0-7: high band, 8-11: mid, 12-15: low, in this synthetic head
-BAND = {"high": torch.arange(D) < 8, "mid": (torch.arange(D) >= 8) & (torch.arange(D) < 12), "low": torch.arange(D) >= 12}
+BAND = {
+    "high": torch.arange(D) < 8,
+    "mid": (torch.arange(D) >= 8) & (torch.arange(D) < 12),
+    "low": torch.arange(D) >= 12,
+}
 
 
 def _tensor(seed: int = 0) -> torch.Tensor:
@@ -30,7 +34,9 @@ def _tensor(seed: int = 0) -> torch.Tensor:
 def _chosen(band: str, exclude: str = "none", seed: int = 0, x: torch.Tensor | None = None) -> torch.Tensor:
     """The `[B, H, D]` columns a band run zeroes (read back from what changed)."""
     x = _tensor() if x is None else x
-    spec = InterventionSpec(ablate="massive", select="band", band=band, exclude=exclude, fill="zero", seed=seed, targets="q")
+    spec = InterventionSpec(
+        ablate="massive", select="band", band=band, exclude=exclude, fill="zero", seed=seed, targets="q"
+    )
     editor = Editor(spec, frozenset({0}), band={"q": BAND[band]})
     edited = editor.edit(TensorSite(0, "q", "post"), x.clone(), PREFILL)
     return (edited == 0).all(dim=2)

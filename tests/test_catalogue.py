@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qk_ablate.task_data.catalogue import GROUPS, KINDS, check_chance, parse_kinds, task_chance, task_kind, tasks
 from qk_ablate.errors import QKAblateError
+from qk_ablate.task_data.catalogue import GROUPS, KINDS, check_chance, parse_kinds, task_chance, task_kind, tasks
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 

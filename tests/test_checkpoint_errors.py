@@ -17,8 +17,8 @@ import torch
 from conftest import build, word_tokenizer
 from torch import nn
 
-from qk_ablate.errors import QKAblateError
 from qk_ablate.engines.hf.lm import QKAblatedLM
+from qk_ablate.errors import QKAblateError
 from qk_ablate.models.loading import checkpoint_problem, load_error, load_model
 
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
@@ -35,15 +35,24 @@ def _compressed_folder(path: Path) -> Path:
     """A real compressed-tensors W4A16 checkpoint (pack-quantized int4, groups of 32), made with compressed_tensors' own API."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
-        QuantizationArgs, QuantizationConfig, QuantizationScheme, QuantizationStatus, apply_quantization_config,
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        QuantizationStatus,
+        apply_quantization_config,
     )
     from compressed_tensors.quantization.utils import calculate_qparams
 
     model = build("llama", plant=False)
     args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32)
-    apply_quantization_config(model, QuantizationConfig(
-        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args)}, ignore=["lm_head"],
-        format="pack-quantized"))
+    apply_quantization_config(
+        model,
+        QuantizationConfig(
+            config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args)},
+            ignore=["lm_head"],
+            format="pack-quantized",
+        ),
+    )
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear) and hasattr(module, "weight_scale"):
@@ -76,16 +85,22 @@ def test_a_missing_folder(tmp_path):
 def test_a_relative_name_that_is_neither_a_folder_nor_a_reachable_hub_id(tmp_path, monkeypatch):
     """`checkpoints/x` reads like a Hub id too: the line names both readings (the Hub's own error is faked, no network)."""
     monkeypatch.chdir(tmp_path)
-    message = str(load_error("checkpoints/model-int4", OSError("We couldn't connect to 'https://huggingface.co'.\nmore")))
-    assert message == (f"could not load model 'checkpoints/model-int4': We couldn't connect to 'https://huggingface.co'; "
-                       f"there is no local folder of that name either (relative paths start from {tmp_path}); "
-                       "check the path or the Hub id")
+    message = str(
+        load_error("checkpoints/model-int4", OSError("We couldn't connect to 'https://huggingface.co'.\nmore"))
+    )
+    assert message == (
+        f"could not load model 'checkpoints/model-int4': We couldn't connect to 'https://huggingface.co'; "
+        f"there is no local folder of that name either (relative paths start from {tmp_path}); "
+        "check the path or the Hub id"
+    )
 
 
 def test_a_config_without_weights(tmp_path):
     folder = _folder(tmp_path / "ckpt")
     (folder / "model.safetensors").unlink()
-    assert "has a config.json but no weights (model.safetensors or pytorch_model.bin); copy them in" in _load_message(folder)
+    assert "has a config.json but no weights (model.safetensors or pytorch_model.bin); copy them in" in _load_message(
+        folder
+    )
 
 
 def test_a_folder_without_config(tmp_path):
@@ -123,13 +138,19 @@ def test_a_compressed_tensors_checkpoint_without_the_package(compressed, without
     assert message.endswith("pip install 'qk-ablate[quantized]' (compressed-tensors)")
 
 
-@pytest.mark.parametrize("damage, says", [
-    (lambda data: data[:5000], "is truncated: its tensors need"),
-    (lambda data: data[:6], "is not a safetensors file (6 bytes)"),
-    (lambda data: data[:8] + b"{not json" + data[17:], "is not a safetensors file (its header is not valid JSON)"),
-    (lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n",
-     "is a Git LFS pointer, not the weights; fetch them with `git lfs pull`"),
-], ids=["truncated", "six-bytes", "bad-header", "lfs-pointer"])
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda data: data[:5000], "is truncated: its tensors need"),
+        (lambda data: data[:6], "is not a safetensors file (6 bytes)"),
+        (lambda data: data[:8] + b"{not json" + data[17:], "is not a safetensors file (its header is not valid JSON)"),
+        (
+            lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n",
+            "is a Git LFS pointer, not the weights; fetch them with `git lfs pull`",
+        ),
+    ],
+    ids=["truncated", "six-bytes", "bad-header", "lfs-pointer"],
+)
 def test_a_corrupt_weights_file(tmp_path, damage, says):
     folder = _folder(tmp_path / "ckpt")
     weights = folder / "model.safetensors"
@@ -167,8 +188,22 @@ def test_the_lm_eval_cli_prints_one_line(tmp_path):
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
     done = subprocess.run(
-        [LM_EVAL, "--model", "qk_ablated", "--model_args", f"pretrained={folder}", "--tasks", "passkey_1k", "--device", "cpu"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        [
+            LM_EVAL,
+            "--model",
+            "qk_ablated",
+            "--model_args",
+            f"pretrained={folder}",
+            "--tasks",
+            "passkey_1k",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qk_ablate.models.checkpoints import Calibration, calibration_dataset, describe_folder, pick_group, stored_formats
 from qk_ablate.errors import QKAblateError
+from qk_ablate.models.checkpoints import Calibration, calibration_dataset, describe_folder, pick_group, stored_formats
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "tiny-llama-gptq"
@@ -32,7 +32,9 @@ def test_calibration_windows_are_exact_and_reproducible(tmp_path):
     from conftest import word_tokenizer
 
     text = tmp_path / "words.txt"
-    text.write_text("\n\n".join(" ".join(f"w{(i * 7 + j) % 120}" for j in range(40)) for i in range(20)), encoding="utf-8")
+    text.write_text(
+        "\n\n".join(" ".join(f"w{(i * 7 + j) % 120}" for j in range(40)) for i in range(20)), encoding="utf-8"
+    )
     calibration = Calibration(str(text), samples=6, seq_len=50, seed=3)
     one, two = (calibration_dataset(calibration, word_tokenizer()) for _ in range(2))
     assert len(one) == 6 and all(len(ids) == 50 for ids in one["input_ids"])
@@ -61,7 +63,9 @@ def test_group_size_auto_divides_every_layer_and_a_wrong_one_is_refused():
 
 
 def test_stored_formats_read_the_safetensors_headers(tmp_path):
-    save_file({"packed": torch.zeros(4, 8, dtype=torch.int32), "scale": torch.ones(4, 2)}, tmp_path / "model.safetensors")
+    save_file(
+        {"packed": torch.zeros(4, 8, dtype=torch.int32), "scale": torch.ones(4, 2)}, tmp_path / "model.safetensors"
+    )
     assert stored_formats(tmp_path) == {"I32": 128, "F32": 32}
     assert "(I32 80%, F32 20% of tensor bytes)" in describe_folder(tmp_path)
     with pytest.raises(QKAblateError, match="holds no .safetensors file"):
@@ -124,17 +128,25 @@ def test_baseline_model_compares_every_model_with_the_base(tmp_path, tmp_path_fa
     """A sweep of a base and a 'checkpoint' (here another tiny model) reports the checkpoint's
     baseline cell as a change against the base model's."""
     import yaml
+    from conftest import build, tiny_folder, word_tokenizer
 
-    from conftest import build, word_tokenizer, tiny_folder
     from qk_ablate.cli import main
 
     base = tiny_folder(tmp_path_factory, "base")
     other = tmp_path / "other"
     build("llama", seed=1).save_pretrained(other)
     word_tokenizer().save_pretrained(other)
-    body = {"name": "q", "output": str(tmp_path / "runs"), "baseline_model": str(base),
-            "models": [{"pretrained": str(base)}, {"pretrained": str(other)}], "interventions": {"baseline": {}},
-            "tasks": ["city_facts"], "limit": 4, "batch_size": 2, "device": "cpu"}
+    body = {
+        "name": "q",
+        "output": str(tmp_path / "runs"),
+        "baseline_model": str(base),
+        "models": [{"pretrained": str(base)}, {"pretrained": str(other)}],
+        "interventions": {"baseline": {}},
+        "tasks": ["city_facts"],
+        "limit": 4,
+        "batch_size": 2,
+        "device": "cpu",
+    }
     config = tmp_path / "q.yaml"
     config.write_text(yaml.safe_dump(body))
     assert main(["sweep", str(config), "--iterations", "200"]) == 0

@@ -13,9 +13,27 @@ import transformers
 from conftest import _COMMON, build, prompts
 
 from qk_ablate.cli import main
-from qk_ablate.probes.depth import Prompt, gold_tokens, load_prompts, measure, parse_interventions, plot, summarize, write_json
 from qk_ablate.errors import QKAblateError
-from qk_ablate.probes.lens import TrainSettings, TunedLens, collect, kl_to_final, log_probs, readout, residuals, train_tuned_lens
+from qk_ablate.probes.depth import (
+    Prompt,
+    gold_tokens,
+    load_prompts,
+    measure,
+    parse_interventions,
+    plot,
+    summarize,
+    write_json,
+)
+from qk_ablate.probes.lens import (
+    TrainSettings,
+    TunedLens,
+    collect,
+    kl_to_final,
+    log_probs,
+    readout,
+    residuals,
+    train_tuned_lens,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,12 +68,14 @@ def test_lens_at_the_last_layer_is_the_models_own_output(arch):
     torch.testing.assert_close(read(tuned.translate(stream)[-1]), logits, rtol=0, atol=0)
     if arch == "llama":  # the last block does nothing, so the residual entering it reads as the output too
         torch.testing.assert_close(read(stream[-2]), logits, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(read(tuned.translate(stream)[-2]), logits, rtol=1e-6, atol=1e-6)  # untrained = logit lens
+        torch.testing.assert_close(
+            read(tuned.translate(stream)[-2]), logits, rtol=1e-6, atol=1e-6
+        )  # untrained = logit lens
 
 
 def test_lens_reads_the_model_output_with_an_intervention_attached():
-    from qk_ablate.engines.hf.attachment import Attachment
     from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.engines.hf.attachment import Attachment
 
     model = _identity_last_block(build("llama"))
     ids = prompts(batch=1, length=16)
@@ -100,12 +120,16 @@ def test_hand_written_kl_gradient_matches_autograd(arch):
     stream, _ = residuals(model, prompts(batch=1, length=10), positions=slice(None))
     normed = read.norm(stream[1, 0]).detach().requires_grad_(True)
     target = log_probs(read, stream[-1, 0]).detach()
-    lens_lp = torch.log_softmax(read.head(normed).float() if not read.softcap else
-                                torch.tanh(read.head(normed) / read.softcap) * read.softcap, dim=-1)
+    lens_lp = torch.log_softmax(
+        read.head(normed).float() if not read.softcap else torch.tanh(read.head(normed) / read.softcap) * read.softcap,
+        dim=-1,
+    )
     loss = (target.exp() * (target - lens_lp)).sum(-1).mean()
     loss.backward()
     final = target.exp()
-    grad, value = _Unembed(read, normed.device, torch.float32).kl_grad(normed.detach(), final, -(final * target).sum(-1))
+    grad, value = _Unembed(read, normed.device, torch.float32).kl_grad(
+        normed.detach(), final, -(final * target).sum(-1)
+    )
     torch.testing.assert_close(grad, normed.grad, rtol=1e-4, atol=1e-6)
     assert value == pytest.approx(loss.item(), abs=1e-6)
 
@@ -176,7 +200,9 @@ def test_measure_summarise_and_write(tmp_path):
     path = write_json(tmp_path / "depth.json", {"model": "tiny"}, rows, results, summary)
     saved = json.loads(path.read_text())
     assert saved["prompts"][3]["forced_tokens"] == [int(rows[3].ids[-1])]
-    picture = plot(tmp_path / "depth.png", summary, "tiny", {"contextual": ["task_contextual"], "parametric": ["task_parametric"]})
+    picture = plot(
+        tmp_path / "depth.png", summary, "tiny", {"contextual": ["task_contextual"], "parametric": ["task_parametric"]}
+    )
     assert picture.stat().st_size > 10_000
 
 
@@ -205,8 +231,26 @@ def test_cli_fails_with_one_line_on_a_bad_value(capsys, argv, message):
 @pytest.mark.slow
 def test_depth_on_the_embedded_model(tmp_path):
     """One city_facts prompt, logit lens: the last layer's rank is the model's own rank of the gold token."""
-    assert main(["depth", "--tasks", "city_facts", "--limit", "2", "--lens", "logit", "--out", str(tmp_path),
-                 "--model_args", "pretrained=smollm2-135m,dtype=float32", "--intervention", "ablate=massive"]) == 0
+    assert (
+        main(
+            [
+                "depth",
+                "--tasks",
+                "city_facts",
+                "--limit",
+                "2",
+                "--lens",
+                "logit",
+                "--out",
+                str(tmp_path),
+                "--model_args",
+                "pretrained=smollm2-135m,dtype=float32",
+                "--intervention",
+                "ablate=massive",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "depth.json").read_text())
     assert saved["layers"] == 30 and len(saved["prompts"]) == 2
     for row in saved["prompts"]:

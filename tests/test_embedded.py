@@ -74,12 +74,18 @@ def _lm_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_stock_lm_eval_cli_finds_model_and_tasks_and_records_the_spec(tmp_path):
     done = _lm_eval(
-        "--model", "qk_ablated",
-        "--model_args", "pretrained=smollm2-135m,ablate=massive,layers=0-9;20",
-        "--tasks", "passkey_1k,city_facts",
-        "--limit", "2",
-        "--device", "cpu",
-        "--output_path", str(tmp_path / "out"),
+        "--model",
+        "qk_ablated",
+        "--model_args",
+        "pretrained=smollm2-135m,ablate=massive,layers=0-9;20",
+        "--tasks",
+        "passkey_1k,city_facts",
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        "--output_path",
+        str(tmp_path / "out"),
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -88,7 +94,11 @@ def test_stock_lm_eval_cli_finds_model_and_tasks_and_records_the_spec(tmp_path):
     assert set(results["results"]) >= {"passkey_1k", "city_facts"}
     recorded = results["config"]["qk_ablate"]
     assert recorded["ablate"] == "massive" and recorded["layers"] == "0-9;20" and recorded["model"] == "smollm2-135m"
-    assert recorded == {**InterventionSpec(ablate="massive", layers="0-9;20").to_dict(), "model": "smollm2-135m", "version": recorded["version"]}
+    assert recorded == {
+        **InterventionSpec(ablate="massive", layers="0-9;20").to_dict(),
+        "model": "smollm2-135m",
+        "version": recorded["version"],
+    }
 
 
 def test_bad_model_args_give_one_line_through_lm_eval(tmp_path):

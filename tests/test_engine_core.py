@@ -27,8 +27,15 @@ def _tensor(batch: int, heads: int = 4, length: int = 12, dim: int = 16, seed: i
     return x
 
 
-@pytest.mark.parametrize("args", [{"ablate": "massive"}, {"ablate": "massive", "fill": "zero"},
-                                  {"ablate": "nonmassive"}, {"quant": "int4", "protect": "massive"}])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"ablate": "massive"},
+        {"ablate": "massive", "fill": "zero"},
+        {"ablate": "nonmassive"},
+        {"quant": "int4", "protect": "massive"},
+    ],
+)
 def test_decisions_kept_by_slot_equal_those_kept_for_the_batch(args):
     """A prefill of samples at slots (3, 0), then decode steps that meet them in another order and
     alone, edit each sample's new tokens exactly as a batch that stays together (HF generation)."""
@@ -64,12 +71,15 @@ def test_a_decode_without_its_prefill_is_one_line():
         editor.edit(_site("q"), _tensor(1, length=1), Step(None, None, False, torch.tensor([0]), 1))
 
 
-@pytest.mark.parametrize(("total", "world", "expected"), [
-    (9, 3, [(0, 1, 2), (3, 4, 5), (6, 7, 8)]),
-    (8, 2, [(0, 1, 2, 3), (4, 5, 6, 7)]),
-    (2, 4, [(0,), (0,), (1,), (1,)]),  # fewer KV heads than ranks: each is replicated
-    (1, 2, [(0,), (0,)]),
-])
+@pytest.mark.parametrize(
+    ("total", "world", "expected"),
+    [
+        (9, 3, [(0, 1, 2), (3, 4, 5), (6, 7, 8)]),
+        (8, 2, [(0, 1, 2, 3), (4, 5, 6, 7)]),
+        (2, 4, [(0,), (0,), (1,), (1,)]),  # fewer KV heads than ranks: each is replicated
+        (1, 2, [(0,), (0,)]),
+    ],
+)
 def test_local_heads_follow_vllms_split(total, world, expected):
     assert [local_heads(total, world, rank) for rank in range(world)] == expected
 
@@ -80,8 +90,9 @@ def test_heads_that_cannot_be_split_are_one_line():
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "world"), [(8, 4, 2), (8, 2, 4), (9, 3, 3)])
-@pytest.mark.parametrize("args", [{"ablate": "nonmassive"}, {"ablate": "massive"},
-                                  {"quant": "int4", "protect": "massive"}])
+@pytest.mark.parametrize(
+    "args", [{"ablate": "nonmassive"}, {"ablate": "massive"}, {"quant": "int4", "protect": "massive"}]
+)
 def test_each_rank_edits_its_heads_as_the_whole_model_would(heads, kv_heads, world, args):
     """Selection is per head; the random control is drawn for all heads and sliced per rank."""
     spec = InterventionSpec.from_args(args)

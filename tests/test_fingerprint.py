@@ -10,14 +10,13 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import _COMMON, MASSIVE_DIMS, attention_modules, plant_massive, projection_columns, prompts, rotary_pair
 
 from qk_ablate.cli import main
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.errors import QKAblateError
 from qk_ablate.probes.fingerprint import compare, fingerprint, measure, save_fingerprint, summary_text
 from qk_ablate.probes.massive_stats import collect_massive_stats
-from qk_ablate.core.spec import InterventionSpec
-
-from conftest import _COMMON, MASSIVE_DIMS, attention_modules, plant_massive, projection_columns, prompts, rotary_pair
 
 PAIR = MASSIVE_DIMS[0]  # dims 1 and 17 of a 32-dim rotate-half head are rotary pair 1
 LAYERS = 4
@@ -64,7 +63,9 @@ def test_zeroing_the_massive_pair_in_chosen_layers_is_found_there_only():
         assert result["layers"][0][t]["overlap"] == 1.0  # before the first edit nothing differs
         for layer in (1, 3):
             row = result["layers"][layer][t]
-            assert row["overlap"] < 1.0 and row["vanished"] == row["massive"][0] and row["massive"][1] < row["massive"][0]
+            assert (
+                row["overlap"] < 1.0 and row["vanished"] == row["massive"][0] and row["massive"][1] < row["massive"][0]
+            )
     assert set(result["layers_changed"]) >= {1, 3} and result["distance"] > 0.1
     # The observer's default is unchanged: it sees the tensor before the edit, the pair still massive.
     before = collect_massive_stats(model, _batches(), where=("post",), spec=zero)
@@ -100,14 +101,20 @@ def test_models_of_different_shapes_are_refused():
         compare(small, measure(other, _batches(), "two layers"))
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--candidate", "pretrained=smollm2-135m,quant=int9"], "quant='int9' is not valid"),
-    (["--candidate", "pretrained=smollm2-135m,colour=red"], "'colour' is not known"),
-    (["--candidate", "pretrained=smollm2-135m", "--lengths", "1x"], "unknown length '1x'"),
-    (["--candidate", "pretrained=smollm2-135m", "--samples", "0"], "at least 1 sample"),
-    (["--candidate", "pretrained=smollm2-135m", "--lam", "0"], "--lam must be a positive number"),
-    (["--baseline", "pretrained=/no/such/model", "--candidate", "pretrained=smollm2-135m"], "could not load model '/no/"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--candidate", "pretrained=smollm2-135m,quant=int9"], "quant='int9' is not valid"),
+        (["--candidate", "pretrained=smollm2-135m,colour=red"], "'colour' is not known"),
+        (["--candidate", "pretrained=smollm2-135m", "--lengths", "1x"], "unknown length '1x'"),
+        (["--candidate", "pretrained=smollm2-135m", "--samples", "0"], "at least 1 sample"),
+        (["--candidate", "pretrained=smollm2-135m", "--lam", "0"], "--lam must be a positive number"),
+        (
+            ["--baseline", "pretrained=/no/such/model", "--candidate", "pretrained=smollm2-135m"],
+            "could not load model '/no/",
+        ),
+    ],
+)
 def test_bad_values_fail_with_one_line(capsys, extra, message):
     assert main(["fingerprint", "--baseline", "pretrained=smollm2-135m", *extra]) == 2  # a later --baseline wins
     err = capsys.readouterr().err.strip()
@@ -115,8 +122,23 @@ def test_bad_values_fail_with_one_line(capsys, extra, message):
 
 
 def test_the_command_on_the_embedded_model(tmp_path, capsys):
-    code = main(["fingerprint", "--baseline", "pretrained=smollm2-135m", "--lengths", "256", "--samples", "1", "--source", "passkey",
-                 "--candidate", "pretrained=smollm2-135m,quant=int4,quant_targets=qk", "--out", str(tmp_path)])
+    code = main(
+        [
+            "fingerprint",
+            "--baseline",
+            "pretrained=smollm2-135m",
+            "--lengths",
+            "256",
+            "--samples",
+            "1",
+            "--source",
+            "passkey",
+            "--candidate",
+            "pretrained=smollm2-135m,quant=int4,quant_targets=qk",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "loaded once" in captured.err

@@ -7,13 +7,12 @@ import torch
 from conftest import build
 
 from qk_ablate import InterventionSpec, attach
-
 from qk_ablate.core import fused
 from qk_ablate.core.destroy import destroy_columns, fill_values
 from qk_ablate.core.edits import edit_new_tokens, statistics
-from qk_ablate.errors import QKAblateError
 from qk_ablate.core.quantize import fake_quantize
 from qk_ablate.core.selection import column_norms, massive_mask_threshold
+from qk_ablate.errors import QKAblateError
 
 
 @pytest.fixture
@@ -56,8 +55,11 @@ def test_one_pass_statistics_and_new_token_edits_compiled_match_eager(compiled):
     columns = massive_mask_threshold(norms, 5.0)
     fill = means.to(x.dtype)
     new = x[:, :, -1:]  # a decode step's token under stage=all: destroyed and quantized in one pass
-    for args in ((columns, fill, "int4", "token", None, True, None), (columns, fill, "none", "token", None, True, None),
-                 (None, None, "int4", "channel", None, True, columns)):
+    for args in (
+        (columns, fill, "int4", "token", None, True, None),
+        (columns, fill, "none", "token", None, True, None),
+        (None, None, "int4", "channel", None, True, columns),
+    ):
         assert torch.equal(fused.run(edit_new_tokens, new, *args), edit_new_tokens(new, *args))
 
 
@@ -71,8 +73,11 @@ def test_edits_into_a_tensor_write_its_own_memory_and_agree_with_new_tensors(mon
     columns = torch.zeros(2, 3, 16, dtype=torch.bool)
     columns[:, :, 4] = True
     fill = x.mean(dim=2, keepdim=True)
-    for fn, args in ((destroy_columns, (columns, valid, fill)), (fake_quantize, ("int4", "token", None, True, valid, None)),
-                     (fake_quantize, ("int4", "channel", None, True, None, columns))):
+    for fn, args in (
+        (destroy_columns, (columns, valid, fill)),
+        (fake_quantize, ("int4", "token", None, True, valid, None)),
+        (fake_quantize, ("int4", "channel", None, True, None, columns)),
+    ):
         want = fused.run(fn, x, *args)
         target = x.clone().transpose(1, 2).contiguous().transpose(1, 2)  # the same layout as x
         pointer, stride = target.data_ptr(), target.stride()
@@ -100,8 +105,15 @@ def test_prompts_of_every_length_and_batch_share_one_compiled_kernel(compiled):
     assert graphs() == first + 1
 
 
-@pytest.mark.parametrize(("fmt", "axis", "group", "sym"), [("int4", "token", None, True), ("int4", "channel", None, True),
-                                                           ("int2", "channel", 8, False), ("fp8", "tensor", None, True)])
+@pytest.mark.parametrize(
+    ("fmt", "axis", "group", "sym"),
+    [
+        ("int4", "token", None, True),
+        ("int4", "channel", None, True),
+        ("int2", "channel", 8, False),
+        ("fp8", "tensor", None, True),
+    ],
+)
 def test_quantizers_compiled_match_eager(compiled, fmt, axis, group, sym):
     x, valid = tensors(torch.float32)
     protect = column_norms(x, valid) > 30  # the massive columns, kept in full precision
@@ -111,10 +123,20 @@ def test_quantizers_compiled_match_eager(compiled, fmt, axis, group, sym):
     assert torch.equal(got[protect[:, :, None, :].expand_as(x)], x[protect[:, :, None, :].expand_as(x)])
 
 
-@pytest.mark.parametrize(("args", "generate"), [
-    ({"ablate": "massive", "quant": "int4", "quant_targets": "k", "protect": "massive", "quant_axis": "channel"}, False),
-    ({"ablate": "massive", "quant": "int4", "quant_targets": "k", "stage": "all", "select": "topk", "topk": 2}, True),
-], ids=["prefill-logits", "stage-all-generation"])
+@pytest.mark.parametrize(
+    ("args", "generate"),
+    [
+        (
+            {"ablate": "massive", "quant": "int4", "quant_targets": "k", "protect": "massive", "quant_axis": "channel"},
+            False,
+        ),
+        (
+            {"ablate": "massive", "quant": "int4", "quant_targets": "k", "stage": "all", "select": "topk", "topk": 2},
+            True,
+        ),
+    ],
+    ids=["prefill-logits", "stage-all-generation"],
+)
 def test_a_model_gives_the_same_logits_compiled_and_eager(monkeypatch, args, generate):
     """A whole model, prefill; and `stage=all` generation, whose decode steps edit each new token in one fused pass."""
     model = build("llama")
@@ -126,8 +148,14 @@ def test_a_model_gives_the_same_logits_compiled_and_eager(monkeypatch, args, gen
         monkeypatch.setenv("QK_ABLATE_COMPILE", setting)
         with attach(model, InterventionSpec.from_args(args)), torch.no_grad():
             if generate:
-                out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, output_logits=True,
-                                     return_dict_in_generate=True)
+                out = model.generate(
+                    ids,
+                    attention_mask=mask,
+                    max_new_tokens=5,
+                    do_sample=False,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
                 outputs[setting] = torch.stack(out.logits)
             else:
                 outputs[setting] = model(ids, attention_mask=mask).logits

@@ -14,11 +14,11 @@ from conftest import HEAD_DIM, KV_HEADS, build, prompts, word_tokenizer
 from lm_eval.api.instance import Instance
 from lm_eval.utils import simple_parse_args_string
 
+from qk_ablate.core.quantize import fake_quantize
+from qk_ablate.core.spec import InterventionSpec, split_model_args
 from qk_ablate.engines.hf import kv_cache
 from qk_ablate.errors import QKAblateError
-from qk_ablate.core.quantize import fake_quantize
 from qk_ablate.stats.runs import describe
-from qk_ablate.core.spec import InterventionSpec, split_model_args
 
 PROMPT, NEW = 24, 6
 
@@ -34,8 +34,11 @@ def test_keys_parse_record_and_name_the_run():
     assert (spec.kv_cache, spec.kv_residual, spec.kv_group) == ("quanto:int4", 32, 32)
     assert not spec.is_noop and not spec.edits_attention  # not a baseline, yet nothing to hook inside attention
     recorded = spec.to_dict()
-    assert {k: recorded[k] for k in ("kv_cache", "kv_residual", "kv_group")} == {"kv_cache": "quanto:int4", "kv_residual": 32,
-                                                                                 "kv_group": 32}
+    assert {k: recorded[k] for k in ("kv_cache", "kv_residual", "kv_group")} == {
+        "kv_cache": "quanto:int4",
+        "kv_residual": 32,
+        "kv_group": 32,
+    }
     assert describe(recorded) == "kv_cache=quanto:int4,kv_residual=32,kv_group=32"
     assert describe(InterventionSpec(kv_cache="hqq:int2").to_dict()) == "kv_cache=hqq:int2"  # defaults left out
 
@@ -49,7 +52,10 @@ def test_defaults_leave_results_files_as_they_were():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("kv_cache=quanto:int3", "kv_cache='quanto:int3' is not valid; choose one of: none, quanto:int4, quanto:int2, hqq:int1"),
+        (
+            "kv_cache=quanto:int3",
+            "kv_cache='quanto:int3' is not valid; choose one of: none, quanto:int4, quanto:int2, hqq:int1",
+        ),
         ("kv_cache=int4", "kv_cache='int4' is not valid"),
         ("kv_cache=quanto:int4,kv_residual=-1", "kv_residual=-1 must be 0 or more"),
         ("kv_cache=quanto:int4,kv_group=0", "kv_group=0 must be a positive group size"),
@@ -64,21 +70,35 @@ def test_bad_values_fail_with_one_line_naming_the_fix(text, message):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("args", [
-    {"ablate": "massive"}, {"ablate": "massive", "targets": "k"}, {"ablate": "nonmassive"},
-    {"quant": "int4", "quant_targets": "kv"}, {"quant": "int4", "quant_targets": "v"}, {"quant": "int4"},
-    {"quant": "int8", "quant_targets": "qkv", "stage": "all"},
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"ablate": "massive"},
+        {"ablate": "massive", "targets": "k"},
+        {"ablate": "nonmassive"},
+        {"quant": "int4", "quant_targets": "kv"},
+        {"quant": "int4", "quant_targets": "v"},
+        {"quant": "int4"},
+        {"quant": "int8", "quant_targets": "qkv", "stage": "all"},
+    ],
+)
 def test_post_rope_edits_of_k_or_v_are_refused(args):
     """QuantizedCache stores its copy of the prompt's K/V in update(), before attention edits them post-RoPE."""
-    with pytest.raises(QKAblateError, match="quantizes the prompt's keys/values as they enter the cache, before a post-RoPE edit"):
+    with pytest.raises(
+        QKAblateError, match="quantizes the prompt's keys/values as they enter the cache, before a post-RoPE edit"
+    ):
         InterventionSpec(kv_cache="quanto:int4", **args)
 
 
-@pytest.mark.parametrize("args", [
-    {"ablate": "massive", "rope": "pre"}, {"ablate": "massive", "targets": "q"}, {"quant": "int4", "quant_targets": "q"},
-    {"quant": "int4", "quant_targets": "kv", "rope": "pre"},
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"ablate": "massive", "rope": "pre"},
+        {"ablate": "massive", "targets": "q"},
+        {"quant": "int4", "quant_targets": "q"},
+        {"quant": "int4", "quant_targets": "kv", "rope": "pre"},
+    ],
+)
 def test_pre_rope_and_query_only_edits_are_allowed(args):
     assert InterventionSpec(kv_cache="quanto:int4", **args).edits_attention
 
@@ -137,8 +157,14 @@ def _generate(lm) -> tuple[torch.Tensor, list[torch.Tensor], list]:
     handle = lm.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         ids = prompts(2, PROMPT)
-        out = lm._model_generate(ids, PROMPT + NEW, stop=[], attention_mask=torch.ones_like(ids), output_logits=True,
-                                 return_dict_in_generate=True)
+        out = lm._model_generate(
+            ids,
+            PROMPT + NEW,
+            stop=[],
+            attention_mask=torch.ones_like(ids),
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     finally:
         handle.remove()
     return out.sequences[:, PROMPT:], list(out.logits), caches
@@ -208,7 +234,9 @@ def test_use_swaps_the_cache_without_reloading(plain):
 @pytest.mark.parametrize("cache, package", [("quanto:int4", "optimum-quanto"), ("hqq:int4", "hqq")])
 def test_a_missing_backend_is_refused_in_one_line_naming_the_package(monkeypatch, cache, package):
     monkeypatch.setattr(kv_cache, "backend_available", lambda module: False)
-    with pytest.raises(QKAblateError, match=f"kv_cache={cache} needs the {package} package: pip install {package}$") as info:
+    with pytest.raises(
+        QKAblateError, match=f"kv_cache={cache} needs the {package} package: pip install {package}$"
+    ) as info:
         _lm(kv_cache=cache)
     assert "\n" not in str(info.value)
     lm = _lm()
@@ -230,8 +258,12 @@ def test_transformers_own_refusals_become_one_line():
     """QuantizedCache takes full-attention models only: Gemma-2's sliding layers are refused at load, not mid-run."""
     from qk_ablate.engines.hf.lm import QKAblatedLM
 
-    with pytest.raises(QKAblateError, match="kv_cache=quanto:int4 cannot run on this model: `QuantizedCache` is only supported"):
-        QKAblatedLM(pretrained=build("gemma2"), tokenizer=word_tokenizer(), device="cpu", kv_cache="quanto:int4", kv_group=32)
+    with pytest.raises(
+        QKAblateError, match="kv_cache=quanto:int4 cannot run on this model: `QuantizedCache` is only supported"
+    ):
+        QKAblatedLM(
+            pretrained=build("gemma2"), tokenizer=word_tokenizer(), device="cpu", kv_cache="quanto:int4", kv_group=32
+        )
 
 
 @pytest.mark.skipif(not kv_cache.backend_available("hqq"), reason="hqq is not installed (pip install hqq)")
@@ -264,9 +296,22 @@ def test_loglikelihood_is_unchanged_and_warns_once(capsys):
 @pytest.mark.slow
 def test_stock_lm_eval_runs_passkey_through_the_real_cache(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [str(Path(sys.executable).with_name("lm_eval")), "--model", "qk_ablated",
-               "--model_args", "pretrained=smollm2-135m,kv_cache=quanto:int4", "--tasks", "passkey_1k", "--limit", "2",
-               "--device", "cpu", "--log_samples", "--output_path", str(tmp_path / "out")]
+    command = [
+        str(Path(sys.executable).with_name("lm_eval")),
+        "--model",
+        "qk_ablated",
+        "--model_args",
+        "pretrained=smollm2-135m,kv_cache=quanto:int4",
+        "--tasks",
+        "passkey_1k",
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        "--log_samples",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "acts in generation only" not in done.stderr  # passkey generates: no loglikelihood request

@@ -156,8 +156,6 @@ def _shown(path: Path) -> str:
 def test_architecture_md_names_every_module():
     text = (SRC.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
     missing = [
-        name
-        for name, path in sorted(MODULES.items())
-        if path.name != "__init__.py" and _shown(path) not in text
+        name for name, path in sorted(MODULES.items()) if path.name != "__init__.py" and _shown(path) not in text
     ]
     assert not missing, f"ARCHITECTURE.md does not name: {', '.join(missing)}"

@@ -14,7 +14,6 @@ def test_plugin_registers_our_model_and_keeps_lm_evals_own():
     import lm_eval.api.registry as registry
 
     import qk_ablate.plugin  # noqa: F401
-
     from qk_ablate.engines.hf.lm import QKAblatedLM
 
     assert registry.get_model("qk_ablated") is QKAblatedLM
@@ -22,9 +21,9 @@ def test_plugin_registers_our_model_and_keeps_lm_evals_own():
 
 
 def test_plugin_puts_our_tasks_on_the_default_search_path():
-    import qk_ablate.plugin  # noqa: F401
     from lm_eval.tasks import TaskManager
 
+    import qk_ablate.plugin  # noqa: F401
     from qk_ablate.paths import tasks_dir
 
     manager = TaskManager()
@@ -34,8 +33,9 @@ def test_plugin_puts_our_tasks_on_the_default_search_path():
 
 def test_plugin_hands_the_chat_template_flags_to_the_tasks(monkeypatch):
     """The CLI's --apply_chat_template reaches the task metadata, where exact-length prompts are sized."""
-    import qk_ablate.plugin  # noqa: F401
     from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    import qk_ablate.plugin  # noqa: F401
 
     seen = {}
     monkeypatch.setattr("lm_eval.tasks.TaskManager.__init__", lambda self, **kw: seen.update(kw) or None)
@@ -85,7 +85,8 @@ def test_loglikelihood_computes_only_the_scored_logits_and_matches_hflm_exactly(
     ours = QKAblatedLM(pretrained=model, tokenizer=word_tokenizer(), device="cpu", batch_size=3)
     kept = []
     handle = model.register_forward_pre_hook(
-        lambda m, a, kw: kept.append((a[0].shape[1], kw.get("logits_to_keep"), kw.get("use_cache"))), with_kwargs=True)
+        lambda m, a, kw: kept.append((a[0].shape[1], kw.get("logits_to_keep"), kw.get("use_cache"))), with_kwargs=True
+    )
     try:
         assert ours.loglikelihood(instances) == plain
     finally:
@@ -121,10 +122,15 @@ def test_cli_rejects_bad_model_args_before_loading_anything(tmp_path, capsys):
     from qk_ablate.cli import main
 
     config = tmp_path / "sweep.yaml"
-    config.write_text("models: [{pretrained: /no/such/model}]\ninterventions: {x: {fill: median}}\ntasks: [passkey_1k]\n")
+    config.write_text(
+        "models: [{pretrained: /no/such/model}]\ninterventions: {x: {fill: median}}\ntasks: [passkey_1k]\n"
+    )
     assert main(["sweep", str(config)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, shared_mean, tensor_mean, zero"
+    assert (
+        err
+        == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, shared_mean, tensor_mean, zero"
+    )
 
 
 def test_loglikelihood_continuation_is_not_prompt():
@@ -146,7 +152,7 @@ def test_loglikelihood_continuation_is_not_prompt():
         ids = torch.tensor([ctx_ids + cont_ids])[:, :-1]
         prompt = torch.arange(ids.shape[1])[None] < (ids.shape[1] if treat_all_as_prompt else len(ctx_ids))
         with lm.attachment.positions(prompt), torch.no_grad():
-            logprobs = model(ids).logits.log_softmax(-1)[0, -len(cont_ids):]
+            logprobs = model(ids).logits.log_softmax(-1)[0, -len(cont_ids) :]
         return logprobs.gather(-1, torch.tensor(cont_ids)[:, None]).sum().item()
 
     for (ctx, cont), value in zip(requests, got):
@@ -161,10 +167,23 @@ def test_prompts_longer_than_the_window_are_refused_not_truncated():
     from qk_ablate.engines.hf.lm import QKAblatedLM
 
     lm = QKAblatedLM(pretrained=build("llama"), tokenizer=word_tokenizer(), device="cpu", batch_size=1, max_length=40)
-    short = Instance("generate_until", {}, (" ".join(["w5"] * 30), {"until": ["w9"], "max_gen_toks": 4}), 0,
-                     metadata=("passkey_1k", 0, 1))
-    long = Instance("generate_until", {}, (" ".join(["w5"] * 38), {"until": ["w9"], "max_gen_toks": 4}), 0,
-                    metadata=("passkey_2k", 0, 1))
+    short = Instance(
+        "generate_until",
+        {},
+        (" ".join(["w5"] * 30), {"until": ["w9"], "max_gen_toks": 4}),
+        0,
+        metadata=("passkey_1k", 0, 1),
+    )
+    long = Instance(
+        "generate_until",
+        {},
+        (" ".join(["w5"] * 38), {"until": ["w9"], "max_gen_toks": 4}),
+        0,
+        metadata=("passkey_2k", 0, 1),
+    )
     assert len(lm.generate_until([short])) == 1
-    with pytest.raises(QKAblateError, match=r"task passkey_2k: a prompt of 38 tokens plus 4 to generate exceeds the model's window of 40"):
+    with pytest.raises(
+        QKAblateError,
+        match=r"task passkey_2k: a prompt of 38 tokens plus 4 to generate exceeds the model's window of 40",
+    ):
         lm.generate_until([short, long])

@@ -22,7 +22,9 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     (path,) = out.glob("qk_ablate-*.whl")
     return path
@@ -30,9 +32,15 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_tasks_and_start_up_hook(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"qk_ablate_lm_eval.pth", "qk_ablate_lm_eval_hook.py", "qk_ablate/tasks/passkey/passkey_1k.yaml",
-            "qk_ablate/tasks/city_facts/city_facts.yaml", "qk_ablate/tasks/groups/qk_contextual.yaml",
-            "qk_ablate/tasks/templates/facts_csv", "qk_ablate/tasks/templates/niah_documents"} <= names
+    assert {
+        "qk_ablate_lm_eval.pth",
+        "qk_ablate_lm_eval_hook.py",
+        "qk_ablate/tasks/passkey/passkey_1k.yaml",
+        "qk_ablate/tasks/city_facts/city_facts.yaml",
+        "qk_ablate/tasks/groups/qk_contextual.yaml",
+        "qk_ablate/tasks/templates/facts_csv",
+        "qk_ablate/tasks/templates/niah_documents",
+    } <= names
 
 
 @pytest.mark.slow
@@ -42,13 +50,19 @@ def test_installed_wheel_lists_our_tasks_through_stock_lm_eval(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import site; print(site.getsitepackages()[0])"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     deps = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "lm_eval").is_dir())
     Path(site, "_borrowed_dependencies.pth").write_text(deps + "\n")
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
-    where = subprocess.run([python, "-c", "import qk_ablate.paths as p; print(p.tasks_dir())"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout.strip()
+    where = subprocess.run(
+        [python, "-c", "import qk_ablate.paths as p; print(p.tasks_dir())"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout.strip()
     assert where.startswith(str(env_dir)), where
     listing = subprocess.run([python, "-m", "lm_eval", "ls", "tasks"], capture_output=True, text=True, cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr[-2000:]

@@ -19,9 +19,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.engines.hf.attachment import Attachment
 from qk_ablate.errors import QKAblateError
-from qk_ablate.core.spec import InterventionSpec
 
 
 def _authors_edit(states: torch.Tensor, k: int, fill: str) -> None:
@@ -47,7 +47,8 @@ def _register_reference(k: int, fill: str, kernel: str = "sdpa") -> str:
             _authors_edit(key.transpose(1, 2), k, fill)  # a view of the cache's tensor: edited in place
         if kernel == "eager":  # each modeling file has its own eager function (Gemma2's softcapping)
             return sys.modules[type(module).__module__].eager_attention_forward(
-                module, query, key, value, attention_mask, **kwargs)
+                module, query, key, value, attention_mask, **kwargs
+            )
         return ALL_ATTENTION_FUNCTIONS[kernel](module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(name, attention)
@@ -67,7 +68,9 @@ def _plant_top_dims(model: torch.nn.Module, factors: tuple[float, ...]) -> None:
                 proj.weight[torch.arange(heads) * HEAD_DIM + dim] *= factor
 
 
-def _logits(model, ids: torch.Tensor, spec: InterventionSpec | None = None, reference: str | None = None) -> torch.Tensor:
+def _logits(
+    model, ids: torch.Tensor, spec: InterventionSpec | None = None, reference: str | None = None
+) -> torch.Tensor:
     if reference is not None:
         original = model.config._attn_implementation
         model.set_attn_implementation(reference)

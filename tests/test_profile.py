@@ -10,16 +10,22 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import MASSIVE_DIMS, build, prompts
 
+from qk_ablate.engines.hf.rope import inv_freq_of, model_rope_dims, rope_dims
 from qk_ablate.errors import QKAblateError
 from qk_ablate.probes.figures import save_heatmaps
 from qk_ablate.probes.profile import profile_model, save_profile, summarize
-from qk_ablate.engines.hf.rope import inv_freq_of, model_rope_dims, rope_dims
 
-from conftest import MASSIVE_DIMS, build, prompts
-
-SMALL = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-             intermediate_size=256, vocab_size=256, max_position_embeddings=2048)
+SMALL = dict(
+    hidden_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=256,
+    vocab_size=256,
+    max_position_embeddings=2048,
+)
 
 
 def _model(config) -> torch.nn.Module:
@@ -41,8 +47,14 @@ def test_plain_rope_frequencies_match_theta():
 def test_llama3_scaled_rope_is_read_from_the_model():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 1024}
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 1024,
+    }
     config = transformers.LlamaConfig(**SMALL, rope_parameters=rope)
     model = _model(config)
     expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
@@ -54,8 +66,15 @@ def test_llama3_scaled_rope_is_read_from_the_model():
 
 
 def test_partial_rotary_model_leaves_the_rest_unrotated():
-    config = transformers.PhiConfig(hidden_size=128, num_attention_heads=4, num_hidden_layers=2, intermediate_size=256,
-                                    vocab_size=256, partial_rotary_factor=0.5, max_position_embeddings=2048)
+    config = transformers.PhiConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        intermediate_size=256,
+        vocab_size=256,
+        partial_rotary_factor=0.5,
+        max_position_embeddings=2048,
+    )
     model = _model(config)
     assert inv_freq_of(model).numel() == 8  # 16 rotary dims of 32
     dims = model_rope_dims(model, 32)
@@ -73,8 +92,10 @@ def test_rope_errors():
 
 def test_profile_finds_the_planted_pair_in_every_head(tmp_path):
     model = build("llama")  # conftest plants one rotary pair of every Q/K head as massive
-    batches = {24: [{"input_ids": prompts(2, 24, seed=s)} for s in range(3)],
-               48: [{"input_ids": prompts(1, 48, seed=s)} for s in range(2)]}
+    batches = {
+        24: [{"input_ids": prompts(2, 24, seed=s)} for s in range(3)],
+        48: [{"input_ids": prompts(1, 48, seed=s)} for s in range(2)],
+    }
     profile = profile_model(model, batches, "tiny-llama", "random")
     assert profile.samples == 2  # the smaller count of forwards of a length, per tensor
     summary = summarize(profile)
@@ -104,15 +125,45 @@ def test_cli_profile_on_a_tiny_saved_model(tmp_path, capsys):
     build("llama").save_pretrained(tmp_path / "tiny")
     word_tokenizer().save_pretrained(tmp_path / "tiny")
     out = tmp_path / "profile"
-    assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "128,256", "--samples", "2",
-                 "--source", "passkey", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                str(tmp_path / "tiny"),
+                "--lengths",
+                "128,256",
+                "--samples",
+                "2",
+                "--source",
+                "passkey",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     headline = capsys.readouterr().out
     assert "128 post-RoPE Q: massive in" in headline and "256  pre-RoPE K: massive in" in headline
     assert json.loads((out / "profile.json").read_text())["lengths"] == [128, 256]
     assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "1k"]) == 2  # over the 512 window
     assert "window of 512" in capsys.readouterr().err
-    assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "128", "--samples", "1",
-                 "--attn-implementation", "no_such_kernel"]) == 2
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                str(tmp_path / "tiny"),
+                "--lengths",
+                "128",
+                "--samples",
+                "1",
+                "--attn-implementation",
+                "no_such_kernel",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.startswith(f"qk-ablate: error: could not load model '{tmp_path / 'tiny'}'")
 
 
@@ -134,8 +185,28 @@ def test_cli_profile_in_bfloat16(tmp_path, monkeypatch):
     build("llama").save_pretrained(tmp_path / "tiny")
     word_tokenizer().save_pretrained(tmp_path / "tiny")
     out = tmp_path / "profile"
-    assert main(["profile", "--model", str(tmp_path / "tiny"), "--lengths", "128", "--samples", "2",
-                 "--source", "passkey", "--dtype", "bfloat16", "--attn-implementation", "eager", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                str(tmp_path / "tiny"),
+                "--lengths",
+                "128",
+                "--samples",
+                "2",
+                "--source",
+                "passkey",
+                "--dtype",
+                "bfloat16",
+                "--attn-implementation",
+                "eager",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert loaded == [(torch.bfloat16, "eager")]
     arrays = np.load(out / "profile.npz")
     assert arrays["L128_post_q_M"].dtype == np.float32 and np.isfinite(arrays["L128_post_q_M"]).all()

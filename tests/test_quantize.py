@@ -369,8 +369,9 @@ def test_channel_groups_with_short_last_group(sym):
     for sl in (slice(0, 4), slice(4, 8), slice(8, 10)):
         assert torch.equal(q[:, :, sl], fake_quantize(x[:, :, sl], "int3", "channel", sym=sym))
     # group >= S is the same as no grouping
-    assert torch.equal(fake_quantize(x, "int3", "channel", group=64, sym=sym),
-                       fake_quantize(x, "int3", "channel", sym=sym))
+    assert torch.equal(
+        fake_quantize(x, "int3", "channel", group=64, sym=sym), fake_quantize(x, "int3", "channel", sym=sym)
+    )
 
 
 def test_channel_groups_count_valid_positions_only():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from qk_ablate.cli import main
-from qk_ablate.stats.compare import compare
 from qk_ablate.errors import QKAblateError
+from qk_ablate.stats.compare import compare
 from qk_ablate.stats.gate import FAIL, PASS, UNUSABLE, parse_budgets, run_gate
 from qk_ablate.stats.report import build_report, to_csv, to_html, to_markdown, write_report
 from qk_ablate.stats.runs import describe, load_run
@@ -19,9 +19,17 @@ from qk_ablate.stats.runs import describe, load_run
 STAMP = "2026-01-01T00-00-00.000000"
 
 
-def write_run(folder: Path, scores: dict[str, list[float]], spec: dict | None = None, texts: str = "doc",
-              stamp: str = STAMP, declared: dict[str, str] | None = None, records: dict[str, list[dict]] | None = None,
-              metadata: dict[str, dict] | None = None, choices: dict[str, list[str]] | None = None) -> Path:
+def write_run(
+    folder: Path,
+    scores: dict[str, list[float]],
+    spec: dict | None = None,
+    texts: str = "doc",
+    stamp: str = STAMP,
+    declared: dict[str, str] | None = None,
+    records: dict[str, list[dict]] | None = None,
+    metadata: dict[str, dict] | None = None,
+    choices: dict[str, list[str]] | None = None,
+) -> Path:
     """An lm_eval --output_path folder: results JSON and one samples file per task; `declared`
     puts a task's `kind` into its config's metadata, as a task YAML with `metadata: {kind: ...}` does;
     `records` adds fields to each sample record (answers), `metadata` to a task's config metadata,
@@ -35,15 +43,33 @@ def write_run(folder: Path, scores: dict[str, list[float]], spec: dict | None = 
             for i, value in enumerate(values):
                 doc_hash = hashlib.sha256(f"{texts}/{task}/{i}".encode()).hexdigest()
                 extra = (records or {}).get(task, [{}] * len(values))[i]
-                handle.write(json.dumps({"doc_id": i, "doc_hash": doc_hash, "filter": "none", "metrics": ["acc"], "acc": value,
-                                         **extra}) + "\n")
-    config = {"model": "qk_ablated", "qk_ablate": {"model": "smollm2-135m", "version": "0", **(spec or {"ablate": "none"})}}
-    configs = {t: {"task": t, "metadata": {"version": 1.0, **({"kind": declared[t]} if t in (declared or {}) else {}),
-                                           **(metadata or {}).get(t, {})},
-                   **({"doc_to_choice": choices[t]} if t in (choices or {}) else {})}
-               for t in scores}
-    (sub / f"results_{stamp}.json").write_text(json.dumps({"results": results, "group_subtasks": {t: [] for t in scores},
-                                                           "configs": configs, "config": config}))
+                handle.write(
+                    json.dumps(
+                        {"doc_id": i, "doc_hash": doc_hash, "filter": "none", "metrics": ["acc"], "acc": value, **extra}
+                    )
+                    + "\n"
+                )
+    config = {
+        "model": "qk_ablated",
+        "qk_ablate": {"model": "smollm2-135m", "version": "0", **(spec or {"ablate": "none"})},
+    }
+    configs = {
+        t: {
+            "task": t,
+            "metadata": {
+                "version": 1.0,
+                **({"kind": declared[t]} if t in (declared or {}) else {}),
+                **(metadata or {}).get(t, {}),
+            },
+            **({"doc_to_choice": choices[t]} if t in (choices or {}) else {}),
+        }
+        for t in scores
+    }
+    (sub / f"results_{stamp}.json").write_text(
+        json.dumps(
+            {"results": results, "group_subtasks": {t: [] for t in scores}, "configs": configs, "config": config}
+        )
+    )
     return folder
 
 
@@ -125,7 +151,9 @@ def test_gzipped_samples_read_as_the_plain_file_and_a_broken_one_is_one_error(tm
 def test_describe_names_only_what_matters():
     assert describe({"ablate": "none", "quant": "none", "seed": 3}) == "baseline"
     assert describe({"ablate": "nonmassive", "seed": 2, "quant": "none", "group": 32}) == "ablate=nonmassive,seed=2"
-    assert describe({"ablate": "none", "quant": "int4", "protect": "massive", "seed": 0}) == "quant=int4,protect=massive"
+    assert (
+        describe({"ablate": "none", "quant": "int4", "protect": "massive", "seed": 0}) == "quant=int4,protect=massive"
+    )
 
 
 def test_report_formats(pair, tmp_path):
@@ -177,7 +205,9 @@ def test_gate_passes_identical_runs_and_fails_a_planted_drop(pair, tmp_path):
     assert run_gate(pair[0], pair[1], "passkey_1k=19").code == FAIL
 
 
-@pytest.mark.parametrize("damage", ["missing", "empty", "corrupt", "no_samples", "task_missing", "bad_budget", "unknown_name"])
+@pytest.mark.parametrize(
+    "damage", ["missing", "empty", "corrupt", "no_samples", "task_missing", "bad_budget", "unknown_name"]
+)
 def test_gate_exits_2_when_it_cannot_compare(pair, tmp_path, damage):
     base, cand = pair
     budgets = "contextual=2,parametric=2"
@@ -212,9 +242,25 @@ def test_cli_report_and_gate(pair, tmp_path, capsys):
     assert main(["report", str(pair[0]), "--kinds", "x=both"]) == 2
     assert "must be TASK=contextual or TASK=parametric" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()  # a folder where the report file should go
-    assert main(["gate", "--baseline", str(pair[0]), "--candidate", str(pair[0]), "--max-drop", "contextual=2",
-                 "--junit", str(tmp_path / "taken")]) == 2
-    assert capsys.readouterr().err.startswith(f"qk-ablate: error: could not write the gate report '{tmp_path / 'taken'}'")
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(pair[0]),
+                "--candidate",
+                str(pair[0]),
+                "--max-drop",
+                "contextual=2",
+                "--junit",
+                str(tmp_path / "taken"),
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err.startswith(
+        f"qk-ablate: error: could not write the gate report '{tmp_path / 'taken'}'"
+    )
 
 
 def test_parse_budgets():
@@ -232,9 +278,15 @@ def own(tmp_path):
     keys = bernoulli(100, 0.8, 5)
 
     def make(name: str, declared: dict | None = None) -> tuple[Path, Path]:
-        base = write_run(tmp_path / f"{name}_base", {"passkey_1k": keys, "my_niah": niah, "city_facts": keys}, declared=declared)
-        cand = write_run(tmp_path / f"{name}_cand", {"passkey_1k": keys, "my_niah": lost, "city_facts": keys},
-                         {"ablate": "massive"}, declared=declared)
+        base = write_run(
+            tmp_path / f"{name}_base", {"passkey_1k": keys, "my_niah": niah, "city_facts": keys}, declared=declared
+        )
+        cand = write_run(
+            tmp_path / f"{name}_cand",
+            {"passkey_1k": keys, "my_niah": lost, "city_facts": keys},
+            {"ablate": "massive"},
+            declared=declared,
+        )
         return base, cand
 
     return make
@@ -246,12 +298,28 @@ def test_own_tasks_count_alike_in_report_and_gate_with_kinds(own, capsys):
     assert unflagged.code == PASS and "contextual dropped 0.0 points" in unflagged.reason
     assert "Warning: my_niah counted in neither the contextual nor the parametric mean" in unflagged.reason
     flagged = run_gate(base, cand, "contextual=2", kinds={"my_niah": "contextual"})
-    assert flagged.code == FAIL and "contextual dropped 20.0 points" in flagged.reason and "Warning" not in flagged.reason
+    assert (
+        flagged.code == FAIL and "contextual dropped 20.0 points" in flagged.reason and "Warning" not in flagged.reason
+    )
     report = build_report([load_run(base), load_run(cand)], kinds={"my_niah": "contextual"}, iterations=500)
     assert report.rows[1][1].deltas["contextual"].value == pytest.approx(-0.20)
     assert build_report([load_run(base), load_run(cand)], iterations=500).unclassified == ["my_niah"]
-    assert main(["gate", "--baseline", str(base), "--candidate", str(cand), "--max-drop", "contextual=2",
-                 "--kinds", "my_niah=contextual"]) == 1
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(base),
+                "--candidate",
+                str(cand),
+                "--max-drop",
+                "contextual=2",
+                "--kinds",
+                "my_niah=contextual",
+            ]
+        )
+        == 1
+    )
     assert main(["report", str(base), str(cand), "--iterations", "200"]) == 0
     assert "qk-ablate: warning: my_niah counted in neither" in capsys.readouterr().err
 
@@ -264,7 +332,9 @@ def test_kind_declared_in_the_task_yaml_needs_no_flag(own):
     report = build_report([load_run(base), load_run(cand)], iterations=500)
     assert report.unclassified == [] and report.rows[1][1].deltas["contextual"].value == pytest.approx(-0.20)
     overridden = run_gate(base, cand, "parametric=2", kinds={"my_niah": "parametric"})  # --kinds wins
-    assert overridden.code == FAIL and "parametric dropped 20.0 points" in overridden.reason  # 40 of 200 pooled documents
+    assert (
+        overridden.code == FAIL and "parametric dropped 20.0 points" in overridden.reason
+    )  # 40 of 200 pooled documents
 
 
 def test_bad_declared_kind_is_one_line(own):
@@ -277,21 +347,30 @@ def test_each_engine_pairs_with_its_own_baseline(tmp_path, pair):
     """Runs of the vLLM engine carry `engine: vllm`: they are their own model in a report, so its
     massive run is compared with its baseline, and a cross-engine comparison is an explicit --baseline."""
     engine = {}
-    for name, spec in (("base", {"ablate": "none", "engine": "vllm"}), ("cand", {"ablate": "massive", "engine": "vllm"})):
+    for name, spec in (
+        ("base", {"ablate": "none", "engine": "vllm"}),
+        ("cand", {"ablate": "massive", "engine": "vllm"}),
+    ):
         run = load_run(pair[0] if name == "base" else pair[1])
         engine[name] = write_run(tmp_path / f"vllm_{name}", {t: list(s.scores) for t, s in run.tasks.items()}, spec)
     report = build_report([load_run(p) for p in (*pair, engine["base"], engine["cand"])], iterations=200)
     assert [(run.model, run.label) for run, _ in report.rows] == [
-        ("smollm2-135m", "baseline"), ("smollm2-135m", "ablate=massive"),
-        ("smollm2-135m (vllm)", "baseline"), ("smollm2-135m (vllm)", "ablate=massive")]
+        ("smollm2-135m", "baseline"),
+        ("smollm2-135m", "ablate=massive"),
+        ("smollm2-135m (vllm)", "baseline"),
+        ("smollm2-135m (vllm)", "ablate=massive"),
+    ]
     by_model = {run.model: comparison for run, comparison in report.rows if not run.is_baseline}
     assert by_model["smollm2-135m (vllm)"].baseline.model == "smollm2-135m (vllm)"
     assert by_model["smollm2-135m"].baseline.model == "smollm2-135m"
-    assert [e.value for e in by_model["smollm2-135m (vllm)"].tasks.values()] == \
-        [e.value for e in by_model["smollm2-135m"].tasks.values()]
+    assert [e.value for e in by_model["smollm2-135m (vllm)"].tasks.values()] == [
+        e.value for e in by_model["smollm2-135m"].tasks.values()
+    ]
     across = build_report([load_run(engine["cand"])], baseline=load_run(pair[1]), iterations=200)
     assert [(run.model, run.label) for run, _ in across.rows] == [
-        ("smollm2-135m", "ablate=massive"), ("smollm2-135m (vllm)", "ablate=massive")]
+        ("smollm2-135m", "ablate=massive"),
+        ("smollm2-135m (vllm)", "ablate=massive"),
+    ]
     assert all(e.value == 0 for e in across.rows[1][1].tasks.values())  # the same scores on both engines
 
 
@@ -311,8 +390,10 @@ def test_runs_split_over_several_lm_eval_calls_are_grouped(tmp_path, pair, capsy
     report = build_report([load_run(p) for p in bases + cands], iterations=500)
     assert [run.label for run, _ in report.rows] == ["baseline", "ablate=massive"]
     assert set(report.rows[1][0].tasks) == {"passkey_1k", "city_facts"}
-    assert main(["gate", "--baseline", *map(str, bases), "--candidate", *map(str, cands),
-                 "--max-drop", "contextual=2"]) == 1
+    assert (
+        main(["gate", "--baseline", *map(str, bases), "--candidate", *map(str, cands), "--max-drop", "contextual=2"])
+        == 1
+    )
     mixed = run_gate([bases[0], cands[1]], cands, "contextual=2")
     assert mixed.code == UNUSABLE and "the baseline folders hold 2 different runs" in mixed.reason
     with pytest.raises(QKAblateError, match="are both smollm2-135m / baseline and both have passkey_1k"):
@@ -331,8 +412,10 @@ def test_help_of_every_command():
 
 def statements(labels: list[int], picks: list[int]) -> dict[str, list]:
     """Multiple-choice sample fields of a true/false task: the chosen choice gets the higher log-likelihood."""
-    records = [{"target": label, "filtered_resps": [[-1.0 if pick == c else -2.0, pick == c] for c in (0, 1)]}
-               for label, pick in zip(labels, picks)]
+    records = [
+        {"target": label, "filtered_resps": [[-1.0 if pick == c else -2.0, pick == c] for c in (0, 1)]}
+        for label, pick in zip(labels, picks)
+    ]
     for record in records[::2]:  # the stock lm_eval CLI writes them as text: '1', ['-1.0', 'True']
         record["target"] = str(record["target"])
         record["filtered_resps"] = [[str(x) for x in pair] for pair in record["filtered_resps"]]
@@ -347,7 +430,11 @@ def planted(tmp_path):
     constant = statements(labels, [1] * 100)
     good = statements(labels, [label if i % 10 else 1 - label for i, label in enumerate(labels)])
     keys = [{"target": str(10000 + i), "filtered_resps": [f" {10000 + i}." if i % 5 else " 12345"]} for i in range(100)]
-    scores = {"city_facts_tf": constant["scores"], "imdb": good["scores"], "passkey_1k": [float(i % 5 > 0) for i in range(100)]}
+    scores = {
+        "city_facts_tf": constant["scores"],
+        "imdb": good["scores"],
+        "passkey_1k": [float(i % 5 > 0) for i in range(100)],
+    }
     records = {"city_facts_tf": constant["records"], "imdb": good["records"], "passkey_1k": keys}
     base = write_run(tmp_path / "base", scores, records=records, choices={"city_facts_tf": ["True", "False"]})
     cand = write_run(tmp_path / "cand", {t: [0.0] * 100 for t in scores}, {"ablate": "massive"})
@@ -378,8 +465,12 @@ def test_a_planted_constant_answer_run_is_flagged_and_a_good_one_is_not(planted)
 
 def test_a_task_at_zero_or_at_its_declared_chance_is_flagged_without_answers(tmp_path):
     """Old samples hold no answers: only the test against chance runs, from the catalogue or the YAML."""
-    scores = {"niah_1k": [0.0] * 30, "passkey_1k": [1.0] * 30, "my_mcq": [float(i % 4 == 0) for i in range(40)],
-              "my_facts": [0.0] * 20}
+    scores = {
+        "niah_1k": [0.0] * 30,
+        "passkey_1k": [1.0] * 30,
+        "my_mcq": [float(i % 4 == 0) for i in range(40)],
+        "my_facts": [0.0] * 20,
+    }
     run = load_run(write_run(tmp_path / "a", scores, metadata={"my_mcq": {"chance": 0.25}}))
     assert run.chances == {"my_mcq": 0.25} and run.tasks["niah_1k"].answers == (None,) * 30
     signal = {s.task: s for s in build_report([run], iterations=100).signals}

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from qk_ablate.core.destroy import destroy_columns, fill_values
-from qk_ablate.core.selection import column_norms, control_mask, massive_mask_threshold, massive_mask_topk, random_scores
+from qk_ablate.core.selection import (
+    column_norms,
+    control_mask,
+    massive_mask_threshold,
+    massive_mask_topk,
+    random_scores,
+)
 
 
 def test_column_norms_exclude_padding():
@@ -34,7 +40,9 @@ def test_control_matches_counts_per_head_is_disjoint_and_seeded():
     assert torch.equal(control.sum(-1), massive.sum(-1))
     assert not (control & massive).any()
     assert torch.equal(control, control_mask(massive, random_scores(5, 64, seed=7, salt=1, device=torch.device("cpu"))))
-    assert not torch.equal(control, control_mask(massive, random_scores(5, 64, seed=8, salt=1, device=torch.device("cpu"))))
+    assert not torch.equal(
+        control, control_mask(massive, random_scores(5, 64, seed=8, salt=1, device=torch.device("cpu")))
+    )
 
 
 def test_smallest_control_takes_the_smallest_norms():

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from lm_eval.utils import simple_parse_args_string
 
-from qk_ablate.errors import QKAblateError
 from qk_ablate.core.spec import CHOICES, InterventionSpec, split_model_args
+from qk_ablate.errors import QKAblateError
 
 
 def parse(text: str) -> tuple[InterventionSpec, dict]:
@@ -20,7 +20,12 @@ def parse(text: str) -> tuple[InterventionSpec, dict]:
 def test_defaults_follow_the_paper():
     spec = InterventionSpec()
     assert (spec.ablate, spec.select, spec.lam, spec.fill, spec.rope, spec.stage) == (
-        "none", "threshold", 5.0, "mean", "post", "prefill",
+        "none",
+        "threshold",
+        5.0,
+        "mean",
+        "post",
+        "prefill",
     )
     assert spec.is_noop
 
@@ -40,9 +45,23 @@ def test_lm_eval_string_round_trip_separates_hflm_args():
     )
     assert rest == {"pretrained": "smollm2-135m", "dtype": "float32", "batch_size": 2}
     assert spec.to_dict() == {
-        "ablate": "massive", "select": "topk", "lam": 4.0, "topk": 3, "fill": "zero", "control": "smallest",
-        "seed": 7, "rope": "pre", "stage": "all", "targets": "k", "layers": "0-3;8", "quant": "int4",
-        "quant_targets": "kv", "quant_axis": "channel", "group": 32, "sym": False, "protect": "massive",
+        "ablate": "massive",
+        "select": "topk",
+        "lam": 4.0,
+        "topk": 3,
+        "fill": "zero",
+        "control": "smallest",
+        "seed": 7,
+        "rope": "pre",
+        "stage": "all",
+        "targets": "k",
+        "layers": "0-3;8",
+        "quant": "int4",
+        "quant_targets": "kv",
+        "quant_axis": "channel",
+        "group": 32,
+        "sym": False,
+        "protect": "massive",
     }
     assert spec.layer_indices(10) == frozenset({0, 1, 2, 3, 8})
 

@@ -20,10 +20,20 @@ def tiny(tmp_path_factory) -> Path:
 
 def _config(tmp_path: Path, tiny: Path, **extra) -> Path:
     body = {
-        "name": "test", "output": str(tmp_path / "runs"), "leaderboard": str(tmp_path / "leaderboard.md"),
+        "name": "test",
+        "output": str(tmp_path / "runs"),
+        "leaderboard": str(tmp_path / "leaderboard.md"),
         "models": [{"pretrained": str(tiny)}],
-        "interventions": {"baseline": {}, "massive": {"ablate": "massive"}, "int4": {"quant": "int4", "protect": "massive"}},
-        "tasks": ["city_facts"], "limit": 2, "batch_size": 2, "device": "cpu", **extra,
+        "interventions": {
+            "baseline": {},
+            "massive": {"ablate": "massive"},
+            "int4": {"quant": "int4", "protect": "massive"},
+        },
+        "tasks": ["city_facts"],
+        "limit": 2,
+        "batch_size": 2,
+        "device": "cpu",
+        **extra,
     }
     path = tmp_path / "sweep.yaml"
     import yaml
@@ -34,12 +44,19 @@ def _config(tmp_path: Path, tiny: Path, **extra) -> Path:
 
 @pytest.mark.parametrize(
     ("change", "match"),
-    [({"interventions": {"x": {"ablate": "massiv"}}}, "intervention 'x'.*ablate='massiv'"),
-     ({"colour": "red"}, "unknown key 'colour'"), ({"tasks": []}, "names no task"), ({"limit": 0}, "'limit'"),
-     ({"models": [{"dtype": "float32"}]}, "'pretrained'"),
-     ({"models": [{"pretrianed": "x"}]}, "model 1 has no 'pretrained'; 'pretrianed' is not a model argument; did you mean 'pretrained'"),
-     ({"engine": "sglang"}, "engine must be one of hf, vllm"),
-     ({"engine": "vllm", "profile": {"lengths": [128]}}, "profile runs the HF model")],
+    [
+        ({"interventions": {"x": {"ablate": "massiv"}}}, "intervention 'x'.*ablate='massiv'"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"tasks": []}, "names no task"),
+        ({"limit": 0}, "'limit'"),
+        ({"models": [{"dtype": "float32"}]}, "'pretrained'"),
+        (
+            {"models": [{"pretrianed": "x"}]},
+            "model 1 has no 'pretrained'; 'pretrianed' is not a model argument; did you mean 'pretrained'",
+        ),
+        ({"engine": "sglang"}, "engine must be one of hf, vllm"),
+        ({"engine": "vllm", "profile": {"lengths": [128]}}, "profile runs the HF model"),
+    ],
 )
 def test_bad_configs_fail_before_any_model_loads(tmp_path, tiny, change, match):
     with pytest.raises(QKAblateError, match=match):
@@ -111,8 +128,10 @@ def test_unknown_task_fails_with_a_hint_before_the_model_loads(tmp_path, tiny, m
 
 @pytest.mark.parametrize(
     ("change", "match"),
-    [({"include_path": "/no/such/folder"}, "include_path '/no/such/folder' is not a folder"),
-     ({"kinds": {"my_facts": "factual"}}, "kinds entry 'my_facts=factual'")],
+    [
+        ({"include_path": "/no/such/folder"}, "include_path '/no/such/folder' is not a folder"),
+        ({"kinds": {"my_facts": "factual"}}, "kinds entry 'my_facts=factual'"),
+    ],
 )
 def test_bad_include_path_or_kinds(tmp_path, tiny, change, match):
     with pytest.raises(QKAblateError, match=match):
@@ -129,8 +148,14 @@ def test_sweep_runs_a_users_own_task_with_its_kind(tmp_path, tiny):
     (tasks / "my_facts.yaml").write_text(
         f"include: qk_ablate:facts_csv\ntask: my_facts\ndataset_kwargs:\n  facts_csv: {tasks / 'facts.csv'}\n"
     )
-    path = _config(tmp_path, tiny, tasks=["my_facts"], include_path=str(tasks),
-                   kinds={"my_facts": "parametric"}, interventions={"baseline": {}, "massive": {"ablate": "massive"}})
+    path = _config(
+        tmp_path,
+        tiny,
+        tasks=["my_facts"],
+        include_path=str(tasks),
+        kinds={"my_facts": "parametric"},
+        interventions={"baseline": {}, "massive": {"ablate": "massive"}},
+    )
     assert main(["sweep", str(path), "--iterations", "200"]) == 0
     import csv
 
@@ -141,9 +166,13 @@ def test_sweep_runs_a_users_own_task_with_its_kind(tmp_path, tiny):
 
 @pytest.mark.parametrize(
     ("profile", "match"),
-    [({"samples": 2}, "give a mapping with lengths"), ({"lengths": ["1kk"]}, "unknown length '1kk'"),
-     ({"lengths": [128], "samples": 0}, "samples must be"), ({"lengths": [128], "source": "imdb"}, "source must be"),
-     ({"lengths": [128], "colour": 1}, "unknown key 'colour'")],
+    [
+        ({"samples": 2}, "give a mapping with lengths"),
+        ({"lengths": ["1kk"]}, "unknown length '1kk'"),
+        ({"lengths": [128], "samples": 0}, "samples must be"),
+        ({"lengths": [128], "source": "imdb"}, "source must be"),
+        ({"lengths": [128], "colour": 1}, "unknown key 'colour'"),
+    ],
 )
 def test_bad_profile_settings(tmp_path, tiny, profile, match):
     with pytest.raises(QKAblateError, match=match):

@@ -11,11 +11,9 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_capital as cc
 from qk_ablate.task_data import country_continent as continent
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
-from qk_ablate.task_data.scoring import alias_process_results
-from qk_ablate.task_data.scoring import country_correct, normalize_name
+from qk_ablate.task_data.scoring import alias_process_results, country_correct, normalize_name
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +174,15 @@ def test_a_right_answer_is_always_well_formed(docs):
 
 @pytest.mark.parametrize(
     ("output", "acc", "well_formed"),
-    [(" Europe", 1.0, 1.0), (" Asia", 0.0, 1.0), (" Oceania", 0.0, 1.0), (" Eurasia", 0.0, 0.0),
-     (" France", 0.0, 0.0), (" Europe or Asia", 0.0, 0.0), ("", 0.0, 0.0)],
+    [
+        (" Europe", 1.0, 1.0),
+        (" Asia", 0.0, 1.0),
+        (" Oceania", 0.0, 1.0),
+        (" Eurasia", 0.0, 0.0),
+        (" France", 0.0, 0.0),
+        (" Europe or Asia", 0.0, 0.0),
+        ("", 0.0, 0.0),
+    ],
 )
 def test_continent_answers_are_scored_twice(output, acc, well_formed):
     doc = next(d for d in continent.build_docs() if d["country_code"] == "FR")

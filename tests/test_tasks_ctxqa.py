@@ -76,8 +76,11 @@ def test_scoring_on_hand_written_outputs(output, attribute, expected):
 def test_task_loads_through_lm_eval(smol):
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
-                          metadata={"pretrained": "smollm2-135m", "num_docs": 3, "seed": 5})
+    manager = TaskManager(
+        include_path=str(TASKS_DIR),
+        include_defaults=False,
+        metadata={"pretrained": "smollm2-135m", "num_docs": 3, "seed": 5},
+    )
     assert {f"ctxqa_{n}" for n in ctxqa.LENGTHS} <= set(manager.all_tasks)
     task = manager.load(["ctxqa_1k"])["tasks"]["ctxqa_1k"]
     loaded = list(task.test_docs())

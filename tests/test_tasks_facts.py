@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
-
-import json
 
 import pytest
 from conftest import docs_digest as _digest
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import city_facts as cf
-from qk_ablate.task_data.scoring import alias_process_results
-from qk_ablate.task_data.scoring import country_correct, normalize_name
+from qk_ablate.task_data.scoring import alias_process_results, country_correct, normalize_name
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +74,9 @@ def test_tf_docs_balanced_and_consistent(tf):
     assert [d["label"] for d in tf[:10]] != [0, 1] * 5  # the order within pairs is seeded
     assert [d["label"] for d in cf.build_tf_docs(num_docs=5)].count(0) == 3
     for doc in tf:
-        assert doc["input"].endswith(f"Statement: {doc['city']} is a city in {doc['claimed_country']}.\nTrue or false? Answer:")
+        assert doc["input"].endswith(
+            f"Statement: {doc['city']} is a city in {doc['claimed_country']}.\nTrue or false? Answer:"
+        )
         assert (doc["claimed_country"] == doc["country"]) == (doc["label"] == 0)
     prefix = cf.tf_prefix()
     assert prefix.count(" True\n\n") == 2 and prefix.count(" False\n\n") == 2
@@ -162,10 +161,19 @@ def test_task_manager_loads_facts_and_group():
 @pytest.mark.parametrize(
     ("output", "verdict"),
     [
-        (" True", True), (" True.", True), (" yes, it is", True), (" Correct", True),
-        (" False", False), (" No, that is not correct.", False), (" Not true", False),
-        (" Incorrect.", False), (" no", False),
-        (" It is true", None), (" Maybe", None), ("", None), (" Truely", None),
+        (" True", True),
+        (" True.", True),
+        (" yes, it is", True),
+        (" Correct", True),
+        (" False", False),
+        (" No, that is not correct.", False),
+        (" Not true", False),
+        (" Incorrect.", False),
+        (" no", False),
+        (" It is true", None),
+        (" Maybe", None),
+        ("", None),
+        (" Truely", None),
     ],
 )
 def test_read_verdict_never_skips_a_negation(output, verdict):
@@ -276,8 +284,14 @@ def test_lm_eval_samples_hold_both_scores_and_a_constant_answerer_is_flagged(tmp
     from qk_ablate.stats.report import build_report, to_markdown
     from qk_ablate.stats.runs import load_run
 
-    names = ["city_facts", "city_facts_0shot", "country_capital", "country_capital_0shot",
-             "country_continent", "country_continent_0shot"]
+    names = [
+        "city_facts",
+        "city_facts_0shot",
+        "country_capital",
+        "country_capital_0shot",
+        "country_continent",
+        "country_continent_0shot",
+    ]
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"num_docs": 20})
     results = simple_evaluate(model=ConstantLM(" China"), tasks=names, task_manager=tm, log_samples=True)
     for name in names:

@@ -34,7 +34,12 @@ def test_local_file_and_folder(gsm8k_file):
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [("not json\n", "not JSON"), ('{"question": "q"}\n', "without text fields"), ('{"question": "q", "answer": "7"}\n', "####"), ("", "no problems")],
+    [
+        ("not json\n", "not JSON"),
+        ('{"question": "q"}\n', "without text fields"),
+        ('{"question": "q", "answer": "7"}\n', "####"),
+        ("", "no problems"),
+    ],
 )
 def test_bad_files_are_one_line_errors(tmp_path, content, match):
     path = tmp_path / "bad.jsonl"
@@ -46,13 +51,22 @@ def test_bad_files_are_one_line_errors(tmp_path, content, match):
 
 
 def test_offline_task_keeps_lm_evals_prompt_filters_and_metric():
-    import qk_ablate.plugin  # noqa: F401
     from lm_eval.tasks import TaskManager
+
+    import qk_ablate.plugin  # noqa: F401
 
     ours = yaml.safe_load((TASKS_DIR / "gsm8k" / "qk_gsm8k.yaml").read_text().replace("!function ", ""))
     theirs_path = TaskManager().task_index["gsm8k"].yaml_path
     theirs = yaml.safe_load(Path(theirs_path).read_text())
-    for key in ("doc_to_text", "doc_to_target", "metric_list", "generation_kwargs", "filter_list", "num_fewshot", "output_type"):
+    for key in (
+        "doc_to_text",
+        "doc_to_target",
+        "metric_list",
+        "generation_kwargs",
+        "filter_list",
+        "num_fewshot",
+        "output_type",
+    ):
         assert ours[key] == theirs[key], key
     assert ours["fewshot_split"] == ours["test_split"] == "test"  # shots from other test problems
 
@@ -78,10 +92,11 @@ def test_lm_evals_own_gsm8k_runs_with_qk_ablated(gsm8k_file):
 
     Only the dataset is swapped for the local file (no Hub here); shots come from its problems.
     """
-    import qk_ablate.plugin  # noqa: F401
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
+
+    import qk_ablate.plugin  # noqa: F401
 
     rows = gsm8k.load_jsonl(gsm8k_file)
     config = load_yaml(TaskManager().task_index["gsm8k"].yaml_path)  # lm-eval's own gsm8k.yaml

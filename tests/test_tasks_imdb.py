@@ -14,7 +14,6 @@ TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 SHARED_CSV = Path(__file__).resolve().parent / "data" / "imdb_test_200.csv"  # 200 real IMDB test reviews
 
 
-
 @pytest.fixture(scope="module")
 def rows():
     return imdb.load_csv(SHARED_CSV)

@@ -8,15 +8,14 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
+from conftest import docs_digest
 
 from qk_ablate.task_data.ctxqa import build_ctxqa_docs
 from qk_ablate.task_data.haystack import essay_haystack
-from qk_ablate.task_data.niah import build_niah_docs
 from qk_ablate.task_data.lengths import LENGTHS
+from qk_ablate.task_data.niah import build_niah_docs
 from qk_ablate.task_data.passkey import build_passkey_docs
 from qk_ablate.task_data.tokens import PromptFrame, prompt_frame
-
-from conftest import docs_digest
 
 FAMILIES = {  # name -> (builder, generation budget = the task YAML's max_gen_toks)
     "passkey": (build_passkey_docs, 8),
@@ -36,7 +35,9 @@ def _builder(family, essay_dir):
 def _sent(tokenizer, text: str, chat: bool) -> int:
     """Tokens of the prompt as lm-eval sends it: chat-templated (HFLM.apply_chat_template) or not."""
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     return len(tokenizer(text)["input_ids"])
 
 
@@ -88,11 +89,16 @@ def test_chat_frame_off_values_and_missing_template(toy):
 
 def test_cli_hands_chat_template_flags_to_the_tasks():
     """`lm_eval --apply_chat_template --system_instruction ...` reach the task builders' metadata."""
-    import qk_ablate.plugin  # noqa: F401
     from lm_eval.config.evaluate_config import EvaluatorConfig
 
-    cfg = EvaluatorConfig(tasks="passkey_1k", model_args={"pretrained": "smollm2-135m"},
-                          apply_chat_template=True, system_instruction="Be brief.")
+    import qk_ablate.plugin  # noqa: F401
+
+    cfg = EvaluatorConfig(
+        tasks="passkey_1k",
+        model_args={"pretrained": "smollm2-135m"},
+        apply_chat_template=True,
+        system_instruction="Be brief.",
+    )
     manager = cfg.process_tasks(cfg.metadata)
     assert manager is not None
     assert cfg.metadata["apply_chat_template"] is True and cfg.metadata["system_instruction"] == "Be brief."

@@ -7,13 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import docs_digest as _digest
+from conftest import token_count as _count
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import niah
 from qk_ablate.task_data.niah import INTRO, LENGTHS, build_niah_docs, needle, niah_correct, question
-
-from conftest import docs_digest as _digest
-from conftest import token_count as _count
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 GEN_BUDGET = 12
@@ -133,7 +132,11 @@ def test_first_magic_number():
 def task_manager(smol):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"pretrained": "smollm2-135m", "num_docs": 4, "seed": 7})
+    return TaskManager(
+        include_path=str(TASKS_DIR),
+        include_defaults=False,
+        metadata={"pretrained": "smollm2-135m", "num_docs": 4, "seed": 7},
+    )
 
 
 def test_task_manager_indexes_every_length(task_manager):

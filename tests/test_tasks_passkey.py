@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import docs_digest as _digest
+from conftest import token_count as _count
 
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import passkey, settings
@@ -18,9 +20,6 @@ from qk_ablate.task_data.passkey import (
     needle,
 )
 from qk_ablate.task_data.scoring import first_number, passkey_correct
-
-from conftest import docs_digest as _digest
-from conftest import token_count as _count
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 GEN_BUDGET = 8
@@ -194,8 +193,11 @@ def test_end_to_end_group_aggregation(smol):
     from lm_eval.tasks import TaskManager
 
     imdb_csv = Path(__file__).parent / "data" / "imdb_test_200.csv"
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
-                          metadata={"pretrained": "smollm2-135m", "num_docs": 4, "imdb_path": str(imdb_csv)})
+    manager = TaskManager(
+        include_path=str(TASKS_DIR),
+        include_defaults=False,
+        metadata={"pretrained": "smollm2-135m", "num_docs": 4, "imdb_path": str(imdb_csv)},
+    )
     results = simple_evaluate(model=_Oracle.make(), tasks=["qk_knowledge"], task_manager=manager)
     res = results["results"]
     assert res["passkey_1k"]["acc,none"] == 1.0 and res["niah_1k"]["acc,none"] == 0.0

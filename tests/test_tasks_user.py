@@ -8,16 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import docs_digest, token_count
 
 import qk_ablate.plugin  # noqa: F401  (the include resolver)
 from qk_ablate.errors import QKAblateError
 from qk_ablate.task_data import country_continent as continent
 from qk_ablate.task_data import haystack, user_facts, user_statements
 from qk_ablate.task_data.city_facts import NON_SOVEREIGN
-from qk_ablate.task_data.scoring import alias_process_results
 from qk_ablate.task_data.niah import build_niah_docs
-
-from conftest import docs_digest, token_count
+from qk_ablate.task_data.scoring import alias_process_results
 
 FACTS = """question,answer,aliases
 What is the capital of France?,Paris,
@@ -31,7 +30,9 @@ In which country is Kyoto?,Japan,
 def _manager(folder: Path, **metadata):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(folder), include_defaults=False, metadata={"pretrained": "smollm2-135m", **metadata})
+    return TaskManager(
+        include_path=str(folder), include_defaults=False, metadata={"pretrained": "smollm2-135m", **metadata}
+    )
 
 
 def _write(folder: Path, content: str | bytes, name: str = "data.csv") -> Path:
@@ -113,8 +114,10 @@ def test_unknown_template_is_a_readable_error(tmp_path, capsys):
     with pytest.raises(KeyError, match="bad_one"):  # lm-eval's index skips the file...
         _manager(tmp_path).load(["bad_one"])
     # ... so the reason is printed as it is skipped
-    assert ("qk-ablate: error: unknown task template 'qk_ablate:nope'; qk-ablate ships qk_ablate:facts_csv, "
-            "qk_ablate:niah_documents, qk_ablate:statements_csv") in capsys.readouterr().err
+    assert (
+        "qk-ablate: error: unknown task template 'qk_ablate:nope'; qk-ablate ships qk_ablate:facts_csv, "
+        "qk_ablate:niah_documents, qk_ablate:statements_csv"
+    ) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -195,9 +198,10 @@ def test_statements_prefix_is_seeded_and_balanced(tmp_path):
 
 
 def test_statements_csv_with_bom_crlf_and_extra_columns(tmp_path):
-    path = _write(tmp_path, "\ufeffstatement,label,source\r\nA is B.,true,x\r\n\"C, D\",No,y\r\n")
+    path = _write(tmp_path, '\ufeffstatement,label,source\r\nA is B.,true,x\r\n"C, D",No,y\r\n')
     assert user_statements.load_statements(path) == [
-        {"statement": "A is B.", "is_true": True}, {"statement": "C, D", "is_true": False}
+        {"statement": "A is B.", "is_true": True},
+        {"statement": "C, D", "is_true": False},
     ]
 
 
@@ -246,13 +250,19 @@ def test_statements_scored_by_likelihood(tmp_path):
     [
         (None, {}, r"statements_csv '.*missing.csv' does not exist"),
         ("statement,truth\nA,true\n", {}, r"has no column 'label' \(found \['statement', 'truth'\]\)"),
-        ("statement,label\nA,true\nB,maybe\n", {},
-         r"has label 'maybe' on line 3, which is not one of true, false, yes, no, 1, 0 \(any case\)"),
+        (
+            "statement,label\nA,true\nB,maybe\n",
+            {},
+            r"has label 'maybe' on line 3, which is not one of true, false, yes, no, 1, 0 \(any case\)",
+        ),
         ("statement,label\nA,true\n,false\n", {}, "has an empty statement on line 3"),
         (b"statement,label\n\xe9t\xe9,true\n", {}, "is not UTF-8 text"),
         ("statement,label\n", {}, "has no rows below its header"),
-        ("statement,label\nA,true\nB,false\nC,false\n", {"statements_fewshot": 2},
-         r"statements_fewshot is 2 but the CSV has 1 true and 2 false statements; .* \(at most 1\)"),
+        (
+            "statement,label\nA,true\nB,false\nC,false\n",
+            {"statements_fewshot": 2},
+            r"statements_fewshot is 2 but the CSV has 1 true and 2 false statements; .* \(at most 1\)",
+        ),
         (STATEMENTS, {"statements_fewshot": "many"}, "statements_fewshot must be a whole number"),
         (STATEMENTS, {"statements_choices": [True, False]}, "statements_choices must be two different quoted words"),
         (STATEMENTS, {"statements_choices": ["Yes", "Yes"]}, "statements_choices must be two different"),
@@ -285,8 +295,11 @@ def test_niah_essay_task_reads_the_metadata_folder(essay_dir, smol):
 
     from qk_ablate.paths import tasks_dir
 
-    manager = TaskManager(include_path=tasks_dir(), include_defaults=False,
-                          metadata={"pretrained": "smollm2-135m", "num_docs": 2, "essay_dir": str(essay_dir)})
+    manager = TaskManager(
+        include_path=tasks_dir(),
+        include_defaults=False,
+        metadata={"pretrained": "smollm2-135m", "num_docs": 2, "essay_dir": str(essay_dir)},
+    )
     docs = list(manager.load(["niah_essay_1k"])["tasks"]["niah_essay_1k"].test_docs())
     expected = build_niah_docs(smol, 1024, num_docs=2, haystack=haystack.essay_haystack(str(essay_dir)))
     assert docs_digest(docs) == docs_digest(expected)
@@ -335,8 +348,16 @@ def test_country_continent_set():
 
 @pytest.mark.parametrize(
     ("output", "expected"),
-    [(" Europe", True), (" Europe.", True), (" europe\nAsia", True), (" Asia", False), (" Not Europe", False),
-     (" Europe or Asia", False), (" Eurasia", False), ("", False)],
+    [
+        (" Europe", True),
+        (" Europe.", True),
+        (" europe\nAsia", True),
+        (" Asia", False),
+        (" Not Europe", False),
+        (" Europe or Asia", False),
+        (" Eurasia", False),
+        ("", False),
+    ],
 )
 def test_country_continent_scoring(output, expected):
     doc = next(d for d in continent.build_docs() if d["country_code"] == "FR")

@@ -17,8 +17,10 @@ import transformers
 try:
     import llmcompressor  # noqa: F401
 except ImportError:
-    raise pytest.UsageError("tests_quant need llm-compressor: run `bash scripts/setup.sh --quant`, then "
-                            ".venv-quant/bin/python -m pytest tests_quant") from None
+    raise pytest.UsageError(
+        "tests_quant need llm-compressor: run `bash scripts/setup.sh --quant`, then "
+        ".venv-quant/bin/python -m pytest tests_quant"
+    ) from None
 
 WORDS = 120
 
@@ -30,7 +32,9 @@ def word_tokenizer() -> transformers.PreTrainedTokenizerFast:
     words = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(WORDS)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +42,17 @@ def tiny(tmp_path_factory) -> Path:
     """A tiny random Llama folder; every Linear's inputs (128, 256) divide by 32, 64 and 128, as int4 groups need."""
     folder = tmp_path_factory.mktemp("model") / "tiny"
     config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=128,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)

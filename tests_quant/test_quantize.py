@@ -16,15 +16,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qk_ablate.models.checkpoints import FOUR_BIT, INFO, METHODS, stored_formats
 from qk_ablate.cli import main
+from qk_ablate.models.checkpoints import FOUR_BIT, INFO, METHODS, stored_formats
 
 CALIBRATED = ("gptq", "awq", "smoothquant")
 
 
 def quantize(tiny: Path, out: Path, method: str, calibration: Path, *extra: str) -> int:
-    return main(["quantize", "--model", str(tiny), "--method", method, "--out", str(out), "--samples", "4", "--seq-len", "32",
-                 "--calibration", str(calibration), *extra])
+    return main(
+        [
+            "quantize",
+            "--model",
+            str(tiny),
+            "--method",
+            method,
+            "--out",
+            str(out),
+            "--samples",
+            "4",
+            "--seq-len",
+            "32",
+            "--calibration",
+            str(calibration),
+            *extra,
+        ]
+    )
 
 
 def linear_weights(folder: Path) -> int:
@@ -32,8 +48,11 @@ def linear_weights(folder: Path) -> int:
     with open(folder / "model.safetensors", "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length))
-    return sum(entry["shape"][0] * entry["shape"][1] for name, entry in header.items()
-               if name.startswith("model.layers.") and name.endswith("_proj.weight"))
+    return sum(
+        entry["shape"][0] * entry["shape"][1]
+        for name, entry in header.items()
+        if name.startswith("model.layers.") and name.endswith("_proj.weight")
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -86,14 +105,17 @@ def test_a_rerun_keeps_a_finished_folder(tiny, calibration_text, tmp_path, capsy
     assert weights.stat().st_mtime_ns == written
 
 
-@pytest.mark.parametrize("case, message", [
-    ("unknown method", "--method 'int3' is not one of rtn, gptq, awq, smoothquant, w8a8, all"),
-    ("non-empty out", "tiny-rtn' exists and is not empty; remove it or choose another --out"),
-    ("missing model", "is not a local model folder with a config.json (the quantizer runs offline)"),
-    ("group 48", "--group 48 does not divide a layer's 128 input columns; use --group auto"),
-    ("group abc", "--group 'abc' must be auto or a whole number of columns > 0, e.g. 128"),
-    ("group 0", "--group '0' must be auto or a whole number of columns > 0, e.g. 128"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown method", "--method 'int3' is not one of rtn, gptq, awq, smoothquant, w8a8, all"),
+        ("non-empty out", "tiny-rtn' exists and is not empty; remove it or choose another --out"),
+        ("missing model", "is not a local model folder with a config.json (the quantizer runs offline)"),
+        ("group 48", "--group 48 does not divide a layer's 128 input columns; use --group auto"),
+        ("group abc", "--group 'abc' must be auto or a whole number of columns > 0, e.g. 128"),
+        ("group 0", "--group '0' must be auto or a whole number of columns > 0, e.g. 128"),
+    ],
+)
 def test_bad_arguments_are_one_line(tiny, calibration_text, tmp_path, capsys, case, message):
     model, method, extra = tiny, "rtn", []
     if case == "unknown method":

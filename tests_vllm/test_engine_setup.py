@@ -21,15 +21,17 @@ def test_lm_evals_vllm_model_imports_under_the_cpu_build():
 
 @pytest.mark.parametrize(
     ("args", "match"),
-    [({"enforce_eager": False}, "needs enforce_eager=True: CUDA graphs"),
-     ({"enable_prefix_caching": True}, "needs enable_prefix_caching=False"),
-     ({"enable_chunked_prefill": "true"}, "needs enable_chunked_prefill=False"),
-     ({"data_parallel_size": 2}, "data_parallel_size > 1"),
-     ({"pipeline_parallel_size": 2}, "pipeline_parallel_size > 1"),
-     ({"speculative_config": "{}"}, "speculative_config"),
-     ({"ablate": "massiv"}, "ablate='massiv' is not valid"),
-     ({"ablate": "massive", "select": "band", "band": "low"}, "select=band runs on the HF engine only"),
-     ({"kv_cache": "quanto:int4"}, "kv_cache=quanto:int4 is transformers' QuantizedCache, HF engine only")],
+    [
+        ({"enforce_eager": False}, "needs enforce_eager=True: CUDA graphs"),
+        ({"enable_prefix_caching": True}, "needs enable_prefix_caching=False"),
+        ({"enable_chunked_prefill": "true"}, "needs enable_chunked_prefill=False"),
+        ({"data_parallel_size": 2}, "data_parallel_size > 1"),
+        ({"pipeline_parallel_size": 2}, "pipeline_parallel_size > 1"),
+        ({"speculative_config": "{}"}, "speculative_config"),
+        ({"ablate": "massiv"}, "ablate='massiv' is not valid"),
+        ({"ablate": "massive", "select": "band", "band": "low"}, "select=band runs on the HF engine only"),
+        ({"kv_cache": "quanto:int4"}, "kv_cache=quanto:int4 is transformers' QuantizedCache, HF engine only"),
+    ],
 )
 def test_what_the_engine_cannot_honour_is_refused_in_one_line_before_loading(args, match):
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
@@ -65,7 +67,11 @@ def test_the_embedded_model_runs_in_float32_with_room_on_a_cpu_host(monkeypatch)
     seen = _engine_args(monkeypatch, pretrained="smollm2-135m", ablate="massive")
     assert seen["dtype"] == "float32"  # as on the HF engine
     assert seen["gpu_memory_utilization"] == 0.5  # this is a CPU host
-    assert (seen["enforce_eager"], seen["enable_prefix_caching"], seen["enable_chunked_prefill"]) == (True, False, False)
+    assert (seen["enforce_eager"], seen["enable_prefix_caching"], seen["enable_chunked_prefill"]) == (
+        True,
+        False,
+        False,
+    )
     assert "ablate" not in seen
 
 

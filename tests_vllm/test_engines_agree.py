@@ -31,8 +31,9 @@ def engines():
     from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
-    vllm = QKAblatedVLLM(pretrained="smollm2-135m", dtype="float32", max_model_len=2048, batch_size=8,
-                         gpu_memory_utilization=0.5, seed=0)
+    vllm = QKAblatedVLLM(
+        pretrained="smollm2-135m", dtype="float32", max_model_len=2048, batch_size=8, gpu_memory_utilization=0.5, seed=0
+    )
     hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
     return hf, vllm
 
@@ -72,12 +73,23 @@ def _passkey_requests(tokenizer, count: int = 30):
     from qk_ablate.task_data.passkey import build_passkey_docs
 
     docs = build_passkey_docs(tokenizer, 1024, num_docs=count)
-    return [Instance("generate_until", {}, (d["input"], {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}), i,
-                     metadata=("passkey_1k", i, 1)) for i, d in enumerate(docs)]
+    return [
+        Instance(
+            "generate_until",
+            {},
+            (d["input"], {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}),
+            i,
+            metadata=("passkey_1k", i, 1),
+        )
+        for i, d in enumerate(docs)
+    ]
 
 
-@pytest.mark.parametrize("args", [{}, {"ablate": "massive"}, {"ablate": "massive", "stage": "all"}],
-                         ids=["none", "massive", "massive-stage-all"])
+@pytest.mark.parametrize(
+    "args",
+    [{}, {"ablate": "massive"}, {"ablate": "massive", "stage": "all"}],
+    ids=["none", "massive", "massive-stage-all"],
+)
 def test_greedy_generations_agree_on_30_passkey_documents(engines, args):
     hf, vllm = engines
     spec = InterventionSpec.from_args(args)
@@ -90,7 +102,9 @@ def test_greedy_generations_agree_on_30_passkey_documents(engines, args):
     if args:  # the intervention acts: most pass keys are lost, on both engines
         from qk_ablate.task_data.scoring import passkey_correct
 
-        found = sum(passkey_correct(out, r.args[0].split("The pass key is ")[1].split(".")[0]) for out, r in zip(ours, requests))
+        found = sum(
+            passkey_correct(out, r.args[0].split("The pass key is ")[1].split(".")[0]) for out, r in zip(ours, requests)
+        )
         assert found < len(requests) // 2
 
 
@@ -148,7 +162,9 @@ def _capture(model, layer: int) -> None:
     store = []
     model._test_capture = store
     model._test_handles = (
-        attn.register_forward_pre_hook(lambda mod, args: store.append(("in", args[0].clone(), args[1].clone())), prepend=True),
+        attn.register_forward_pre_hook(
+            lambda mod, args: store.append(("in", args[0].clone(), args[1].clone())), prepend=True
+        ),
         attn.register_forward_pre_hook(lambda mod, args: store.append(("out", args[0].clone(), args[1].clone()))),
     )
 
@@ -157,7 +173,9 @@ def _captured(model) -> list:
     """The records as bytes and shapes (vLLM's result encoding does not bring nested tensors back)."""
     for handle in model._test_handles:
         handle.remove()
-    return [[tag, *[(t.float().numpy().tobytes(), list(t.shape)) for t in tensors]] for tag, *tensors in model._test_capture]
+    return [
+        [tag, *[(t.float().numpy().tobytes(), list(t.shape)) for t in tensors]] for tag, *tensors in model._test_capture
+    ]
 
 
 @pytest.mark.parametrize("protect", ["none", "massive"])
@@ -177,12 +195,15 @@ def test_the_vllm_path_quantizes_its_own_inputs_as_the_hf_engine_would(engines, 
     vllm.use(InterventionSpec(quant="int4", quant_targets="qk", protect=protect))
     vllm.model.apply_model(partial(_capture, layer=3))  # the worker imports this module (spawn keeps sys.path)
     context = _requests(2)[0].args[0]
-    vllm.generate_until([Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 1}), 0)],
-                        disable_tqdm=True)
+    vllm.generate_until(
+        [Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 1}), 0)], disable_tqdm=True
+    )
     (records,) = vllm.model.apply_model(_captured)
     (_, q_in, k_in), (_, q_out, k_out) = records[:2]  # the prefill; decode steps are left alone
     for before, after, heads in ((q_in, q_out, 9), (k_in, k_out, 3)):
-        before, after = (torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape) for data, shape in (before, after))
+        before, after = (
+            torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape) for data, shape in (before, after)
+        )
         x = before.unflatten(-1, (heads, 64)).transpose(0, 1)[None]  # [1, H, T, D]
         mask = massive_mask_threshold(column_norms(x), 5.0) if protect == "massive" else None
         expected = fake_quantize(x, "int4", "token", None, True, None, mask)

@@ -19,8 +19,15 @@ def small_cache():
     import qk_ablate.plugin  # noqa: F401
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
-    return QKAblatedVLLM(pretrained="smollm2-135m", dtype="float32", max_model_len=1024, block_size=32,
-                         num_gpu_blocks_override=36, gpu_memory_utilization=0.5, seed=0)
+    return QKAblatedVLLM(
+        pretrained="smollm2-135m",
+        dtype="float32",
+        max_model_len=1024,
+        block_size=32,
+        num_gpu_blocks_override=36,
+        gpu_memory_utilization=0.5,
+        seed=0,
+    )
 
 
 def _prompts(tokenizer, count: int = 8) -> list[list[int]]:

@@ -12,8 +12,12 @@ import pytest
 
 from qk_ablate.core.spec import InterventionSpec
 
-VARIANTS = [{"ablate": "massive"}, {"ablate": "nonmassive"}, {"ablate": "massive", "rope": "pre"},
-            {"quant": "int4", "quant_targets": "k", "quant_axis": "token"}]
+VARIANTS = [
+    {"ablate": "massive"},
+    {"ablate": "nonmassive"},
+    {"ablate": "massive", "rope": "pre"},
+    {"quant": "int4", "quant_targets": "k", "quant_axis": "token"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +28,14 @@ def engines():
 
     cpus = sorted(os.sched_getaffinity(0))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(cpus[rank % len(cpus)]) for rank in range(3)))
-    vllm = QKAblatedVLLM(pretrained="smollm2-135m", dtype="float32", max_model_len=1024, tensor_parallel_size=3,
-                         gpu_memory_utilization=0.5, seed=0)
+    vllm = QKAblatedVLLM(
+        pretrained="smollm2-135m",
+        dtype="float32",
+        max_model_len=1024,
+        tensor_parallel_size=3,
+        gpu_memory_utilization=0.5,
+        seed=0,
+    )
     hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
     return hf, vllm
 
@@ -33,8 +43,12 @@ def engines():
 def _requests():
     from lm_eval.api.instance import Instance
 
-    contexts = ["The capital of France is", "Paris is a city in", "Review: a dull, joyless film.\nSentiment:",
-                "The pass key is 41872. Remember it. The pass key is"]
+    contexts = [
+        "The capital of France is",
+        "Paris is a city in",
+        "Review: a dull, joyless film.\nSentiment:",
+        "The pass key is 41872. Remember it. The pass key is",
+    ]
     pairs = [(c, ending) for c in contexts for ending in (" Paris", " 41872")]
     return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
 

@@ -9,93 +9,182 @@ import argparse
 import sys
 from pathlib import Path
 
-from qk_ablate.task_data.catalogue import PROFILE_SOURCES, parse_kinds
-from qk_ablate.stats.compare import DEFAULT_ITERATIONS
 from qk_ablate.errors import QKAblateError
 from qk_ablate.models.loading import DTYPES
+from qk_ablate.stats.compare import DEFAULT_ITERATIONS
+from qk_ablate.task_data.catalogue import PROFILE_SOURCES, parse_kinds
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qk-ablate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    profile = commands.add_parser("profile", help="M matrices of Q/K/V pre and post RoPE at several lengths: npz, JSON, PNG")
-    profile.add_argument("--model", default="smollm2-135m", help="pretrained= value (default: the embedded SmolLM2-135M)")
-    profile.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in the model's tokens (default: 1k,2k,4k,8k)")
+    profile = commands.add_parser(
+        "profile", help="M matrices of Q/K/V pre and post RoPE at several lengths: npz, JSON, PNG"
+    )
+    profile.add_argument(
+        "--model", default="smollm2-135m", help="pretrained= value (default: the embedded SmolLM2-135M)"
+    )
+    profile.add_argument(
+        "--lengths", default="1k,2k,4k,8k", help="context lengths in the model's tokens (default: 1k,2k,4k,8k)"
+    )
     profile.add_argument("--samples", type=int, default=10, help="prompts per length (default: 10)")
     profile.add_argument("--source", default="ctxqa", choices=PROFILE_SOURCES, help="which task's prompts to read")
     profile.add_argument("--lam", type=float, default=5.0, help="massive threshold: M >= lam x the head's mean")
     profile.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
-    profile.add_argument("--dtype", default="auto", choices=DTYPES,
-                         help="weights' dtype (default: the checkpoint's; GGUF loads as float32)")
+    profile.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights' dtype (default: the checkpoint's; GGUF loads as float32)",
+    )
     profile.add_argument("--attn-implementation", default=None, help="sdpa (default), flash_attention_2, eager, ...")
     profile.add_argument("--out", default=None, help="output folder (default: results/profile/<model>)")
-    profile.add_argument("--replot", default=None, metavar="FOLDER", help="redraw the heatmaps of a saved profile; runs no model")
+    profile.add_argument(
+        "--replot", default=None, metavar="FOLDER", help="redraw the heatmaps of a saved profile; runs no model"
+    )
 
-    report = commands.add_parser("report", help="table of runs with 95%% paired bootstrap intervals (md, csv, html, png)")
-    report.add_argument("runs", nargs="+", help="lm_eval --output_path folders (run with --log_samples); "
-                        "folders of one model and intervention are merged")
-    report.add_argument("--baseline", nargs="+", default=None, metavar="DIR",
-                        help="the run to compare against, in one or more folders (default: each model's run without intervention)")
-    report.add_argument("--out", default=None, help="folder for report.md/.csv/.html and report_deltas.png (default: print only)")
-    report.add_argument("--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual")
-    report.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help=f"bootstrap resamples (default: {DEFAULT_ITERATIONS})")
-    report.add_argument("--tasks", default=None, help="only these tasks (comma-separated), e.g. to leave out one at chance")
+    report = commands.add_parser(
+        "report", help="table of runs with 95%% paired bootstrap intervals (md, csv, html, png)"
+    )
+    report.add_argument(
+        "runs",
+        nargs="+",
+        help="lm_eval --output_path folders (run with --log_samples); folders of one model and intervention are merged",
+    )
+    report.add_argument(
+        "--baseline",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="the run to compare against, in one or more folders (default: each model's run without intervention)",
+    )
+    report.add_argument(
+        "--out", default=None, help="folder for report.md/.csv/.html and report_deltas.png (default: print only)"
+    )
+    report.add_argument(
+        "--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual"
+    )
+    report.add_argument(
+        "--iterations",
+        type=int,
+        default=DEFAULT_ITERATIONS,
+        help=f"bootstrap resamples (default: {DEFAULT_ITERATIONS})",
+    )
+    report.add_argument(
+        "--tasks", default=None, help="only these tasks (comma-separated), e.g. to leave out one at chance"
+    )
 
     sweep = commands.add_parser("sweep", help="run a grid of models x interventions x tasks (resumable), then report")
     sweep.add_argument("config", help="sweep YAML, e.g. configs/demo.yaml")
     sweep.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="bootstrap resamples of the report")
 
     gate = commands.add_parser("gate", help="exit 1 when the candidate loses more than its budget against the baseline")
-    gate.add_argument("--baseline", required=True, nargs="+", metavar="DIR",
-                      help="lm_eval --output_path folder(s) of the reference run (one lm_eval call per task is fine)")
-    gate.add_argument("--candidate", required=True, nargs="+", metavar="DIR", help="lm_eval --output_path folder(s) of the run to judge")
+    gate.add_argument(
+        "--baseline",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="lm_eval --output_path folder(s) of the reference run (one lm_eval call per task is fine)",
+    )
+    gate.add_argument(
+        "--candidate",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="lm_eval --output_path folder(s) of the run to judge",
+    )
     gate.add_argument("--max-drop", required=True, help="points, e.g. contextual=2,parametric=2,passkey_4k=5")
     gate.add_argument("--junit", default=None, help="write a JUnit XML report here")
     gate.add_argument("--json", default=None, help="write the verdict as JSON here")
-    gate.add_argument("--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual")
+    gate.add_argument(
+        "--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual"
+    )
 
-    fingerprint = commands.add_parser("fingerprint", help="compare two models' massive Q/K structure on the same prompts "
-                                      "(no task run): summary, JSON, PNG")
+    fingerprint = commands.add_parser(
+        "fingerprint",
+        help="compare two models' massive Q/K structure on the same prompts (no task run): summary, JSON, PNG",
+    )
     fingerprint.add_argument("--baseline", required=True, help="model_args, e.g. pretrained=smollm2-135m")
-    fingerprint.add_argument("--candidate", required=True,
-                             help="model_args, e.g. pretrained=smollm2-135m,quant=int4,quant_targets=qk")
+    fingerprint.add_argument(
+        "--candidate", required=True, help="model_args, e.g. pretrained=smollm2-135m,quant=int4,quant_targets=qk"
+    )
     fingerprint.add_argument("--lengths", default="1k", help="prompt lengths in the model's tokens (default: 1k)")
     fingerprint.add_argument("--samples", type=int, default=4, help="prompts per length (default: 4)")
     fingerprint.add_argument("--source", default="ctxqa", choices=PROFILE_SOURCES, help="which task's prompts to read")
     fingerprint.add_argument("--lam", type=float, default=5.0, help="massive threshold: M > lam x the head's mean")
-    fingerprint.add_argument("--where", default="post", choices=("post", "pre"), help="Q/K after RoPE (default) or before")
+    fingerprint.add_argument(
+        "--where", default="post", choices=("post", "pre"), help="Q/K after RoPE (default) or before"
+    )
     fingerprint.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
-    fingerprint.add_argument("--out", default=None,
-                             help="output folder (default: results/fingerprint/<candidate>__vs__<baseline>)")
+    fingerprint.add_argument(
+        "--out", default=None, help="output folder (default: results/fingerprint/<candidate>__vs__<baseline>)"
+    )
 
-    depth = commands.add_parser("depth", help="rank and probability of the gold answer's first token at every layer "
-                                "(logit and tuned lens), baseline vs interventions: JSON, PNG")
-    depth.add_argument("--model_args", default="pretrained=smollm2-135m", help="pretrained=X,dtype=float32,... (no intervention keys)")
-    depth.add_argument("--intervention", action="append", default=None, metavar="KEYS",
-                       help="an intervention beside the baseline, e.g. ablate=massive (repeat for several)")
-    depth.add_argument("--tasks", default="passkey_1k,city_facts", help="lm-eval tasks, comma-separated (default: passkey_1k,city_facts)")
+    depth = commands.add_parser(
+        "depth",
+        help="rank and probability of the gold answer's first token at every layer "
+        "(logit and tuned lens), baseline vs interventions: JSON, PNG",
+    )
+    depth.add_argument(
+        "--model_args", default="pretrained=smollm2-135m", help="pretrained=X,dtype=float32,... (no intervention keys)"
+    )
+    depth.add_argument(
+        "--intervention",
+        action="append",
+        default=None,
+        metavar="KEYS",
+        help="an intervention beside the baseline, e.g. ablate=massive (repeat for several)",
+    )
+    depth.add_argument(
+        "--tasks",
+        default="passkey_1k,city_facts",
+        help="lm-eval tasks, comma-separated (default: passkey_1k,city_facts)",
+    )
     depth.add_argument("--limit", default="30", help="documents per task (default: 30)")
     depth.add_argument("--lens", default="both", help="logit, tuned or both (default: both)")
-    depth.add_argument("--train-lens", action="store_true", help="train the tuned lens on this model and cache it (minutes on CPU)")
+    depth.add_argument(
+        "--train-lens", action="store_true", help="train the tuned lens on this model and cache it (minutes on CPU)"
+    )
     depth.add_argument("--lens-cache", default=None, help="tuned lens file (default: <out>/tuned_lens.pt)")
     depth.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
     depth.add_argument("--out", default=None, help="output folder (default: results/depth/<model>)")
 
-    quantize = commands.add_parser("quantize", help="make real quantized checkpoints with llm-compressor "
-                                   "(run it from .venv-quant: bash scripts/setup.sh --quant)")
-    quantize.add_argument("--model", default="smollm2-135m", help="a local model folder (default: the embedded SmolLM2-135M)")
-    quantize.add_argument("--method", action="append", default=None, metavar="NAME",
-                          help="rtn, gptq, awq, smoothquant, w8a8 or all (repeat for several; default: all)")
-    quantize.add_argument("--out", default="runs/quantized", help="parent folder; each checkpoint goes to <out>/<model>-<method>")
-    quantize.add_argument("--calibration", default="gsm8k",
-                          help="gsm8k (the packaged GSM8K test problems and solutions) or a .jsonl (field text) / .txt file")
+    quantize = commands.add_parser(
+        "quantize",
+        help="make real quantized checkpoints with llm-compressor "
+        "(run it from .venv-quant: bash scripts/setup.sh --quant)",
+    )
+    quantize.add_argument(
+        "--model", default="smollm2-135m", help="a local model folder (default: the embedded SmolLM2-135M)"
+    )
+    quantize.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="rtn, gptq, awq, smoothquant, w8a8 or all (repeat for several; default: all)",
+    )
+    quantize.add_argument(
+        "--out", default="runs/quantized", help="parent folder; each checkpoint goes to <out>/<model>-<method>"
+    )
+    quantize.add_argument(
+        "--calibration",
+        default="gsm8k",
+        help="gsm8k (the packaged GSM8K test problems and solutions) or a .jsonl (field text) / .txt file",
+    )
     quantize.add_argument("--samples", type=int, default=128, help="calibration samples (default: 128)")
     quantize.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sample (default: 512)")
     quantize.add_argument("--seed", type=int, default=0, help="order of the calibration documents (default: 0)")
-    quantize.add_argument("--group", default="auto", help="int4 group size (default auto: 128, 64 or 32, whichever divides every layer)")
-    quantize.add_argument("--grid", type=int, default=20, help="AWQ's grid-search points per layer (default 20, llm-compressor's; "
-                          "fewer is faster on CPU)")
+    quantize.add_argument(
+        "--group", default="auto", help="int4 group size (default auto: 128, 64 or 32, whichever divides every layer)"
+    )
+    quantize.add_argument(
+        "--grid",
+        type=int,
+        default=20,
+        help="AWQ's grid-search points per layer (default 20, llm-compressor's; fewer is faster on CPU)",
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -121,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from qk_ablate.probes.figures import save_heatmaps
     from qk_ablate.models.loading import load_model
+    from qk_ablate.probes.figures import save_heatmaps
     from qk_ablate.probes.profile import headline, load_profile, run_profile, save_profile
     from qk_ablate.task_data.lengths import parse_length
 
@@ -151,7 +240,9 @@ def _report(args: argparse.Namespace) -> int:
     if args.baseline:
         (baseline, *more) = load_runs(args.baseline)
         if more:
-            raise QKAblateError("the --baseline folders hold more than one run; give the folders of one model and intervention")
+            raise QKAblateError(
+                "the --baseline folders hold more than one run; give the folders of one model and intervention"
+            )
     only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     report = build_report(runs, baseline=baseline, kinds=parse_kinds(args.kinds), iterations=args.iterations, only=only)
     print(to_markdown(report))
@@ -165,8 +256,14 @@ def _report(args: argparse.Namespace) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from qk_ablate.stats.gate import run_gate
 
-    verdict = run_gate(args.baseline, args.candidate, args.max_drop, junit=args.junit, json_path=args.json,
-                       kinds=parse_kinds(args.kinds))
+    verdict = run_gate(
+        args.baseline,
+        args.candidate,
+        args.max_drop,
+        junit=args.junit,
+        json_path=args.json,
+        kinds=parse_kinds(args.kinds),
+    )
     print(verdict.reason, file=sys.stdout if verdict.code == 0 else sys.stderr)
     return verdict.code
 
@@ -178,8 +275,17 @@ def _fingerprint(args: argparse.Namespace) -> int:
     from qk_ablate.task_data.lengths import parse_length
 
     lengths = sorted({parse_length(part) for part in args.lengths.split(",") if part.strip()})
-    result = run_fingerprint(args.baseline, args.candidate, lengths, args.samples, args.source, args.lam, args.where,
-                             args.device, log=lambda line: print(line, file=sys.stderr))
+    result = run_fingerprint(
+        args.baseline,
+        args.candidate,
+        lengths,
+        args.samples,
+        args.source,
+        args.lam,
+        args.where,
+        args.device,
+        log=lambda line: print(line, file=sys.stderr),
+    )
     slug = lambda text: re.sub(r"[^A-Za-z0-9._=-]+", "_", text.replace("pretrained=", "")).strip("_")  # noqa: E731
     out = Path(args.out or Path("results") / "fingerprint" / f"{slug(args.candidate)}__vs__{slug(args.baseline)}")
     for written in save_fingerprint(result, out):
@@ -193,8 +299,18 @@ def _depth(args: argparse.Namespace) -> int:
 
     if not str(args.limit).isdigit():
         raise QKAblateError(f"--limit {args.limit!r} must be a whole number of documents per task")
-    for written in run_depth(args.model_args, args.intervention, args.tasks, int(args.limit), args.lens, args.train_lens,
-                             args.out, args.lens_cache, args.device, log=lambda line: print(line, file=sys.stderr)):
+    for written in run_depth(
+        args.model_args,
+        args.intervention,
+        args.tasks,
+        int(args.limit),
+        args.lens,
+        args.train_lens,
+        args.out,
+        args.lens_cache,
+        args.device,
+        log=lambda line: print(line, file=sys.stderr),
+    ):
         print(f"wrote {written}", file=sys.stderr)
     return 0
 
@@ -217,7 +333,15 @@ def _quantize(args: argparse.Namespace) -> int:
         if (folder / "config.json").is_file():
             print(f"kept {folder}: {describe_folder(folder)}", file=sys.stderr)
             continue
-        quantize(args.model, method, folder, calibration, args.group, args.grid, log=lambda line: print(line, file=sys.stderr))
+        quantize(
+            args.model,
+            method,
+            folder,
+            calibration,
+            args.group,
+            args.grid,
+            log=lambda line: print(line, file=sys.stderr),
+        )
     return 0
 
 
@@ -234,8 +358,10 @@ def _sweep(args: argparse.Namespace) -> int:
     if config.baseline_model is not None:
         found = [run for run in runs if run.model == config.baseline_model and run.is_baseline]
         if not found:
-            raise QKAblateError(f"baseline_model {config.baseline_model}: the sweep has no intervention without changes "
-                                "(add baseline: {} to its interventions)")
+            raise QKAblateError(
+                f"baseline_model {config.baseline_model}: the sweep has no intervention without changes "
+                "(add baseline: {} to its interventions)"
+            )
         baseline = found[0]
     report = build_report(runs, baseline=baseline, kinds=config.kinds, iterations=args.iterations)
     markdown = to_markdown(report)

@@ -27,7 +27,13 @@ from qk_ablate.paths import TEMPLATE_PREFIX, tasks_dir, template_path
 def _with_our_tasks(init):
     @functools.wraps(init)
     def wrapper(self, *args, include_path=None, **kwargs):
-        paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+        paths = (
+            []
+            if include_path is None
+            else list(include_path)
+            if isinstance(include_path, (list, tuple))
+            else [include_path]
+        )
         ours = tasks_dir()
         if ours not in map(str, paths):
             paths.insert(0, ours)  # user paths come later and may override ours

@@ -41,20 +41,35 @@ import json
 import re
 import shutil
 import time
-from difflib import get_close_matches
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from qk_ablate.task_data.catalogue import KINDS, PROFILE_SOURCES, check_kind
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.errors import QKAblateError
 from qk_ablate.models.loading import auto_device
 from qk_ablate.stats.seeds import expand_seeds
-from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.task_data.catalogue import KINDS, PROFILE_SOURCES, check_kind
 from qk_ablate.task_data.lengths import parse_length
 
-_KEYS = {"name", "output", "leaderboard", "models", "interventions", "tasks", "limit", "batch_size", "device", "metadata",
-         "include_path", "kinds", "profile", "engine", "baseline_model"}
+_KEYS = {
+    "name",
+    "output",
+    "leaderboard",
+    "models",
+    "interventions",
+    "tasks",
+    "limit",
+    "batch_size",
+    "device",
+    "metadata",
+    "include_path",
+    "kinds",
+    "profile",
+    "engine",
+    "baseline_model",
+}
 _PROFILE_KEYS = {"lengths", "samples", "source", "lam"}
 ENGINES = ("hf", "vllm")
 MARKER = "cell.json"
@@ -69,8 +84,12 @@ class ProfileSettings:
 
     def matches(self, summary: dict[str, Any]) -> bool:
         """Whether a saved profile.json was made with these settings."""
-        return (summary.get("lengths") == list(self.lengths) and summary.get("samples_per_length") == self.samples
-                and summary.get("source") == self.source and summary.get("lam") == self.lam)
+        return (
+            summary.get("lengths") == list(self.lengths)
+            and summary.get("samples_per_length") == self.samples
+            and summary.get("source") == self.source
+            and summary.get("lam") == self.lam
+        )
 
 
 def _profile_settings(raw: Any, path: str | Path) -> ProfileSettings | None:
@@ -139,14 +158,20 @@ def load_config(path: str | Path) -> SweepConfig:
         raise QKAblateError(f"sweep config '{path}' must be a mapping with models, interventions and tasks")
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
-        raise QKAblateError(f"sweep config '{path}': unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_KEYS))}")
+        raise QKAblateError(
+            f"sweep config '{path}': unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_KEYS))}"
+        )
     models = raw.get("models") or []
     if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
         raise QKAblateError(f"sweep config '{path}': 'models' must be a list of mappings with 'pretrained'")
     for number, model in enumerate(models, 1):
         if not model.get("pretrained"):
             near = get_close_matches("pretrained", [str(k) for k in model], n=1, cutoff=0.6)
-            hint = f"'{near[0]}' is not a model argument; did you mean 'pretrained'?" if near else "add pretrained: <model>"
+            hint = (
+                f"'{near[0]}' is not a model argument; did you mean 'pretrained'?"
+                if near
+                else "add pretrained: <model>"
+            )
             raise QKAblateError(f"sweep config '{path}': model {number} has no 'pretrained'; {hint}")
     interventions = raw.get("interventions") or {}
     if not isinstance(interventions, dict) or not interventions:
@@ -183,7 +208,9 @@ def load_config(path: str | Path) -> SweepConfig:
     output = Path(raw.get("output") or Path("runs") / _slug(raw.get("name") or file.stem))
     base = raw.get("baseline_model")
     if base is not None and str(base) not in [str(m["pretrained"]) for m in models]:
-        raise QKAblateError(f"sweep config '{path}': baseline_model {base!r} is not the pretrained of any of its models")
+        raise QKAblateError(
+            f"sweep config '{path}': baseline_model {base!r} is not the pretrained of any of its models"
+        )
     board = raw.get("leaderboard")
     return SweepConfig(
         name=str(raw.get("name") or file.stem),
@@ -206,8 +233,13 @@ def load_config(path: str | Path) -> SweepConfig:
 
 
 def _cell_settings(config: SweepConfig, model: dict[str, Any], spec: InterventionSpec) -> dict[str, Any]:
-    settings = {"model": model, "intervention": spec.to_dict(), "tasks": config.tasks, "limit": config.limit,
-                "metadata": config.metadata}
+    settings = {
+        "model": model,
+        "intervention": spec.to_dict(),
+        "tasks": config.tasks,
+        "limit": config.limit,
+        "metadata": config.metadata,
+    }
     return settings if config.engine == "hf" else {**settings, "engine": config.engine}  # hf cells predate the key
 
 
@@ -233,7 +265,9 @@ def _write_cell(cell: Path, results: dict[str, Any]) -> None:
         with (folder / f"samples_{task}_{stamp}.jsonl").open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
-    (folder / f"results_{stamp}.json").write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+    (folder / f"results_{stamp}.json").write_text(
+        json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -293,8 +327,9 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
                 shutil.rmtree(cell.folder)  # a cell without its marker was cut short: start it again
             started = time.time()
             lm.use(cell.spec)
-            results = simple_evaluate(model=lm, tasks=list(config.tasks), limit=config.limit, task_manager=manager,
-                                      log_samples=True)
+            results = simple_evaluate(
+                model=lm, tasks=list(config.tasks), limit=config.limit, task_manager=manager, log_samples=True
+            )
             _write_cell(cell.folder, results)
             marker = {"settings": _cell_settings(config, model, cell.spec), "seconds": round(time.time() - started, 1)}
             (cell.folder / MARKER).write_text(json.dumps(marker, indent=1, default=str))
@@ -316,8 +351,9 @@ def _profile(lm: Any, name: str, settings: ProfileSettings, folder: Path, log) -
 
     started = time.time()
     lm.use(InterventionSpec())
-    profile = run_profile(lm.model, lm.tokenizer, name, list(settings.lengths), settings.samples, settings.source,
-                          settings.lam)
+    profile = run_profile(
+        lm.model, lm.tokenizer, name, list(settings.lengths), settings.samples, settings.source, settings.lam
+    )
     save_profile(profile, folder)
     save_heatmaps(profile, folder)
     log(f"[{name} / profile] done in {time.time() - started:.0f}s -> {folder}\n{headline(profile)}")

@@ -22,10 +22,30 @@ with tempfile.TemporaryDirectory() as tmp:
     build("llama").save_pretrained(source)
     word_tokenizer().save_pretrained(source)
     rng = random.Random(0)
-    text.write_text("\n\n".join(" ".join(f"w{rng.randrange(120)}" for _ in range(64)) for _ in range(64)), encoding="utf-8")
+    text.write_text(
+        "\n\n".join(" ".join(f"w{rng.randrange(120)}" for _ in range(64)) for _ in range(64)), encoding="utf-8"
+    )
     for method in ("gptq", "w8a8"):
         shutil.rmtree(HERE / f"tiny-llama-{method}", ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "qk_ablate.cli", "quantize", "--model", str(source), "--method", method,
-                        "--out", str(Path(tmp) / "out"), "--calibration", str(text), "--samples", "8", "--seq-len", "64"],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qk_ablate.cli",
+                "quantize",
+                "--model",
+                str(source),
+                "--method",
+                method,
+                "--out",
+                str(Path(tmp) / "out"),
+                "--calibration",
+                str(text),
+                "--samples",
+                "8",
+                "--seq-len",
+                "64",
+            ],
+            check=True,
+        )
         shutil.copytree(Path(tmp) / "out" / f"tiny-llama-{method}", HERE / f"tiny-llama-{method}")

@@ -23,8 +23,13 @@ from typing import Any
 from qk_ablate.errors import QKAblateError
 
 _COMMON: dict[str, Any] = {
-    "ablate": "massive", "select": "topk", "control": "smallest", "rope": "post", "stage": "prefill",
-    "targets": "qk", "layers": "all",
+    "ablate": "massive",
+    "select": "topk",
+    "control": "smallest",
+    "rope": "post",
+    "stage": "prefill",
+    "targets": "qk",
+    "layers": "all",
 }
 
 # rule name -> (model types it covers, its own values)

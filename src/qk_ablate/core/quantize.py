@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import torch
 
-from qk_ablate.errors import QKAblateError
 from qk_ablate.core.vocabulary import BITS, check_quantizer
+from qk_ablate.errors import QKAblateError
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 
@@ -110,9 +110,7 @@ def _contributing_mask(
         mask = valid.to(device=x.device, dtype=torch.bool)[:, None, :, None].expand(B, H, S, D)
     if protect is not None:
         if tuple(protect.shape) != (B, H, D):
-            raise QKAblateError(
-                f"protect must have shape [B, H, D] = {(B, H, D)}, got {tuple(protect.shape)}"
-            )
+            raise QKAblateError(f"protect must have shape [B, H, D] = {(B, H, D)}, got {tuple(protect.shape)}")
         keep = ~protect.to(device=x.device, dtype=torch.bool)[:, :, None, :].expand(B, H, S, D)
         mask = keep if mask is None else mask & keep
     return mask

@@ -67,9 +67,7 @@ class RunRecord:
 def run_record(model: str, engine: EngineName, spec: InterventionSpec, tally: SelectionTally) -> dict[str, Any]:
     """The entries both engines add to lm-eval's model info (`get_model_info`), so every results file
     says exactly which intervention, on which engine, produced it, and what its selection chose."""
-    info: dict[str, Any] = {
-        "qk_ablate": {"model": model, "version": __version__, "engine": engine, **spec.to_dict()}
-    }
+    info: dict[str, Any] = {"qk_ablate": {"model": model, "version": __version__, "engine": engine, **spec.to_dict()}}
     selected = tally.summary()
     if selected:
         info["qk_ablate_selected"] = selected

@@ -106,7 +106,9 @@ class InterventionSpec:
         if self.select != "band":
             for key in ("band", "pairs", "exclude"):
                 if getattr(self, key) != "none":
-                    raise QKAblateError(f"{key}={getattr(self, key)} only works with select=band; add select=band or drop {key}")
+                    raise QKAblateError(
+                        f"{key}={getattr(self, key)} only works with select=band; add select=band or drop {key}"
+                    )
             return
         if (self.band == "none") == (self.pairs == "none"):
             raise QKAblateError("select=band needs exactly one of band=low|mid|high or pairs=A-B (rotary pair indices)")
@@ -115,7 +117,9 @@ class InterventionSpec:
         if self.ablate == "nonmassive":
             raise QKAblateError("select=band chooses its own dims, so it has no control; use ablate=massive with it")
         if self.protect != "none":
-            raise QKAblateError("protect=massive keeps the dims select=threshold finds; it cannot be used with select=band")
+            raise QKAblateError(
+                "protect=massive keeps the dims select=threshold finds; it cannot be used with select=band"
+            )
 
     def _check_kv_edits(self) -> None:
         """transformers' QuantizedCache stores its quantized copy of the prompt's K/V in `cache.update()`, before
@@ -145,7 +149,9 @@ class InterventionSpec:
 
     def for_model(self, model: Any) -> InterventionSpec:
         """This spec with its preset resolved for a loaded model (its `config.model_type`)."""
-        return self.for_architecture(str(getattr(getattr(model, "config", None), "model_type", "") or type(model).__name__))
+        return self.for_architecture(
+            str(getattr(getattr(model, "config", None), "model_type", "") or type(model).__name__)
+        )
 
     def for_architecture(self, model_type: str) -> InterventionSpec:
         """The preset's values for `model_type`, under every key the user set themselves.
@@ -268,8 +274,6 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return str(value).strip().lower()
 
 
-
-
 def parse_pairs(text: str) -> frozenset[int]:
     """'22-25' / '22;24' -> rotary pair indices (the syntax of `layers`)."""
     chosen = _parse_layers(str(text).replace(",", ";"), "pairs")
@@ -286,7 +290,9 @@ def _parse_layers(text: str, key: str = "layers") -> frozenset[int] | None:
     for part in filter(None, _LAYER_SEPARATORS.split(text)):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
-            raise QKAblateError(f"{key}={text!r} is not valid; use {'all, ' if key == 'layers' else ''}a range 0-7, or a list 0;3;5")
+            raise QKAblateError(
+                f"{key}={text!r} is not valid; use {'all, ' if key == 'layers' else ''}a range 0-7, or a list 0;3;5"
+            )
         start = int(match.group(1))
         stop = int(match.group(2)) if match.group(2) else start
         if stop < start:

@@ -30,7 +30,9 @@ QuantTargets = Literal["k", "q", "qk", "v", "kv", "qkv"]
 QuantAxis = Literal["token", "channel", "tensor"]
 Protect = Literal["none", "massive"]
 # transformers' QuantizedCache (`engines.hf.kv_cache`): backend:format, the widths each backend's layer accepts
-KvCache = Literal["none", "quanto:int4", "quanto:int2", "hqq:int1", "hqq:int2", "hqq:int3", "hqq:int4", "hqq:int8", "fp8"]
+KvCache = Literal[
+    "none", "quanto:int4", "quanto:int2", "hqq:int1", "hqq:int2", "hqq:int3", "hqq:int4", "hqq:int8", "fp8"
+]
 
 TensorName = Literal["q", "k", "v"]  # which tensor of attention
 Where = Literal["pre", "post"]  # before or after the rotary embedding (a `rope=` value, as a site's place)

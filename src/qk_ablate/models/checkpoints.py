@@ -38,7 +38,9 @@ METHODS: dict[str, str] = {
     "w8a8": "W8A8 round-to-nearest without smoothing (SmoothQuant's control)",
 }
 FOUR_BIT = ("rtn", "gptq", "awq")
-CALIBRATION = "gsm8k_test.jsonl"  # packaged; GSM8K is not in qk_knowledge, so the grid never scores its own calibration text
+CALIBRATION = (
+    "gsm8k_test.jsonl"  # packaged; GSM8K is not in qk_knowledge, so the grid never scores its own calibration text
+)
 INFO = "qk_ablate_quantize.json"
 
 
@@ -63,7 +65,9 @@ class Calibration:
                 row = json.loads(line)
                 text = row.get("text") or "\n".join(str(row[k]) for k in ("question", "answer") if k in row)
                 if not text:
-                    raise QKAblateError(f"calibration file '{path}', line {number}: give a 'text' field (or GSM8K's question/answer)")
+                    raise QKAblateError(
+                        f"calibration file '{path}', line {number}: give a 'text' field (or GSM8K's question/answer)"
+                    )
                 docs.append(text)
         else:
             docs = [part for part in raw.split("\n\n") if part.strip()]
@@ -72,9 +76,14 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         path = _calibration_path(self.source)
-        return {"source": self.source, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "samples": self.samples,
-                "seq_len": self.seq_len, "seed": self.seed,
-                "how": "documents shuffled with the seed, joined by blank lines, tokenized and cut into samples x seq_len tokens"}
+        return {
+            "source": self.source,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "samples": self.samples,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "how": "documents shuffled with the seed, joined by blank lines, tokenized and cut into samples x seq_len tokens",
+        }
 
 
 def _calibration_path(source: str) -> Path:
@@ -82,7 +91,9 @@ def _calibration_path(source: str) -> Path:
         return Path(str(resources.files("qk_ablate.task_data") / CALIBRATION))
     path = Path(source)
     if not path.is_file():
-        raise QKAblateError(f"calibration '{source}' is neither 'gsm8k' nor a file; give a .jsonl (field text) or a .txt file")
+        raise QKAblateError(
+            f"calibration '{source}' is neither 'gsm8k' nor a file; give a .jsonl (field text) or a .txt file"
+        )
     return path
 
 
@@ -93,17 +104,23 @@ def calibration_dataset(calibration: Calibration, tokenizer: Any) -> Any:
     ids = tokenizer("\n\n".join(calibration.texts()), add_special_tokens=False)["input_ids"]
     need = calibration.samples * calibration.seq_len
     if len(ids) < need:
-        raise QKAblateError(f"calibration '{calibration.source}' has {len(ids)} tokens; {calibration.samples} samples of "
-                            f"{calibration.seq_len} need {need}: lower --samples or --seq-len, or give more text")
-    windows = [ids[i * calibration.seq_len:(i + 1) * calibration.seq_len] for i in range(calibration.samples)]
-    return Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * calibration.seq_len] * calibration.samples})
+        raise QKAblateError(
+            f"calibration '{calibration.source}' has {len(ids)} tokens; {calibration.samples} samples of "
+            f"{calibration.seq_len} need {need}: lower --samples or --seq-len, or give more text"
+        )
+    windows = [ids[i * calibration.seq_len : (i + 1) * calibration.seq_len] for i in range(calibration.samples)]
+    return Dataset.from_dict(
+        {"input_ids": windows, "attention_mask": [[1] * calibration.seq_len] * calibration.samples}
+    )
 
 
 def pick_group(model: Any, group: str | int) -> int:
     """The int4 group size: `group`, or (auto) the largest of 128/64/32 dividing every quantized Linear's inputs."""
     from torch import nn
 
-    widths = {m.in_features for name, m in model.named_modules() if isinstance(m, nn.Linear) and not name.endswith("lm_head")}
+    widths = {
+        m.in_features for name, m in model.named_modules() if isinstance(m, nn.Linear) and not name.endswith("lm_head")
+    }
     if str(group) != "auto":
         size = int(group)
         bad = sorted(w for w in widths if w % size)
@@ -123,32 +140,51 @@ def recipe(method: str, group: int, grid: int = 20) -> list[Any]:
     from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
-    int4 = {"group_0": QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=4, type="int", symmetric=True, strategy="group", group_size=group))}
+    int4 = {
+        "group_0": QuantizationScheme(
+            targets=["Linear"],
+            weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group),
+        )
+    }
     if method == "rtn":
         return [QuantizationModifier(config_groups=int4, ignore=["lm_head"])]
     if method == "gptq":
         return [GPTQModifier(config_groups=int4, ignore=["lm_head"])]
     if method == "awq":
-        return [AWQModifier(duo_scaling="both", n_grid=grid), QuantizationModifier(config_groups=int4, ignore=["lm_head"])]
+        return [
+            AWQModifier(duo_scaling="both", n_grid=grid),
+            QuantizationModifier(config_groups=int4, ignore=["lm_head"]),
+        ]
     if method == "smoothquant":
-        return [SmoothQuantModifier(smoothing_strength=0.8), QuantizationModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
+        return [
+            SmoothQuantModifier(smoothing_strength=0.8),
+            QuantizationModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"]),
+        ]
     if method == "w8a8":
         return [QuantizationModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
     raise QKAblateError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def quantize(model_name: str, method: str, out: str | Path, calibration: Calibration, group: str | int = "auto",
-             grid: int = 20, log: Callable[[str], None] = print) -> Path:
+def quantize(
+    model_name: str,
+    method: str,
+    out: str | Path,
+    calibration: Calibration,
+    group: str | int = "auto",
+    grid: int = 20,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Quantize `model_name` with `method` into `out` (a `pretrained=` folder with the recipe and our record beside it)."""
     if method not in METHODS:
         raise QKAblateError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     try:
         import llmcompressor  # noqa: F401
     except ImportError:
-        raise QKAblateError("qk-ablate quantize needs llm-compressor, which pins transformers<=5.17: run "
-                            "`bash scripts/setup.sh --quant` and use .venv-quant/bin/qk-ablate quantize "
-                            "(or pip install 'qk-ablate[quantize]' in an environment of its own)") from None
+        raise QKAblateError(
+            "qk-ablate quantize needs llm-compressor, which pins transformers<=5.17: run "
+            "`bash scripts/setup.sh --quant` and use .venv-quant/bin/qk-ablate quantize "
+            "(or pip install 'qk-ablate[quantize]' in an environment of its own)"
+        ) from None
     import torch
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -162,19 +198,35 @@ def quantize(model_name: str, method: str, out: str | Path, calibration: Calibra
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     size = pick_group(model, group)
     dataset = calibration_dataset(calibration, tokenizer) if method not in ("rtn", "w8a8") else None
-    log(f"quantize: {model_name} with {method} ({METHODS[method]})" + (f", int4 group {size}" if method in FOUR_BIT else ""))
+    log(
+        f"quantize: {model_name} with {method} ({METHODS[method]})"
+        + (f", int4 group {size}" if method in FOUR_BIT else "")
+    )
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     with _no_pinning_without_accelerator():  # our order is already seeded: llm-compressor's own shuffle is not
-        oneshot(model=model, tokenizer=tokenizer, recipe=recipe(method, size, grid), dataset=dataset,
-                num_calibration_samples=calibration.samples, max_seq_length=calibration.seq_len,
-                shuffle_calibration_samples=False)
+        oneshot(
+            model=model,
+            tokenizer=tokenizer,
+            recipe=recipe(method, size, grid),
+            dataset=dataset,
+            num_calibration_samples=calibration.samples,
+            max_seq_length=calibration.seq_len,
+            shuffle_calibration_samples=False,
+        )
     model.save_pretrained(partial, save_compressed=True)
     tokenizer.save_pretrained(partial)
-    record = {"model": model_name, "source_folder": str(source), "method": method, "description": METHODS[method],
-              "group_size": size if method in FOUR_BIT else None, "awq_grid": grid if method == "awq" else None,
-              "calibration": calibration.describe() if dataset is not None else None,
-              "seconds": round(time.time() - started, 1), "versions": _versions()}
+    record = {
+        "model": model_name,
+        "source_folder": str(source),
+        "method": method,
+        "description": METHODS[method],
+        "group_size": size if method in FOUR_BIT else None,
+        "awq_grid": grid if method == "awq" else None,
+        "calibration": calibration.describe() if dataset is not None else None,
+        "seconds": round(time.time() - started, 1),
+        "versions": _versions(),
+    }
     (partial / INFO).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     partial.rename(target)  # only a finished checkpoint gets the real name
     log(f"wrote {target}: {describe_folder(target)}")
@@ -207,7 +259,9 @@ def _source_folder(model_name: str) -> Path:
     if model_name == EMBEDDED_NAME:
         return Path(hf_folder())
     if not (Path(model_name) / "config.json").is_file():
-        raise QKAblateError(f"'{model_name}' is not a local model folder with a config.json (the quantizer runs offline)")
+        raise QKAblateError(
+            f"'{model_name}' is not a local model folder with a config.json (the quantizer runs offline)"
+        )
     return Path(model_name)
 
 
@@ -248,7 +302,9 @@ def describe_folder(folder: str | Path) -> str:
     """One line: size on disk and bytes per stored dtype, e.g. '110.3 MB (F32 58%, I32 40%, ...)'."""
     formats = stored_formats(folder)
     total = sum(formats.values())
-    parts = ", ".join(f"{dtype} {100 * size / total:.0f}%" for dtype, size in sorted(formats.items(), key=lambda kv: -kv[1]))
+    parts = ", ".join(
+        f"{dtype} {100 * size / total:.0f}%" for dtype, size in sorted(formats.items(), key=lambda kv: -kv[1])
+    )
     return f"{size_on_disk(folder) / 1e6:.1f} MB on disk ({parts} of tensor bytes)"
 
 

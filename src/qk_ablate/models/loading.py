@@ -12,8 +12,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from qk_ablate.models.embedded import load_tokenizer, resolve_pretrained
 from qk_ablate.errors import QKAblateError
+from qk_ablate.models.embedded import load_tokenizer, resolve_pretrained
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -40,12 +40,16 @@ def load_error(name: str, error: BaseException, path: str | None = None, gguf_fi
     if problem is None and isinstance(error, ImportError):
         method = quantization_method(where)
         if method:
-            problem = (f"it is a {method} checkpoint and the package that loads it is missing or too old ({first}); "
-                       + ("pip install 'qk-ablate[quantized]' (compressed-tensors)" if method == "compressed-tensors"
-                          else f"install the package transformers names for {method}"))
+            problem = f"it is a {method} checkpoint and the package that loads it is missing or too old ({first}); " + (
+                "pip install 'qk-ablate[quantized]' (compressed-tensors)"
+                if method == "compressed-tensors"
+                else f"install the package transformers names for {method}"
+            )
     if problem is None and isinstance(error, OSError) and not Path(where).expanduser().exists():
-        problem = (f"{first}; there is no local folder of that name either (relative paths start from {Path.cwd()}); "
-                   "check the path or the Hub id")
+        problem = (
+            f"{first}; there is no local folder of that name either (relative paths start from {Path.cwd()}); "
+            "check the path or the Hub id"
+        )
     if problem is None:
         problem = f"{first}; give a local folder, a Hub id already in the cache, or pretrained=smollm2-135m"
     return QKAblateError(f"could not load model {name!r}: {problem}")
@@ -57,7 +61,9 @@ def is_load_failure(error: BaseException, path: str | None, gguf_file: str | Non
     transformers raises OSError for missing files and ImportError for missing packages; a broken
     weights file raises the safetensors reader's own error, so the folder itself is checked too.
     """
-    return isinstance(error, (OSError, ImportError)) or (bool(path) and not gguf_file and checkpoint_problem(path) is not None)
+    return isinstance(error, (OSError, ImportError)) or (
+        bool(path) and not gguf_file and checkpoint_problem(path) is not None
+    )
 
 
 def _looks_like_path(name: str) -> bool:
@@ -94,14 +100,18 @@ def checkpoint_problem(path: str) -> str | None:
             return f"'{path}' lacks {len(missing)} of its {len(shards)} weight shards ({missing[0]}, ...); copy them in"
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
     if not weights:
-        return (f"'{path}' has a config.json but no weights (model.safetensors or pytorch_model.bin); "
-                "copy them in, or give the folder that save_pretrained wrote")
+        return (
+            f"'{path}' has a config.json but no weights (model.safetensors or pytorch_model.bin); "
+            "copy them in, or give the folder that save_pretrained wrote"
+        )
     for file in weights:
         with open(file, "rb") as handle:
             head = handle.read(len(LFS_POINTER))
         if head == LFS_POINTER:
-            return (f"'{file}' is a Git LFS pointer, not the weights; fetch them with `git lfs pull` "
-                    "(GitHub Actions: actions/checkout with `lfs: true`)")
+            return (
+                f"'{file}' is a Git LFS pointer, not the weights; fetch them with `git lfs pull` "
+                "(GitHub Actions: actions/checkout with `lfs: true`)"
+            )
         if file.suffix == ".safetensors":
             broken = _safetensors_problem(file)
             if broken:
@@ -121,7 +131,9 @@ def safetensors_header(file: Path) -> tuple[int, dict[str, Any]]:
             raise ValueError(f"is not a safetensors file ({size} bytes)")
         (length,) = struct.unpack("<Q", prefix)
         if length > size - 8:
-            raise ValueError(f"is truncated or not a safetensors file (its header claims {length} bytes, the file has {size})")
+            raise ValueError(
+                f"is truncated or not a safetensors file (its header claims {length} bytes, the file has {size})"
+            )
         try:
             header = json.loads(handle.read(length))
         except ValueError:

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.engines.hf.attachment import Attachment
-from qk_ablate.task_data.catalogue import KINDS, task_kind
 from qk_ablate.errors import QKAblateError
 from qk_ablate.probes.lens import TunedLens, log_probs, readout, residuals
-from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.task_data.catalogue import KINDS, task_kind
 
 BASELINE = "baseline"
 LENSES = ("logit", "tuned")
@@ -82,14 +82,16 @@ def gold_tokens(tokenizer: Any, context: str, target: str, delimiter: str = " ")
     prompt = list(tokenizer(context)["input_ids"])
     whole = list(tokenizer(context + continuation)["input_ids"])
     if whole[: len(prompt)] == prompt:
-        rest = whole[len(prompt):]
+        rest = whole[len(prompt) :]
     else:  # the prompt's last token merges with the answer: encode the continuation on its own
         rest = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
     forced = 0
     while forced < len(rest) and not tokenizer.decode([rest[forced]]).strip():
         forced += 1
     if forced == len(rest):
-        raise QKAblateError(f"the gold answer {target!r} has no visible token after the prompt; this task cannot be read by depth")
+        raise QKAblateError(
+            f"the gold answer {target!r} has no visible token after the prompt; this task cannot be read by depth"
+        )
     return prompt + rest[:forced], len(prompt), rest[forced]
 
 
@@ -106,7 +108,9 @@ def load_prompts(
     for task in tasks:
         if task not in known:
             near = get_close_matches(task, sorted(known), n=3)
-            raise QKAblateError(f"unknown task {task!r}; {'did you mean ' + ', '.join(near) + '? ' if near else ''}`lm_eval ls tasks` lists them")
+            raise QKAblateError(
+                f"unknown task {task!r}; {'did you mean ' + ', '.join(near) + '? ' if near else ''}`lm_eval ls tasks` lists them"
+            )
     built = manager.load(list(tasks))["tasks"]
     evaluated: list[Prompt] = []
     spare: list[Prompt] = []
@@ -116,7 +120,9 @@ def load_prompts(
             raise QKAblateError(f"{name} is a group or tag; name its tasks one by one")
         kind = task_kind(name, declared={name: (task.config.metadata or {}).get("kind")})
         if kind not in KINDS:
-            raise QKAblateError(f"task {name} is neither contextual nor parametric; add kind: contextual|parametric to its YAML metadata")
+            raise QKAblateError(
+                f"task {name} is neither contextual nor parametric; add kind: contextual|parametric to its YAML metadata"
+            )
         task.build_all_requests(limit=limit + extra, rank=0, world_size=1)
         firsts = {}
         for instance in task.instances:
@@ -139,7 +145,10 @@ def _target(task: Any, doc: dict) -> str:
 
 
 def measure(
-    model: Any, prompts: list[Prompt], spec: InterventionSpec, lenses: dict[str, TunedLens | None],
+    model: Any,
+    prompts: list[Prompt],
+    spec: InterventionSpec,
+    lenses: dict[str, TunedLens | None],
     progress: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per lens: gold `rank` (1 = top), `prob` and KL to the model's output `kl`, each `[prompts, L+1]`."""
@@ -168,7 +177,9 @@ def measure(
 def summarize(prompts: list[Prompt], results: dict[str, dict[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
     """Median rank, quartiles, mean probability, top-1 share per layer; by kind and by task."""
     groups = {kind: [i for i, p in enumerate(prompts) if p.kind == kind] for kind in KINDS}
-    groups.update({task: [i for i, p in enumerate(prompts) if p.task == task] for task in dict.fromkeys(p.task for p in prompts)})
+    groups.update(
+        {task: [i for i, p in enumerate(prompts) if p.task == task] for task in dict.fromkeys(p.task for p in prompts)}
+    )
     out: dict[str, Any] = {}
     for label, by_lens in results.items():
         for lens, arrays in by_lens.items():
@@ -204,15 +215,28 @@ def write_json(path: Path, header: dict[str, Any], prompts: list[Prompt], result
     """depth.json: what was run, the summary, and every prompt's ranks and probabilities."""
     rows = []
     for i, p in enumerate(prompts):
-        rows.append({
-            "task": p.task, "kind": p.kind, "doc": p.doc, "target": p.target, "gold_token": p.gold,
-            "forced_tokens": [int(t) for t in p.ids[p.prompt_len:]],
-            **{label: {lens: {"rank": arrays["rank"][i].astype(int).tolist(), "prob": _round(arrays["prob"][i], 4)}
-                       for lens, arrays in by_lens.items()} for label, by_lens in results.items()},
-        })
+        rows.append(
+            {
+                "task": p.task,
+                "kind": p.kind,
+                "doc": p.doc,
+                "target": p.target,
+                "gold_token": p.gold,
+                "forced_tokens": [int(t) for t in p.ids[p.prompt_len :]],
+                **{
+                    label: {
+                        lens: {"rank": arrays["rank"][i].astype(int).tolist(), "prob": _round(arrays["prob"][i], 4)}
+                        for lens, arrays in by_lens.items()
+                    }
+                    for label, by_lens in results.items()
+                },
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({**header, "summary": summary, "prompts": rows}, indent=1)
-    path.write_text(_NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text), encoding="utf-8")
+    path.write_text(
+        _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text), encoding="utf-8"
+    )
     return path
 
 
@@ -228,8 +252,9 @@ def plot(path: Path, summary: dict[str, Any], title: str, tasks_by_kind: dict[st
 
     lenses = list(summary)
     kinds = [k for k in KINDS if tasks_by_kind.get(k)]
-    fig, axes = plt.subplots(len(lenses), len(kinds), figsize=(6 * len(kinds), 3.6 * len(lenses)), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        len(lenses), len(kinds), figsize=(6 * len(kinds), 3.6 * len(lenses)), squeeze=False, sharey=True
+    )
     for r, lens in enumerate(lenses):
         for c, kind in enumerate(kinds):
             ax = axes[r][c]
@@ -268,15 +293,23 @@ def split_held_out(prompts: list[Prompt]) -> tuple[list[Prompt], list[Prompt]]:
 
 
 def run_depth(
-    model_args: str, interventions: list[str] | None, tasks: str, limit: int = 30, lens: str = "both",
-    train_lens: bool = False, out: str | None = None, lens_cache: str | None = None, device: str | None = None,
-    settings: Any = None, log: Callable[[str], None] = print,
+    model_args: str,
+    interventions: list[str] | None,
+    tasks: str,
+    limit: int = 30,
+    lens: str = "both",
+    train_lens: bool = False,
+    out: str | None = None,
+    lens_cache: str | None = None,
+    device: str | None = None,
+    settings: Any = None,
+    log: Callable[[str], None] = print,
 ) -> list[Path]:
     """`qk-ablate depth`: every value is checked before the model loads; returns the files written."""
     from tqdm import tqdm
 
-    from qk_ablate.probes.lens import collect, kl_to_final, train_tuned_lens
     from qk_ablate.models.loading import load_from_model_args, parse_model_args
+    from qk_ablate.probes.lens import collect, kl_to_final, train_tuned_lens
 
     names = parse_lenses(lens)
     task_list = [t.strip() for t in str(tasks).split(",") if t.strip()]
@@ -286,7 +319,9 @@ def run_depth(
         raise QKAblateError("--train-lens trains the tuned lens; use it with --lens tuned or --lens both")
     options, given = parse_model_args(model_args)
     if not given.is_noop:
-        raise QKAblateError("--model_args sets an intervention; give it with --intervention (the baseline is always the plain model)")
+        raise QKAblateError(
+            "--model_args sets an intervention; give it with --intervention (the baseline is always the plain model)"
+        )
     parse_interventions(interventions)
     folder = Path(out) if out else Path("results") / "depth" / slug(options.get("pretrained", "smollm2-135m"))
     cache = Path(lens_cache) if lens_cache else folder / "tuned_lens.pt"
@@ -302,17 +337,33 @@ def run_depth(
     if "tuned" in names:
         if train_lens:
             train, held = split_held_out(spare)
-            log(f"tuned lens: residuals of {len(train)} training and {len(held)} held-out prompts (documents {limit}+ of each task)")
+            log(
+                f"tuned lens: residuals of {len(train)} training and {len(held)} held-out prompts (documents {limit}+ of each task)"
+            )
             stream = collect(model, [p.ids.to(where) for p in train])
-            meta = {"model": name, "tasks": task_list, "documents": [limit, limit + LENS_DOCS], "held_out_prompts": len(held)}
+            meta = {
+                "model": name,
+                "tasks": task_list,
+                "documents": [limit, limit + LENS_DOCS],
+                "held_out_prompts": len(held),
+            }
             started = time.time()
-            tuned = train_tuned_lens(read, stream, settings, meta, lambda s, kl: log(
-                f"  step {s}: mean KL {kl:.3f} ({time.time() - started:.0f} s)") if s % 10 == 0 else None)
+            tuned = train_tuned_lens(
+                read,
+                stream,
+                settings,
+                meta,
+                lambda s, kl: (
+                    log(f"  step {s}: mean KL {kl:.3f} ({time.time() - started:.0f} s)") if s % 10 == 0 else None
+                ),
+            )
             tuned.meta["train_seconds"] = round(time.time() - started)
             del stream
             held_stream = collect(model, [p.ids.to(where) for p in held], seed=1)
-            tuned.meta["held_out_kl"] = {"logit": _round(kl_to_final(read, held_stream).cpu().numpy(), 4),
-                                         "tuned": _round(kl_to_final(read, held_stream, tuned).cpu().numpy(), 4)}
+            tuned.meta["held_out_kl"] = {
+                "logit": _round(kl_to_final(read, held_stream).cpu().numpy(), 4),
+                "tuned": _round(kl_to_final(read, held_stream, tuned).cpu().numpy(), 4),
+            }
             log(f"wrote {tuned.save(cache)}")
         else:
             tuned = TunedLens.load(cache, name).to(where)
@@ -324,11 +375,20 @@ def run_depth(
     bar.close()
     summary = summarize(prompts, results)
     kinds = {kind: list(dict.fromkeys(p.task for p in prompts if p.kind == kind)) for kind in KINDS}
-    header = {"model": name, "model_args": model_args, "tasks": task_list, "limit": limit, "layers": int(read_layers(model)),
-              "interventions": {label: spec.to_dict() for label, spec in specs.items()}, "tuned_lens": lens_info,
-              "reading": "last position of prompt + any whitespace of the answer fed as generated; rank 1 = top token"}
-    return [write_json(folder / "depth.json", header, prompts, results, summary),
-            plot(folder / "depth.png", summary, f"{name}: gold answer's first token by layer", kinds)]
+    header = {
+        "model": name,
+        "model_args": model_args,
+        "tasks": task_list,
+        "limit": limit,
+        "layers": int(read_layers(model)),
+        "interventions": {label: spec.to_dict() for label, spec in specs.items()},
+        "tuned_lens": lens_info,
+        "reading": "last position of prompt + any whitespace of the answer fed as generated; rank 1 = top token",
+    }
+    return [
+        write_json(folder / "depth.json", header, prompts, results, summary),
+        plot(folder / "depth.png", summary, f"{name}: gold answer's first token by layer", kinds),
+    ]
 
 
 def read_layers(model: Any) -> int:

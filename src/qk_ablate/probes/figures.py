@@ -37,7 +37,9 @@ def averaged_heatmap(profile: Profile, where: str, name: str, path: Path) -> Pat
     plt, _ = _pyplot()
     panels = [profile.array(length, where, name).mean(axis=0) for length in profile.lengths]
     norm = _norm(panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.4), squeeze=False, layout="constrained"
+    )
     for ax, length, panel in zip(axes[0], profile.lengths, panels):
         image = ax.imshow(panel, aspect="auto", norm=norm, cmap="magma", interpolation="nearest")
         ax.set_title(f"{length} tokens")
@@ -56,7 +58,9 @@ def layer_heatmaps(profile: Profile, length: int, where: str, name: str, path: P
     norm = _norm([layers])
     cols = min(6, layers.shape[0])
     rows = math.ceil(layers.shape[0] / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 1.0, 1.5 * rows + 0.9), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols + 1.0, 1.5 * rows + 0.9), squeeze=False, layout="constrained"
+    )
     for index, ax in enumerate(axes.ravel()):
         if index >= layers.shape[0]:
             ax.axis("off")
@@ -88,5 +92,7 @@ def save_heatmaps(profile: Profile, folder: str | Path) -> list[Path]:
             written.append(averaged_heatmap(profile, where, name, out / f"heatmap_{where}_{name}.png"))
         for name in "qk":
             for length in profile.lengths:
-                written.append(layer_heatmaps(profile, length, where, name, out / f"layers_{where}_{name}_{length}.png"))
+                written.append(
+                    layer_heatmaps(profile, length, where, name, out / f"layers_{where}_{name}_{length}.png")
+                )
     return written

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.errors import QKAblateError
 from qk_ablate.probes.massive_stats import collect_massive_stats
 from qk_ablate.probes.profile import MOSTLY
-from qk_ablate.core.spec import InterventionSpec
 
 TENSORS = ("q", "k")
 DEFINITIONS = {
@@ -56,7 +56,11 @@ class Side:
 
 
 def measure(
-    model: nn.Module, batches: list[dict[str, torch.Tensor]], label: str, where: str = "post", lam: float = 5.0,
+    model: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    label: str,
+    where: str = "post",
+    lam: float = 5.0,
     spec: InterventionSpec | None = None,
 ) -> Side:
     """Statistics of `model` on `batches`, each tensor as `spec` (default: none) left it."""
@@ -106,10 +110,14 @@ def compare(base: Side, cand: Side) -> dict[str, Any]:
             pa, pb = _pairs(a, base.pairs[t]), _pairs(b, cand.pairs[t])
             terms.append((1.0 - overlap) + abs(change))
             row[t] = {
-                "overlap": round(overlap, 4), "massive": [int(a.sum()), int(b.sum())],
-                "peak_to_mean": [round(ratio_a, 3), round(ratio_b, 3)], "log_ratio": round(change, 4),
-                "appeared": int((b & ~a).sum()), "vanished": int((a & ~b).sum()),
-                "appeared_pairs": sorted(pb - pa), "vanished_pairs": sorted(pa - pb),
+                "overlap": round(overlap, 4),
+                "massive": [int(a.sum()), int(b.sum())],
+                "peak_to_mean": [round(ratio_a, 3), round(ratio_b, 3)],
+                "log_ratio": round(change, 4),
+                "appeared": int((b & ~a).sum()),
+                "vanished": int((a & ~b).sum()),
+                "appeared_pairs": sorted(pb - pa),
+                "vanished_pairs": sorted(pa - pb),
             }
         layers.append(row)
     mean = lambda values: float(np.mean(values)) if values else 0.0  # noqa: E731
@@ -117,7 +125,9 @@ def compare(base: Side, cand: Side) -> dict[str, Any]:
         "distance": round(mean(terms), 6),
         "overlap": {t: round(mean([r[t]["overlap"] for r in layers]), 4) for t in TENSORS},
         "abs_log_peak_to_mean": {t: round(mean([abs(r[t]["log_ratio"]) for r in layers]), 4) for t in TENSORS},
-        "peak_to_mean": {t: [round(mean([r[t]["peak_to_mean"][s] for r in layers]), 3) for s in (0, 1)] for t in TENSORS},
+        "peak_to_mean": {
+            t: [round(mean([r[t]["peak_to_mean"][s] for r in layers]), 3) for s in (0, 1)] for t in TENSORS
+        },
         "layers_changed": [r["layer"] for r in layers if any(r[t]["appeared"] or r[t]["vanished"] for t in TENSORS)],
         "unit": "pair" if base.rotary else "dim",
         "layers": layers,
@@ -125,20 +135,35 @@ def compare(base: Side, cand: Side) -> dict[str, Any]:
 
 
 def fingerprint(
-    base_model: nn.Module, cand_model: nn.Module, base_batches: list[dict[str, torch.Tensor]],
-    cand_batches: list[dict[str, torch.Tensor]] | None = None, base_spec: InterventionSpec | None = None,
-    cand_spec: InterventionSpec | None = None, labels: tuple[str, str] = ("baseline", "candidate"),
-    where: str = "post", lam: float = 5.0,
+    base_model: nn.Module,
+    cand_model: nn.Module,
+    base_batches: list[dict[str, torch.Tensor]],
+    cand_batches: list[dict[str, torch.Tensor]] | None = None,
+    base_spec: InterventionSpec | None = None,
+    cand_spec: InterventionSpec | None = None,
+    labels: tuple[str, str] = ("baseline", "candidate"),
+    where: str = "post",
+    lam: float = 5.0,
 ) -> dict[str, Any]:
     """Measure both sides on the same prompts (`cand_batches`: the same texts in the candidate's tokens)."""
     if where not in ("pre", "post"):
         raise QKAblateError(f"where={where!r} is not valid; choose post (after RoPE, the default) or pre")
     base = measure(base_model, base_batches, labels[0], where, lam, base_spec)
-    same = cand_model is base_model and cand_batches is None and (cand_spec or InterventionSpec()) == (
-        base_spec or InterventionSpec())
+    same = (
+        cand_model is base_model
+        and cand_batches is None
+        and (cand_spec or InterventionSpec()) == (base_spec or InterventionSpec())
+    )
     cand = base if same else measure(cand_model, cand_batches or base_batches, labels[1], where, lam, cand_spec)
-    return {"baseline": labels[0], "candidate": labels[1], "where": where, "lam": lam,
-            "massive_when_in_fraction_of_samples": MOSTLY, "definitions": DEFINITIONS, **compare(base, cand)}
+    return {
+        "baseline": labels[0],
+        "candidate": labels[1],
+        "where": where,
+        "lam": lam,
+        "massive_when_in_fraction_of_samples": MOSTLY,
+        "definitions": DEFINITIONS,
+        **compare(base, cand),
+    }
 
 
 def prompt_texts(tokenizer: Any, lengths: list[int], samples: int, source: str, window: int = 0) -> list[str]:
@@ -154,14 +179,26 @@ def prompt_texts(tokenizer: Any, lengths: list[int], samples: int, source: str, 
     if not lengths or min(lengths) < 1 or samples < 1:
         raise QKAblateError("a fingerprint needs at least one length (e.g. 1k) and at least 1 sample")
     if window and max(lengths) > window:
-        raise QKAblateError(f"lengths go up to {max(lengths)} tokens but the model's window is {window}; use shorter ones")
-    return [doc["input"] for length in sorted(lengths)
-            for doc in builders[source](tokenizer, length, num_docs=samples, gen_budget=0)]
+        raise QKAblateError(
+            f"lengths go up to {max(lengths)} tokens but the model's window is {window}; use shorter ones"
+        )
+    return [
+        doc["input"]
+        for length in sorted(lengths)
+        for doc in builders[source](tokenizer, length, num_docs=samples, gen_budget=0)
+    ]
 
 
 def run_fingerprint(
-    baseline: str, candidate: str, lengths: list[int], samples: int = 4, source: str = "ctxqa", lam: float = 5.0,
-    where: str = "post", device: str | None = None, log=lambda line: None,
+    baseline: str,
+    candidate: str,
+    lengths: list[int],
+    samples: int = 4,
+    source: str = "ctxqa",
+    lam: float = 5.0,
+    where: str = "post",
+    device: str | None = None,
+    log=lambda line: None,
 ) -> dict[str, Any]:
     """Load both model_args strings (once when they name the same checkpoint with the same load
     options) and fingerprint them; every bad value is refused before any model loads."""
@@ -192,8 +229,17 @@ def run_fingerprint(
 
     base_batches = batches(base_tok, base_model)
     cand_batches = None if cand_tok is base_tok else batches(cand_tok, cand_model)
-    result = fingerprint(base_model, cand_model, base_batches, cand_batches, parsed[0][1], parsed[1][1],
-                         (baseline, candidate), where, lam)
+    result = fingerprint(
+        base_model,
+        cand_model,
+        base_batches,
+        cand_batches,
+        parsed[0][1],
+        parsed[1][1],
+        (baseline, candidate),
+        where,
+        lam,
+    )
     prompts = {"source": source, "lengths": sorted(lengths), "samples_per_length": samples}
     return {**result, "prompts": prompts}
 
@@ -202,7 +248,11 @@ def summary_text(result: dict[str, Any]) -> str:
     """The one-screen summary: the headline numbers, then a line per layer."""
     unit = "p" if result["unit"] == "pair" else "d"
     prompts = result.get("prompts")
-    seen = f"; {prompts['samples_per_length']} {prompts['source']} prompts at {prompts['lengths']} tokens" if prompts else ""
+    seen = (
+        f"; {prompts['samples_per_length']} {prompts['source']} prompts at {prompts['lengths']} tokens"
+        if prompts
+        else ""
+    )
     lines = [
         f"fingerprint {result['where']}-RoPE: {result['baseline']}  ->  {result['candidate']}{seen}",
         f"distance {result['distance']:.4f} (0 = the same massive structure; mean over layers and Q/K of "
@@ -210,8 +260,10 @@ def summary_text(result: dict[str, Any]) -> str:
     ]
     for t in TENSORS:
         before, after = result["peak_to_mean"][t]
-        lines.append(f"  {t.upper()}: mean overlap {result['overlap'][t]:.3f}, peak-to-mean {before:.2f} -> {after:.2f} "
-                     f"(mean |ln change| {result['abs_log_peak_to_mean'][t]:.3f})")
+        lines.append(
+            f"  {t.upper()}: mean overlap {result['overlap'][t]:.3f}, peak-to-mean {before:.2f} -> {after:.2f} "
+            f"(mean |ln change| {result['abs_log_peak_to_mean'][t]:.3f})"
+        )
     lines.append("layer  overlap Q/K   peak-to-mean Q     peak-to-mean K     appeared (+) / vanished (-) pairs")
     for row in result["layers"]:
         moved = []
@@ -220,7 +272,9 @@ def summary_text(result: dict[str, Any]) -> str:
             moved += [f"-{t.upper()}{unit}{p}" for p in row[t]["vanished_pairs"]]
         ratios = " ".join(f"{row[t]['peak_to_mean'][0]:7.2f} -> {row[t]['peak_to_mean'][1]:<7.2f}" for t in TENSORS)
         changes = " ".join(moved[:6]) + (" ..." if len(moved) > 6 else "")
-        lines.append(f"{row['layer']:>5}  {row['q']['overlap']:.2f} / {row['k']['overlap']:.2f} {ratios} {changes}".rstrip())
+        lines.append(
+            f"{row['layer']:>5}  {row['q']['overlap']:.2f} / {row['k']['overlap']:.2f} {ratios} {changes}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -248,12 +302,30 @@ def _figure(result: dict[str, Any], path: Path) -> Path:
     for t in TENSORS:
         axes[0].plot(x, [r[t]["overlap"] for r in rows], "o-", color=colours[t], label=t.upper(), markersize=3)
         axes[1].plot(x, [r[t]["peak_to_mean"][0] for r in rows], "--", color=colours[t], label=f"{t.upper()} baseline")
-        axes[1].plot(x, [r[t]["peak_to_mean"][1] for r in rows], "o-", color=colours[t], label=f"{t.upper()} candidate",
-                     markersize=3)
+        axes[1].plot(
+            x,
+            [r[t]["peak_to_mean"][1] for r in rows],
+            "o-",
+            color=colours[t],
+            label=f"{t.upper()} candidate",
+            markersize=3,
+        )
         shift = -0.2 if t == "q" else 0.2
-        axes[2].bar([i + shift for i in x], [r[t]["appeared"] for r in rows], 0.4, color=colours[t], label=f"{t.upper()} appeared")
-        axes[2].bar([i + shift for i in x], [-r[t]["vanished"] for r in rows], 0.4, color=colours[t], alpha=0.45,
-                    label=f"{t.upper()} vanished")
+        axes[2].bar(
+            [i + shift for i in x],
+            [r[t]["appeared"] for r in rows],
+            0.4,
+            color=colours[t],
+            label=f"{t.upper()} appeared",
+        )
+        axes[2].bar(
+            [i + shift for i in x],
+            [-r[t]["vanished"] for r in rows],
+            0.4,
+            color=colours[t],
+            alpha=0.45,
+            label=f"{t.upper()} vanished",
+        )
     axes[0].set_ylim(-0.03, 1.03)
     axes[0].set_ylabel("overlap (Jaccard)\nof massive sets")
     axes[1].set_yscale("log")
@@ -265,8 +337,11 @@ def _figure(result: dict[str, Any], path: Path) -> Path:
     axes[2].set_xlabel("layer")
     for ax in axes:
         ax.legend(fontsize=7, ncol=4, loc="best")
-    fig.suptitle(f"{result['where']}-RoPE fingerprint, distance {result['distance']:.3f}\n"
-                 f"{result['baseline']} -> {result['candidate']}", fontsize=9)
+    fig.suptitle(
+        f"{result['where']}-RoPE fingerprint, distance {result['distance']:.3f}\n"
+        f"{result['baseline']} -> {result['candidate']}",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

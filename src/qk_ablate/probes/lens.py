@@ -105,7 +105,9 @@ class TunedLens(nn.Module):
                 return stream
             return stream + stream @ self.weight[layer].to(stream.dtype) + self.bias[layer].to(stream.dtype)
         if stream.shape[0] != self.num_layers + 1:
-            raise QKAblateError(f"this tuned lens has {self.num_layers} translators, the model {stream.shape[0] - 1} layers")
+            raise QKAblateError(
+                f"this tuned lens has {self.num_layers} translators, the model {stream.shape[0] - 1} layers"
+            )
         head = stream[:-1].reshape(self.num_layers, -1, stream.shape[-1])  # [L, N, D]: one batched matmul
         moved = head + torch.bmm(head, self.weight.to(head.dtype)) + self.bias.to(head.dtype)[:, None]
         return torch.cat([moved.view_as(stream[:-1]), stream[-1:]])
@@ -113,7 +115,12 @@ class TunedLens(nn.Module):
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"format": CACHE_FORMAT, "weight": self.weight.detach().cpu(), "bias": self.bias.detach().cpu(), "meta": self.meta}
+        state = {
+            "format": CACHE_FORMAT,
+            "weight": self.weight.detach().cpu(),
+            "bias": self.bias.detach().cpu(),
+            "meta": self.meta,
+        }
         torch.save(state, path)
         return path
 
@@ -122,16 +129,22 @@ class TunedLens(nn.Module):
         """A saved lens, refused with one line when missing, unreadable or made for another model."""
         path = Path(path)
         if not path.is_file():
-            raise QKAblateError(f"no tuned lens at {path}; add --train-lens to train one (a few minutes on CPU), or use --lens logit")
+            raise QKAblateError(
+                f"no tuned lens at {path}; add --train-lens to train one (a few minutes on CPU), or use --lens logit"
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             lens = cls(*state["weight"].shape[:2], meta=state.get("meta"))
             lens.load_state_dict({"weight": state["weight"], "bias": state["bias"]})
         except Exception as error:  # a truncated file, another program's file
-            raise QKAblateError(f"{path} is not a tuned lens saved by qk-ablate ({type(error).__name__}); retrain it with --train-lens") from None
+            raise QKAblateError(
+                f"{path} is not a tuned lens saved by qk-ablate ({type(error).__name__}); retrain it with --train-lens"
+            ) from None
         made_for = lens.meta.get("model")
         if model_name is not None and made_for not in (None, model_name):
-            raise QKAblateError(f"the tuned lens at {path} was trained on {made_for!r}, not {model_name!r}; retrain it with --train-lens")
+            raise QKAblateError(
+                f"the tuned lens at {path} was trained on {made_for!r}, not {model_name!r}; retrain it with --train-lens"
+            )
         return lens
 
 
@@ -149,7 +162,7 @@ def kl_to_final(read: Readout, stream: torch.Tensor, lens: TunedLens | None = No
     total = torch.zeros(stream.shape[0], dtype=torch.float64, device=stream.device)
     with torch.no_grad():
         for start in range(0, stream.shape[1], chunk):
-            part = stream[:, start:start + chunk]
+            part = stream[:, start : start + chunk]
             part = lens.translate(part) if lens is not None else part
             lp = log_probs(read, part)
             final = lp[-1]
@@ -217,8 +230,15 @@ def train_tuned_lens(
         settings.history.append(total / layers)
         if progress is not None:
             progress(step, total / layers)
-    lens.meta.update({"steps": settings.steps, "batch": settings.batch, "lr": settings.lr, "positions": count,
-                      "precision": str(unembed.dtype).removeprefix("torch.")})
+    lens.meta.update(
+        {
+            "steps": settings.steps,
+            "batch": settings.batch,
+            "lr": settings.lr,
+            "positions": count,
+            "precision": str(unembed.dtype).removeprefix("torch."),
+        }
+    )
     return lens.eval()
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from qk_ablate.engines.hf.attachment import Attachment
 from qk_ablate.core.selection import column_norms, massive_mask_threshold
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.core.step import TensorSite
+from qk_ablate.engines.hf.attachment import Attachment
 
 
 @dataclass

@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 from qk_ablate.engines.hf.arch import find_layout
-from qk_ablate.task_data.catalogue import PROFILE_SOURCES
+from qk_ablate.engines.hf.rope import RopeDims, model_rope_dims
 from qk_ablate.errors import QKAblateError
 from qk_ablate.probes.massive_stats import MassiveStats, collect_massive_stats
-from qk_ablate.engines.hf.rope import RopeDims, model_rope_dims
-
+from qk_ablate.task_data.catalogue import PROFILE_SOURCES
 
 MOSTLY = 0.5  # a (head, dim) counts as massive when it is massive in at least half the samples
 
@@ -64,7 +63,9 @@ def _arrays(stats: MassiveStats, length: int, where: tuple[str, ...]) -> dict[st
     for w in where:
         for name in "qkv":
             for kind, get in (("M", stats.mean_norms), ("massive", stats.massive_fraction)):
-                out[Profile.key(length, w, name, kind)] = np.stack([get(layer, name, w).numpy() for layer in stats.layers()])
+                out[Profile.key(length, w, name, kind)] = np.stack(
+                    [get(layer, name, w).numpy() for layer in stats.layers()]
+                )
     return out
 
 
@@ -155,15 +156,26 @@ def load_profile(folder: str | Path) -> Profile:
         with np.load(root / "profile.npz") as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
-        raise QKAblateError(f"'{folder}' holds no readable profile.json and profile.npz ({type(exc).__name__})") from None
+        raise QKAblateError(
+            f"'{folder}' holds no readable profile.json and profile.npz ({type(exc).__name__})"
+        ) from None
     rope, other = None, {}
     if summary.get("rope"):
         context = summary["rope"]["context"]
         rope = _rope_from_json(summary["rope"]["dims"], context)
         other = {key: _rope_from_json(dims, context) for key, dims in (summary.get("rope_other") or {}).items()}
     where = tuple(summary["results"][str(summary["lengths"][0])])
-    return Profile(summary["model"], summary["lengths"], summary["samples_per_length"], summary["lam"],
-                   summary["source"], rope, where, arrays, other)
+    return Profile(
+        summary["model"],
+        summary["lengths"],
+        summary["samples_per_length"],
+        summary["lam"],
+        summary["source"],
+        rope,
+        where,
+        arrays,
+        other,
+    )
 
 
 def _rope_to_json(rope: RopeDims) -> list[dict]:
@@ -172,9 +184,11 @@ def _rope_to_json(rope: RopeDims) -> list[dict]:
 
 def _rope_from_json(dims: list[dict], context: int) -> RopeDims:
     return RopeDims(
-        tuple(d["pair"] for d in dims), tuple(d["frequency"] for d in dims),
+        tuple(d["pair"] for d in dims),
+        tuple(d["frequency"] for d in dims),
         tuple(d["wavelength"] if d["wavelength"] is not None else float("inf") for d in dims),
-        tuple(d["band"] for d in dims), context,
+        tuple(d["band"] for d in dims),
+        context,
     )
 
 
@@ -199,9 +213,13 @@ def _layer_summary(massive: np.ndarray, norms: np.ndarray, rope: RopeDims | None
     return {
         "count": int(len(heads)),
         "massive": [
-            {"head": int(h), "dim": int(d), "fraction": round(float(massive[h, d]), 3),
-             "ratio": round(float(norms[h, d] / max(mean[h, 0], 1e-12)), 2),
-             **({"pair": rope.pair[d]} if rope else {})}
+            {
+                "head": int(h),
+                "dim": int(d),
+                "fraction": round(float(massive[h, d]), 3),
+                "ratio": round(float(norms[h, d] / max(mean[h, 0], 1e-12)), 2),
+                **({"pair": rope.pair[d]} if rope else {}),
+            }
             for h, d in zip(heads, dims)
         ],
         "peak_to_mean": round(float((norms.max(axis=1) / np.maximum(mean[:, 0], 1e-12)).mean()), 2),
@@ -223,19 +241,35 @@ def _pair_agreement(massive: np.ndarray, rope: RopeDims) -> list[dict]:
         share = float(mask.sum()) / slots
         if share > 0:
             dims = [d for d, p in enumerate(rope.pair) if p == pair]
-            rows.append({"pair": pair, "dims": dims, "share_of_heads": round(share, 3),
-                         "layers": int(mask.any(axis=1).sum()), **rope.as_dict(dims[0])})
+            rows.append(
+                {
+                    "pair": pair,
+                    "dims": dims,
+                    "share_of_heads": round(share, 3),
+                    "layers": int(mask.any(axis=1).sum()),
+                    **rope.as_dict(dims[0]),
+                }
+            )
     return sorted(rows, key=lambda r: -r["share_of_heads"])
 
 
 def summarize(profile: Profile) -> dict:
     """The JSON summary of a profile (see the module docstring)."""
     out: dict = {
-        "model": profile.model, "lengths": profile.lengths, "samples_per_length": profile.samples,
-        "lam": profile.lam, "massive_when_in_fraction_of_samples": MOSTLY, "source": profile.source,
-        "rope": None if profile.rope is None else {"context": profile.rope.context, "dims": _rope_to_json(profile.rope)},
-        **({"rope_other": {key: _rope_to_json(dims) for key, dims in profile.other_rope.items()}}
-           if profile.other_rope else {}),
+        "model": profile.model,
+        "lengths": profile.lengths,
+        "samples_per_length": profile.samples,
+        "lam": profile.lam,
+        "massive_when_in_fraction_of_samples": MOSTLY,
+        "source": profile.source,
+        "rope": None
+        if profile.rope is None
+        else {"context": profile.rope.context, "dims": _rope_to_json(profile.rope)},
+        **(
+            {"rope_other": {key: _rope_to_json(dims) for key, dims in profile.other_rope.items()}}
+            if profile.other_rope
+            else {}
+        ),
         "results": {},
     }
     for length in profile.lengths:
@@ -247,8 +281,8 @@ def summarize(profile: Profile) -> dict:
                 norms = profile.array(length, where, name, "M")
                 rope = profile.rope_of(where, name)
                 layers = [{"layer": i, **_layer_summary(massive[i], norms[i], rope)} for i in range(massive.shape[0])]
-                entry = {"layers_with_massive": sum(1 for l in layers if l["count"]), "layers": layers}
-                shares = [l["top_pair_heads"] for l in layers if "top_pair_heads" in l]
+                entry = {"layers_with_massive": sum(1 for layer in layers if layer["count"]), "layers": layers}
+                shares = [layer["top_pair_heads"] for layer in layers if "top_pair_heads" in layer]
                 if shares:  # within a layer, how many heads share its most common massive pair
                     entry["mean_top_pair_heads"] = round(float(np.mean(shares)), 3)
                 if rope is not None:
@@ -267,11 +301,15 @@ def headline(profile: Profile) -> str:
             for name in ("q", "k"):
                 entry = per_where[name]
                 top = entry.get("pairs", [])[:3]
-                pairs = ", ".join(f"pair {p['pair']} ({p['band']}, {100 * p['share_of_heads']:.0f}% of heads)" for p in top)
+                pairs = ", ".join(
+                    f"pair {p['pair']} ({p['band']}, {100 * p['share_of_heads']:.0f}% of heads)" for p in top
+                )
                 agree = entry.get("mean_top_pair_heads")
                 same = "" if agree is None else f"; within a layer {100 * agree:.0f}% of heads share the top pair"
-                lines.append(f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers{same}; "
-                             f"overall {pairs}")
+                lines.append(
+                    f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers{same}; "
+                    f"overall {pairs}"
+                )
     return "\n".join(lines)
 
 

@@ -39,8 +39,10 @@ def binomial_tail(k: int, n: int, p: float) -> float:
         return 0.0
     if p >= 1.0:
         return 1.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
-            for i in range(k, n + 1)]
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
+        for i in range(k, n + 1)
+    ]
     top = max(logs)
     return min(1.0, math.exp(top) * sum(math.exp(x - top) for x in logs))
 
@@ -104,15 +106,19 @@ class Signal:
 
     def sentence(self) -> str:
         """One sentence for a report's footnote: the task, which test it fails, p and the top share."""
-        top = f"\"{self.top_answer or '(empty)'}\""
+        top = f'"{self.top_answer or "(empty)"}"'
         fails = []
         if self.p_chance is not None and self.p_chance >= ALPHA:
             fails.append(f"chance ({100 * self.chance:.1f}%, one-sided binomial p = {self.p_chance:.2g})")
         if self.p_constant is not None and self.p_constant >= ALPHA:
-            fails.append(f"always answering {top} ({100 * self.top_share:.0f}% of its answers; that constant would "
-                         f"score {100 * self.constant_accuracy:.1f}%, sign test p = {self.p_constant:.2g})")
-        text = (f"{self.task} ({self.model} baseline, {self.n} documents): {100 * self.accuracy:.1f}% is not "
-                f"distinguishable from {' nor from '.join(fails)}")
+            fails.append(
+                f"always answering {top} ({100 * self.top_share:.0f}% of its answers; that constant would "
+                f"score {100 * self.constant_accuracy:.1f}%, sign test p = {self.p_constant:.2g})"
+            )
+        text = (
+            f"{self.task} ({self.model} baseline, {self.n} documents): {100 * self.accuracy:.1f}% is not "
+            f"distinguishable from {' nor from '.join(fails)}"
+        )
         if self.top_share is not None and not (self.p_constant is not None and self.p_constant >= ALPHA):
             text += f"; its most common answer, {top}, is {100 * self.top_share:.0f}% of its answers"
         if self.kind:
@@ -120,8 +126,14 @@ class Signal:
         return text
 
 
-def assess(task: str, model: str, scores: Sequence[float], answers: Sequence[Answer | None] | None,
-           chance: float | None, kind: str | None = None) -> Signal:
+def assess(
+    task: str,
+    model: str,
+    scores: Sequence[float],
+    answers: Sequence[Answer | None] | None,
+    chance: float | None,
+    kind: str | None = None,
+) -> Signal:
     """The two tests on one baseline task (`scores` per document; `answers` from `read_answer`)."""
     values = [float(s) for s in scores]
     n = len(values)
@@ -135,5 +147,16 @@ def assess(task: str, model: str, scores: Sequence[float], answers: Sequence[Ans
     constant = [float(top in a[1]) for a in answers]  # type: ignore[index]
     wins = sum(v > c for v, c in zip(values, constant))
     losses = sum(v < c for v, c in zip(values, constant))
-    return Signal(task, model, n, accuracy, chance, p_chance, top, count / n, sum(constant) / n,
-                  binomial_tail(wins, wins + losses, 0.5) if wins + losses else 1.0, kind)
+    return Signal(
+        task,
+        model,
+        n,
+        accuracy,
+        chance,
+        p_chance,
+        top,
+        count / n,
+        sum(constant) / n,
+        binomial_tail(wins, wins + losses, 0.5) if wins + losses else 1.0,
+        kind,
+    )

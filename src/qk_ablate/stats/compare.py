@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qk_ablate.task_data.catalogue import KINDS, task_kind
 from qk_ablate.errors import QKAblateError
 from qk_ablate.stats.runs import Run
+from qk_ablate.task_data.catalogue import KINDS, task_kind
 
 DEFAULT_ITERATIONS = 10_000  # bootstrap replicates of report, gate and sweep
 
@@ -107,9 +107,7 @@ def compare(
         low, high = np.percentile(samples, [2.5, 97.5])
         return Estimate(float(point), float(low), float(high))
 
-    task_estimates = {
-        t: estimate(pairs[t][1].mean() - pairs[t][0].mean(), boot[t][1] - boot[t][0]) for t in names
-    }
+    task_estimates = {t: estimate(pairs[t][1].mean() - pairs[t][0].mean(), boot[t][1] - boot[t][0]) for t in names}
     declared = {**candidate.kinds, **baseline.kinds}
     kind_of = {t: task_kind(t, kinds, declared) for t in names}
     means, deltas, kind_boot = {}, {}, {}

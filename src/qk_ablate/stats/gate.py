@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from qk_ablate.task_data.catalogue import KINDS
-from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.errors import QKAblateError
+from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.stats.runs import Run, load_runs
+from qk_ablate.task_data.catalogue import KINDS
 
 PASS, FAIL, UNUSABLE = 0, 1, 2
 
@@ -84,7 +84,9 @@ def evaluate(comparison: Comparison, budgets: dict[str, float]) -> Verdict:
         elif name in comparison.tasks:
             delta = comparison.tasks[name]
         else:
-            raise QKAblateError(f"--max-drop names {name}, which is neither contextual, parametric nor a task of the baseline")
+            raise QKAblateError(
+                f"--max-drop names {name}, which is neither contextual, parametric nor a task of the baseline"
+            )
         checks.append(Check(name, budget, _drop(delta)))
     code = PASS if all(c.passed for c in checks) else FAIL
     tasks = ", ".join(f"{t} ({n} docs)" for t, n in comparison.docs.items())
@@ -102,19 +104,29 @@ def _one_run(paths: list[str | Path], role: str) -> Run:
     runs = load_runs(paths)
     if len(runs) > 1:
         names = "; ".join(f"'{run.path}' ({run.model} / {run.label})" for run in runs)
-        raise QKAblateError(f"the {role} folders hold {len(runs)} different runs ({names}); give the folders of one run")
+        raise QKAblateError(
+            f"the {role} folders hold {len(runs)} different runs ({names}); give the folders of one run"
+        )
     return runs[0]
 
 
 def unclassified_warning(tasks: list[str] | tuple[str, ...]) -> str:
     """The one line that names tasks counted in neither the contextual nor the parametric mean."""
-    return (f"{', '.join(tasks)} counted in neither the contextual nor the parametric mean; classify with "
-            f"--kinds {tasks[0]}=contextual (or parametric), or `kind:` in the task YAML's metadata")
+    return (
+        f"{', '.join(tasks)} counted in neither the contextual nor the parametric mean; classify with "
+        f"--kinds {tasks[0]}=contextual (or parametric), or `kind:` in the task YAML's metadata"
+    )
 
 
-def run_gate(baseline: str | Path | list[str | Path], candidate: str | Path | list[str | Path], max_drop: str,
-             junit: str | Path | None = None, iterations: int = DEFAULT_ITERATIONS,
-             json_path: str | Path | None = None, kinds: dict[str, str] | None = None) -> Verdict:
+def run_gate(
+    baseline: str | Path | list[str | Path],
+    candidate: str | Path | list[str | Path],
+    max_drop: str,
+    junit: str | Path | None = None,
+    iterations: int = DEFAULT_ITERATIONS,
+    json_path: str | Path | None = None,
+    kinds: dict[str, str] | None = None,
+) -> Verdict:
     """Load, compare and judge; an unusable input gives exit code 2 with its reason, never a pass.
 
     `baseline` and `candidate` are run folders (several folders of one run are merged); `kinds`
@@ -148,8 +160,14 @@ def write_json(verdict: Verdict, path: str | Path) -> Path:
         "verdict": {PASS: "pass", FAIL: "fail", UNUSABLE: "unusable"}[verdict.code],
         "reason": verdict.reason,
         "checks": [
-            {"name": c.name, "budget": c.budget, "drop": round(100 * c.drop.value, 4),
-             "drop_low": round(100 * c.drop.low, 4), "drop_high": round(100 * c.drop.high, 4), "passed": c.passed}
+            {
+                "name": c.name,
+                "budget": c.budget,
+                "drop": round(100 * c.drop.value, 4),
+                "drop_low": round(100 * c.drop.low, 4),
+                "drop_high": round(100 * c.drop.high, 4),
+                "passed": c.passed,
+            }
             for c in verdict.checks
         ],
     }

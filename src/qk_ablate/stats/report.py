@@ -15,12 +15,12 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from qk_ablate.stats.baseline_signal import Signal, assess
-from qk_ablate.task_data.catalogue import KINDS, task_chance, task_kind
-from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.errors import QKAblateError
+from qk_ablate.stats.baseline_signal import Signal, assess
+from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.stats.runs import Run, merge_runs
 from qk_ablate.stats.seeds import pooled_run, seed_groups
+from qk_ablate.task_data.catalogue import KINDS, task_chance, task_kind
 
 MARK = "†"  # a task whose baseline carries no signal
 
@@ -68,8 +68,9 @@ def build_report(
             f"no baseline (ablate=none, quant=none) run for {', '.join(missing)}; add one, or name it with --baseline"
         )
     declared = {t: k for b in baselines.values() for t, k in b.kinds.items()}
-    tasks = sorted({t for b in baselines.values() for t in b.tasks},
-                   key=lambda t: (_kind_order(task_kind(t, kinds, declared)), t))
+    tasks = sorted(
+        {t for b in baselines.values() for t in b.tasks}, key=lambda t: (_kind_order(task_kind(t, kinds, declared)), t)
+    )
     if only is not None:
         unknown = sorted(set(only) - set(tasks))
         if unknown:
@@ -88,9 +89,14 @@ def build_report(
         names = [t for t in tasks if t in base.tasks and t in pooled.tasks]
         at = max(i for i, (run, _) in enumerate(rows) if any(run is g for g in group)) + 1
         rows.insert(at, (pooled, compare(base, pooled, names, kinds=kinds, iterations=iterations, replicates=group)))
-    signals = tuple(assess(t, b.model, b.tasks[t].scores, b.tasks[t].answers, task_chance(t, b.chances),
-                           task_kind(t, kinds, declared))
-                    for b in {id(b): b for b in baselines.values()}.values() for t in tasks if t in b.tasks)
+    signals = tuple(
+        assess(
+            t, b.model, b.tasks[t].scores, b.tasks[t].answers, task_chance(t, b.chances), task_kind(t, kinds, declared)
+        )
+        for b in {id(b): b for b in baselines.values()}.values()
+        for t in tasks
+        if t in b.tasks
+    )
     return Report(tasks=tasks, rows=rows, signals=signals)
 
 
@@ -236,7 +242,10 @@ def plot_deltas(report: Report, path: str | Path) -> Path:
     for offset, kind, colour in ((-0.2, "contextual", "#c0392b"), (0.2, "parametric", "#2471a3")):
         est = [cmp.deltas.get(kind) for _, cmp in rows]
         values = [100 * e.value if e else np.nan for e in est]
-        errors = [[100 * (e.value - e.low) if e else 0 for e in est], [100 * (e.high - e.value) if e else 0 for e in est]]
+        errors = [
+            [100 * (e.value - e.low) if e else 0 for e in est],
+            [100 * (e.high - e.value) if e else 0 for e in est],
+        ]
         ax.bar(x + offset, values, 0.4, yerr=errors, capsize=4, color=colour, label=f"Δ {kind}")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, labels, fontsize=8)
@@ -259,8 +268,11 @@ def write_report(report: Report, folder: str | Path, name: str = "report") -> li
     chart = None
     if any(not _is_reference(run, cmp) for run, cmp in report.rows):
         chart = plot_deltas(report, out / f"{name}_deltas.png")
-    pages = (("md", to_markdown(report) + "\n"), ("csv", to_csv(report)),
-             ("html", to_html(report, chart.name if chart else None)))
+    pages = (
+        ("md", to_markdown(report) + "\n"),
+        ("csv", to_csv(report)),
+        ("html", to_html(report, chart.name if chart else None)),
+    )
     for suffix, text in pages:
         path = out / f"{name}.{suffix}"
         path.write_text(text, encoding="utf-8")

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from qk_ablate.stats.baseline_signal import Answer, read_answer
-from qk_ablate.task_data.catalogue import check_chance, check_kind
-from qk_ablate.errors import QKAblateError
 from qk_ablate.core.record import read_record
 from qk_ablate.core.spec import LABEL_KEYS, InterventionSpec
 from qk_ablate.core.vocabulary import NONE, is_noop
+from qk_ablate.errors import QKAblateError
+from qk_ablate.stats.baseline_signal import Answer, read_answer
+from qk_ablate.task_data.catalogue import check_chance, check_kind
 
 PREFERRED_FILTERS = ("none", "strict-match", "flexible-extract")
 
@@ -91,7 +91,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QKAblateError(f"results file '{path}' is not readable JSON ({type(exc).__name__}); rerun lm_eval for it") from None
+        raise QKAblateError(
+            f"results file '{path}' is not readable JSON ({type(exc).__name__}); rerun lm_eval for it"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise QKAblateError(f"results file '{path}' has no 'results' table; is it an lm_eval results_*.json?")
     return data
@@ -174,9 +176,13 @@ def load_run(path: str | Path) -> Run:
                 sources[task] = file
                 declared = ((data.get("configs") or {}).get(task) or {}).get("metadata") or {}
                 if "kind" in declared:
-                    kinds[task] = check_kind(task, declared["kind"], f"results file '{file}' (the task's YAML metadata)")
+                    kinds[task] = check_kind(
+                        task, declared["kind"], f"results file '{file}' (the task's YAML metadata)"
+                    )
                 if declared.get("chance") is not None:
-                    chances[task] = check_chance(task, declared["chance"], f"results file '{file}' (the task's YAML metadata)")
+                    chances[task] = check_chance(
+                        task, declared["chance"], f"results file '{file}' (the task's YAML metadata)"
+                    )
                 choices[task] = ((data.get("configs") or {}).get(task) or {}).get("doc_to_choice")
     tasks = {}
     for task, file in sources.items():
@@ -210,8 +216,14 @@ def merge_runs(runs: list[Run]) -> list[Run]:
                 f"'{first.path}' and '{run.path}' are both {run.model} / {run.label} and both have {twice[0]}; "
                 "give only one of them"
             )
-        merged[key] = Run(first.path, first.model, first.intervention, {**first.tasks, **run.tasks},
-                          {**first.kinds, **run.kinds}, {**first.chances, **run.chances})
+        merged[key] = Run(
+            first.path,
+            first.model,
+            first.intervention,
+            {**first.tasks, **run.tasks},
+            {**first.kinds, **run.kinds},
+            {**first.chances, **run.chances},
+        )
     return list(merged.values())
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.errors import QKAblateError
 from qk_ablate.stats.runs import Run, TaskScores
-from qk_ablate.core.spec import InterventionSpec
 
 POOLED = "pooled"
 

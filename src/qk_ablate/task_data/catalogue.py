@@ -65,9 +65,16 @@ def _family(name: str) -> Family:
 
 
 GROUPS: dict[str, list[str]] = {
-    "qk_contextual": [f"{family}_{n}" for family in ("passkey", "niah", "niah_multikey", "ctxqa") for n in GROUP_LENGTHS]
+    "qk_contextual": [
+        f"{family}_{n}" for family in ("passkey", "niah", "niah_multikey", "ctxqa") for n in GROUP_LENGTHS
+    ]
     + ["imdb"],  # niah_essay needs essays or the Hub; gsm8k's 1,319 long answers would dominate the mean
-    "qk_parametric": ["city_facts", "city_facts_tf", "country_capital", "country_continent"],  # tf_gen: the authors' form, beside
+    "qk_parametric": [
+        "city_facts",
+        "city_facts_tf",
+        "country_capital",
+        "country_continent",
+    ],  # tf_gen: the authors' form, beside
     "qk_knowledge": ["qk_contextual", "qk_parametric"],
     **{f.group: f.tasks() for f in FAMILIES if f.group},
 }
@@ -84,7 +91,9 @@ def tasks(shipped_only: bool = False) -> list[str]:
 _KIND_OF = {task: family.kind for family in FAMILIES for task in family.tasks()}
 
 
-def task_kind(task: str, overrides: Mapping[str, str] | None = None, declared: Mapping[str, str] | None = None) -> str | None:
+def task_kind(
+    task: str, overrides: Mapping[str, str] | None = None, declared: Mapping[str, str] | None = None
+) -> str | None:
     """'contextual', 'parametric', or None for a task outside both means.
 
     A user's `overrides` (`--kinds`) win, then the catalogue, then what the task declared in its

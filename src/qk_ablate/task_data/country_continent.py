@@ -57,7 +57,9 @@ def country_pool() -> tuple[str, ...]:
     eligible = [
         (-int(record.get("population") or 0), code)
         for code, record in geonames()[1].items()
-        if code not in NON_SOVEREIGN and code not in TRANSCONTINENTAL and code not in FEWSHOT
+        if code not in NON_SOVEREIGN
+        and code not in TRANSCONTINENTAL
+        and code not in FEWSHOT
         and record.get("continentcode") in CONTINENTS
     ]
     return tuple(code for _, code in sorted(eligible))

@@ -47,8 +47,7 @@ from qk_ablate.task_data.tokens import (
 __all__ = ["LENGTHS", "build_ctxqa_docs", "ctxqa_correct"]
 
 INSTRUCTION = (
-    "Answer the question based on the given documents. "
-    "Only give me the answer and do not output any other words."
+    "Answer the question based on the given documents. Only give me the answer and do not output any other words."
 )
 DEFAULT_NUM_DOCS = 100
 DEFAULT_GEN_BUDGET = 16
@@ -58,8 +57,18 @@ _ONSETS = ("b", "br", "d", "dr", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "n", "l", "r", "s")
 KINDS = (
-    "fishing village", "mountain town", "river port", "market town", "monastery", "observatory",
-    "weaving guild", "salt mine", "lighthouse settlement", "trading post", "vineyard estate", "glassworks",
+    "fishing village",
+    "mountain town",
+    "river port",
+    "market town",
+    "monastery",
+    "observatory",
+    "weaving guild",
+    "salt mine",
+    "lighthouse settlement",
+    "trading post",
+    "vineyard estate",
+    "glassworks",
 )
 _FILLER = (
     "Visitors often remark on its narrow streets and old stone bridges.",

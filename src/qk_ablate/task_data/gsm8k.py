@@ -65,7 +65,7 @@ def load_hub() -> list[dict[str, str]]:
     except Exception as exc:
         raise QKAblateError(
             f"could not load {HUB_DATASET[0]} from the Hub ({type(exc).__name__}); to run offline pass "
-            "--metadata '{\"gsm8k_path\": \"<test.jsonl>\"}'"
+            '--metadata \'{"gsm8k_path": "<test.jsonl>"}\''
         ) from None
     return [{"question": row["question"], "answer": row["answer"]} for row in data]
 

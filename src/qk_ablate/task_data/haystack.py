@@ -119,12 +119,14 @@ def _read_hub(repo: str, column: str) -> list[str]:
     except Exception as exc:
         raise QKAblateError(
             f"could not load the essay haystack '{repo}' from the Hub ({type(exc).__name__}); offline, "
-            "pass a folder of .txt files with --metadata '{\"essay_dir\": \"<folder>\"}'"
+            'pass a folder of .txt files with --metadata \'{"essay_dir": "<folder>"}\''
         ) from None
 
 
 @lru_cache(maxsize=4)
-def essay_haystack(essay_dir: str | None = None, hub: str = DEFAULT_ESSAY_HUB, column: str = DEFAULT_ESSAY_COLUMN) -> EssayHaystack:
+def essay_haystack(
+    essay_dir: str | None = None, hub: str = DEFAULT_ESSAY_HUB, column: str = DEFAULT_ESSAY_COLUMN
+) -> EssayHaystack:
     """The essays of `essay_dir` (every .txt file below it, by path), or the Hub dataset `hub`."""
     if essay_dir:
         return EssayHaystack(_read_folder(essay_dir), name=str(essay_dir))

@@ -87,7 +87,7 @@ def load_hub() -> list[tuple[str, int]]:
     except Exception as exc:
         raise QKAblateError(
             f"could not load {HUB_DATASET} (split {HUB_SPLIT}) from the Hub ({type(exc).__name__}: {exc}); "
-            "to run offline pass --metadata '{\"imdb_path\": \"<csv with columns review, sentiment>\"}'"
+            'to run offline pass --metadata \'{"imdb_path": "<csv with columns review, sentiment>"}\''
         ) from exc
     return [(row["text"], int(row["label"])) for row in data]
 

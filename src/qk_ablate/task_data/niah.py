@@ -24,7 +24,13 @@ import re
 from typing import Any
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.haystack import DEFAULT_ESSAY_COLUMN, DEFAULT_ESSAY_HUB, Haystack, NoiseHaystack, essay_haystack
+from qk_ablate.task_data.haystack import (
+    DEFAULT_ESSAY_COLUMN,
+    DEFAULT_ESSAY_HUB,
+    Haystack,
+    NoiseHaystack,
+    essay_haystack,
+)
 from qk_ablate.task_data.lengths import LENGTHS
 from qk_ablate.task_data.scoring import NUMBER, first_output
 from qk_ablate.task_data.settings import length_dataset
@@ -55,16 +61,88 @@ DEFAULT_NUM_DISTRACTORS = 3  # RULER's niah_multikey uses 4 needles in all
 # Small fixed word lists: 40 x 40 = 1600 keys. No noun is a prefix of another, so a key never
 # occurs inside another key.
 ADJECTIVES = (
-    "ancient", "bitter", "brave", "bright", "calm", "clever", "cold", "crimson", "curious", "dusty",
-    "eager", "early", "fancy", "fierce", "gentle", "golden", "grumpy", "hidden", "hollow", "humble",
-    "icy", "jolly", "kind", "lazy", "lively", "lonely", "lucky", "misty", "noble", "odd",
-    "proud", "quiet", "rapid", "rusty", "silent", "silver", "sleepy", "tiny", "wild", "witty",
+    "ancient",
+    "bitter",
+    "brave",
+    "bright",
+    "calm",
+    "clever",
+    "cold",
+    "crimson",
+    "curious",
+    "dusty",
+    "eager",
+    "early",
+    "fancy",
+    "fierce",
+    "gentle",
+    "golden",
+    "grumpy",
+    "hidden",
+    "hollow",
+    "humble",
+    "icy",
+    "jolly",
+    "kind",
+    "lazy",
+    "lively",
+    "lonely",
+    "lucky",
+    "misty",
+    "noble",
+    "odd",
+    "proud",
+    "quiet",
+    "rapid",
+    "rusty",
+    "silent",
+    "silver",
+    "sleepy",
+    "tiny",
+    "wild",
+    "witty",
 )
 NOUNS = (
-    "anchor", "badger", "banjo", "beacon", "canyon", "castle", "comet", "copper", "dragon", "falcon",
-    "feather", "garden", "glacier", "harbor", "helmet", "island", "jacket", "kettle", "lantern", "ledger",
-    "magnet", "meadow", "mirror", "needle", "orchard", "otter", "parrot", "pebble", "pillow", "quarry",
-    "raven", "saddle", "spider", "teapot", "thistle", "tunnel", "violin", "walrus", "window", "zephyr",
+    "anchor",
+    "badger",
+    "banjo",
+    "beacon",
+    "canyon",
+    "castle",
+    "comet",
+    "copper",
+    "dragon",
+    "falcon",
+    "feather",
+    "garden",
+    "glacier",
+    "harbor",
+    "helmet",
+    "island",
+    "jacket",
+    "kettle",
+    "lantern",
+    "ledger",
+    "magnet",
+    "meadow",
+    "mirror",
+    "needle",
+    "orchard",
+    "otter",
+    "parrot",
+    "pebble",
+    "pillow",
+    "quarry",
+    "raven",
+    "saddle",
+    "spider",
+    "teapot",
+    "thistle",
+    "tunnel",
+    "violin",
+    "walrus",
+    "window",
+    "zephyr",
 )
 
 
@@ -223,8 +301,13 @@ def niah_dataset(
     else:
         raise QKAblateError(f"niah_haystack must be 'noise' or 'essay', got {niah_haystack!r}")
     return length_dataset(
-        build_niah_docs, niah_length, niah_gen_budget, DEFAULT_NUM_DOCS, metadata,
-        num_distractors=int(niah_distractors), haystack=haystack,
+        build_niah_docs,
+        niah_length,
+        niah_gen_budget,
+        DEFAULT_NUM_DOCS,
+        metadata,
+        num_distractors=int(niah_distractors),
+        haystack=haystack,
     )
 
 

@@ -80,8 +80,15 @@ def country_correct(output: str, aliases: Iterable[str]) -> bool:
 
 
 _VERDICT_WORDS = {
-    "true": True, "yes": True, "correct": True, "right": True,
-    "false": False, "no": False, "not": False, "incorrect": False, "wrong": False,
+    "true": True,
+    "yes": True,
+    "correct": True,
+    "right": True,
+    "false": False,
+    "no": False,
+    "not": False,
+    "incorrect": False,
+    "wrong": False,
 }
 
 

@@ -82,11 +82,11 @@ def resolve_tokenizer(metadata: dict[str, Any]) -> Any:
         except Exception as exc:
             raise QKAblateError(
                 f"could not load the tokenizer of '{value}' to size the prompts ({type(exc).__name__}: {exc}); "
-                "pass one that loads offline with --metadata '{\"tokenizer\": \"<name or path>\"}'"
+                'pass one that loads offline with --metadata \'{"tokenizer": "<name or path>"}\''
             ) from exc
     raise QKAblateError(
         "this task sizes its prompts in the evaluated model's tokens but no tokenizer was given; "
-        "pass --model_args pretrained=<model> or --metadata '{\"tokenizer\": \"<name or path>\"}'"
+        'pass --model_args pretrained=<model> or --metadata \'{"tokenizer": "<name or path>"}\''
     )
 
 

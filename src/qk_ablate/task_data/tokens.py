@@ -82,7 +82,9 @@ class PromptFrame:
             if not self.system:
                 raise
             # lm-eval drops the system turn when the template rejects it; so do we.
-            return self.tokenizer.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True, **kwargs)
+            return self.tokenizer.apply_chat_template(
+                messages[1:], tokenize=False, add_generation_prompt=True, **kwargs
+            )
 
 
 PLAIN = PromptFrame()  # the prompt exactly as written (no chat template)
@@ -106,7 +108,9 @@ def prompt_frame(tokenizer: Any, metadata: dict[str, Any]) -> PromptFrame:
             "apply_chat_template is set but the tokenizer has no chat template; "
             "drop --apply_chat_template or evaluate a model whose tokenizer ships one"
         )
-    template = str(value) if isinstance(value, str) and str(value).strip().lower() not in ("1", "true", "yes", "on") else None
+    template = (
+        str(value) if isinstance(value, str) and str(value).strip().lower() not in ("1", "true", "yes", "on") else None
+    )
     return PromptFrame(tokenizer=tokenizer, chat=True, template=template, system=str(system) if system else None)
 
 
@@ -130,7 +134,7 @@ def check_tokenizer(count: Counter, name: str = "the tokenizer") -> None:
     if count(["The quick brown fox jumps over the lazy dog."])[0] == 0:
         raise QKAblateError(
             f"{name} encodes text to 0 tokens, so prompt lengths cannot be measured; "
-            "pass a tokenizer that ships its vocabulary with --metadata '{\"tokenizer\": \"<name or path>\"}'"
+            'pass a tokenizer that ships its vocabulary with --metadata \'{"tokenizer": "<name or path>"}\''
         )
 
 

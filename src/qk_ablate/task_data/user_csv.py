@@ -20,7 +20,9 @@ def bad_file(option: str, path: Any, why: str, expected: str) -> QKAblateError:
     return QKAblateError(f"{option} '{path}' {why}; expected {expected}")
 
 
-def read_rows(path: str | Path, option: str, columns: tuple[str, ...], expected: str) -> list[tuple[int, dict[str, str]]]:
+def read_rows(
+    path: str | Path, option: str, columns: tuple[str, ...], expected: str
+) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) for every data row, cells stripped; the file must have `columns`."""
     file = Path(path).expanduser()
     if not file.is_file():
@@ -33,7 +35,10 @@ def read_rows(path: str | Path, option: str, columns: tuple[str, ...], expected:
             if missing:
                 names = ", ".join(repr(c) for c in missing)
                 raise bad_file(option, path, f"has no column {names} (found {found})", expected)
-            rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}) for row in reader]
+            rows = [
+                (reader.line_num, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)})
+                for row in reader
+            ]
     except UnicodeDecodeError:
         raise bad_file(option, path, "is not UTF-8 text", expected) from None
     except csv.Error as exc:

@@ -53,7 +53,9 @@ def build_docs(rows: list[dict[str, Any]], fewshot: int = DEFAULT_FEWSHOT, seed:
     ]
 
 
-def facts_dataset(facts_csv: str | None = None, facts_fewshot: int = DEFAULT_FEWSHOT, **metadata: Any) -> dict[str, Any]:
+def facts_dataset(
+    facts_csv: str | None = None, facts_fewshot: int = DEFAULT_FEWSHOT, **metadata: Any
+) -> dict[str, Any]:
     """custom_dataset of the `qk_ablate:facts_csv` template: `facts_csv` comes from dataset_kwargs."""
     from qk_ablate.task_data.settings import as_dataset, task_seed
 

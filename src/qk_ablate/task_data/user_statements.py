@@ -49,7 +49,8 @@ def load_statements(path: str | Path) -> list[dict[str, Any]]:
         truth = TRUTH.get(row["label"].casefold())
         if truth is None:
             raise bad_file(
-                "statements_csv", path,
+                "statements_csv",
+                path,
                 f"has label {row['label']!r} on line {line}, which is not one of true, false, yes, no, 1, 0 (any case)",
                 EXPECTED,
             )
@@ -62,9 +63,13 @@ def choice_words(value: Any = None) -> tuple[str, str]:
     if value is None:
         return CHOICES
     words = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if len(words) != 2 or not all(isinstance(w, str) and w.strip() for w in words) or words[0].strip() == words[1].strip():
+    if (
+        len(words) != 2
+        or not all(isinstance(w, str) and w.strip() for w in words)
+        or words[0].strip() == words[1].strip()
+    ):
         raise QKAblateError(
-            f"statements_choices must be two different quoted words, the true one first, e.g. [\"Yes\", \"No\"], got {value!r} "
+            f'statements_choices must be two different quoted words, the true one first, e.g. ["Yes", "No"], got {value!r} '
             "(unquoted Yes/No/True/False are booleans in YAML)"
         )
     return words[0].strip(), words[1].strip()
@@ -90,7 +95,11 @@ def draw_fewshot(truths: list[bool], fewshot: int, seed: int = 0) -> list[int]:
     if abs(take[True] - take[False]) > 1:
         log.warning(
             "statements_fewshot %d: the CSV has %d true and %d false statements, so the prefix holds %d true and %d false",
-            fewshot, len(rows[True]), len(rows[False]), take[True], take[False],
+            fewshot,
+            len(rows[True]),
+            len(rows[False]),
+            take[True],
+            take[False],
         )
     shots = {label: rng.sample(rows[label], take[label]) for label in rows}
     order: list[int] = []

@@ -130,12 +130,12 @@ def _site_for(module: nn.Module, config, model_type: str, position: int) -> Atte
     separate = all(isinstance(getattr(module, name, None), nn.Module) for name in ("q_proj", "k_proj", "v_proj"))
     if not separate and not isinstance(fused, nn.Module):
         return None
-    num_heads = int(getattr(module, "num_heads", 0) or getattr(config, "num_attention_heads"))
+    num_heads = int(getattr(module, "num_heads", 0) or config.num_attention_heads)
     num_kv = int(getattr(module, "num_key_value_heads", 0) or getattr(config, "num_key_value_heads", None) or num_heads)
     head_dim = int(
         getattr(module, "head_dim", 0)
         or getattr(config, "head_dim", None)
-        or getattr(config, "hidden_size") // getattr(config, "num_attention_heads")
+        or config.hidden_size // config.num_attention_heads
     )
     q_width, kv_width = num_heads * head_dim, num_kv * head_dim
     if separate:
@@ -204,11 +204,13 @@ def _latent_site(module: nn.Module, config, model_type: str, layer: int) -> Atte
     query = getattr(module, "q_proj", None) or module.q_b_proj
     qk_dim = nope + rope
     sources = {
-        "q": TensorSource(query, 0, heads * qk_dim, heads, qk_dim, rotary_start=nope, interleaved=interleaved,
-                          select=(nope, qk_dim)),
+        "q": TensorSource(
+            query, 0, heads * qk_dim, heads, qk_dim, rotary_start=nope, interleaved=interleaved, select=(nope, qk_dim)
+        ),
         "k": TensorSource(module.kv_a_proj_with_mqa, rank, rank + rope, 1, rope, interleaved=interleaved),
         "v": TensorSource(module.kv_b_proj, nope, nope + v_dim, heads, v_dim, groups=heads, recomputed=True),
     }
     # post-RoPE, DeepSeek's interleaved rotary returns its output in rotate-half order
-    return AttentionSite(layer, module, heads, heads, qk_dim, sources, rotary_start=nope, select=(nope, qk_dim),
-                         recomputed=True)
+    return AttentionSite(
+        layer, module, heads, heads, qk_dim, sources, rotary_start=nope, select=(nope, qk_dim), recomputed=True
+    )

@@ -22,14 +22,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from qk_ablate.core.edits import Editor, Observer
+from qk_ablate.core.record import SelectionTally
+from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.core.step import IDLE_DECODE, Step
 from qk_ablate.engines.hf import post_rope, pre_rope
 from qk_ablate.engines.hf.arch import ModelLayout, find_layout
 from qk_ablate.engines.hf.forward import Forward
-from qk_ablate.core.edits import Editor, Observer
-from qk_ablate.core.record import SelectionTally
-from qk_ablate.core.step import IDLE_DECODE, Step
 from qk_ablate.errors import QKAblateError
-from qk_ablate.core.spec import InterventionSpec
 
 __all__ = ["Attachment", "Observer", "attach"]
 
@@ -64,7 +64,8 @@ class Attachment:
         self._pre_handles: list[torch.utils.hooks.RemovableHandle] = []
         sites = self.layout.sites if self.layout is not None else ()
         self._decode_work = self.editor.works_on_decode or any(
-            site.recomputed or any(source.recomputed for source in site.sources.values()) for site in sites)
+            site.recomputed or any(source.recomputed for source in site.sources.values()) for site in sites
+        )
         self._original: str | None = None
         self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -76,8 +77,10 @@ class Attachment:
             )
         if self.spec.stage == "all" and self.spec.quant != "none":
             site = layout.sites[0]
-            rebuilt = {n for n, s in site.sources.items() if s.recomputed} if self.spec.rope == "pre" else (
-                {"k", "v"} if site.recomputed else set()
+            rebuilt = (
+                {n for n, s in site.sources.items() if s.recomputed}
+                if self.spec.rope == "pre"
+                else ({"k", "v"} if site.recomputed else set())
             )
             if rebuilt & self.spec.quant_target_set():
                 raise QKAblateError(

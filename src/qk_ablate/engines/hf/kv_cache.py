@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from qk_ablate.errors import QKAblateError
 from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.errors import QKAblateError
 
 # backend -> (module that must import, the pip package that provides it)
 PACKAGES: dict[str, tuple[str, str]] = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}
@@ -43,8 +43,12 @@ def cache_config(spec: InterventionSpec) -> dict[str, Any]:
     if spec.kv_cache == "fp8":
         return {"backend": "fp8"}  # per tensor: QuantizedCache refuses the group-wise options here
     backend, fmt = spec.kv_cache.split(":")
-    return {"backend": backend, "nbits": int(fmt.removeprefix("int")), "q_group_size": spec.kv_group,
-            "residual_length": spec.kv_residual}
+    return {
+        "backend": backend,
+        "nbits": int(fmt.removeprefix("int")),
+        "q_group_size": spec.kv_group,
+        "residual_length": spec.kv_residual,
+    }
 
 
 def generate_kwargs(spec: InterventionSpec) -> dict[str, Any]:
@@ -73,7 +77,9 @@ def check_model(model: nn.Module, spec: InterventionSpec) -> None:
             )
     supports = getattr(model, "_supports_default_dynamic_cache", None)  # False: generate() would ignore the cache
     if supports is not None and not supports():
-        raise QKAblateError(f"kv_cache={spec.kv_cache}: {type(model).__name__} keeps no transformers KV cache to quantize")
+        raise QKAblateError(
+            f"kv_cache={spec.kv_cache}: {type(model).__name__} keeps no transformers KV cache to quantize"
+        )
     from transformers.cache_utils import QuantizedCache
 
     try:  # transformers' own checks: the backend's version and bit width, full-attention layers only

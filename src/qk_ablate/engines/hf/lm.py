@@ -17,14 +17,13 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-
+from qk_ablate.core.record import run_record
+from qk_ablate.core.spec import InterventionSpec, split_model_args
 from qk_ablate.engines.hf import kv_cache
 from qk_ablate.engines.hf.attachment import Attachment
-from qk_ablate.core.record import run_record
-from qk_ablate.models.embedded import resolve_pretrained
 from qk_ablate.errors import QKAblateError
+from qk_ablate.models.embedded import resolve_pretrained
 from qk_ablate.models.loading import is_load_failure, load_error
-from qk_ablate.core.spec import InterventionSpec, split_model_args
 
 
 @register_model("qk_ablated")
@@ -103,8 +102,11 @@ class QKAblatedLM(HFLM):
         """
         if self.spec.kv_cache != "none" and not self._warned_kv_cache:
             self._warned_kv_cache = True
-            print(f"qk-ablate: warning: kv_cache={self.spec.kv_cache} acts in generation only; loglikelihood requests are "
-                  "scored in one forward without a KV cache, so they run as without it", file=sys.stderr)
+            print(
+                f"qk-ablate: warning: kv_cache={self.spec.kv_cache} acts in generation only; loglikelihood requests are "
+                "scored in one forward without a KV cache, so they run as without it",
+                file=sys.stderr,
+            )
         window = self.max_length + 1
         found: dict[tuple[int, ...], tuple[int, int]] = {}
         for _, context, continuation in requests:
@@ -136,7 +138,10 @@ class QKAblatedLM(HFLM):
     # ------------------------------------------------------------ reporting
     def get_model_info(self) -> dict:
         """HFLM's info plus the validated intervention spec, so results say what produced them."""
-        return {**super().get_model_info(), **run_record(self._requested_model, "hf", self.spec, self.attachment.tally())}
+        return {
+            **super().get_model_info(),
+            **run_record(self._requested_model, "hf", self.spec, self.attachment.tally()),
+        }
 
 
 def _positions(

@@ -22,9 +22,9 @@ import sys
 import torch
 from torch import nn
 
+from qk_ablate.core.step import TensorSite
 from qk_ablate.engines.hf.arch import AttentionSite, ModelLayout
 from qk_ablate.engines.hf.forward import Forward
-from qk_ablate.core.step import TensorSite
 from qk_ablate.errors import QKAblateError
 
 PREFIX = "qk_ablate:"

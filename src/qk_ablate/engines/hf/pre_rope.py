@@ -12,9 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from qk_ablate.core.step import TensorSite
 from qk_ablate.engines.hf.arch import ModelLayout, TensorSource
 from qk_ablate.engines.hf.forward import Forward
-from qk_ablate.core.step import TensorSite
 
 
 def install(layout: ModelLayout, forward: Forward) -> list[torch.utils.hooks.RemovableHandle]:

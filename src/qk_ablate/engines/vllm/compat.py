@@ -46,7 +46,8 @@ class _Finder:
         return None
 
     @staticmethod
-    def find_distributions(context: metadata.DistributionFinder.Context = metadata.DistributionFinder.Context()):
+    def find_distributions(context: metadata.DistributionFinder.Context | None = None):  # noqa: ANN205
+        context = context or metadata.DistributionFinder.Context()
         if context.name is not None and context.name.replace("_", "-").lower() != "vllm":
             return iter(())
         try:

@@ -9,7 +9,7 @@ vLLM features that would change the experiment are switched off or refused, neve
 kept: CUDA graphs and torch.compile (hooks would not run on replayed steps: eager mode is
 forced), prefix caching (a cached prefix is never seen by a prefill, so its statistics would be
 missing) and chunked prefill (a prompt split over steps would be selected from a part of itself).
-Every input is registered with the worker before it is sent (`vllm_hooks.set_prompt_lengths`),
+Every input is registered with the worker before it is sent (`worker.set_prompt_lengths`),
 so a loglikelihood continuation is not counted as prompt and a preempted generation, recomputed
 by vLLM from its prompt and generated tokens, is edited as it was the first time.
 """
@@ -32,13 +32,11 @@ import lm_eval.models  # noqa: E402,F401  (lm-eval's own models are registered b
 from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 
-from qk_ablate import __version__  # noqa: E402
-
-from qk_ablate.engines.vllm import worker
-from qk_ablate.models.embedded import hf_folder, is_embedded  # noqa: E402
-from qk_ablate.core.selection import summarize_selection, warn_if_nothing_selected  # noqa: E402
-from qk_ablate.errors import QKAblateError  # noqa: E402
+from qk_ablate.core.record import SelectionTally, run_record  # noqa: E402
 from qk_ablate.core.spec import InterventionSpec, split_model_args  # noqa: E402
+from qk_ablate.engines.vllm import worker  # noqa: E402
+from qk_ablate.errors import QKAblateError  # noqa: E402
+from qk_ablate.models.embedded import hf_folder, is_embedded  # noqa: E402
 
 # On a CPU host `gpu_memory_utilization` is the share of the NUMA node's memory vLLM takes (and
 # refuses to start when that much is not free); lm-eval's default of 0.9 rarely is.
@@ -60,10 +58,14 @@ class QKAblatedVLLM(VLLM):
         ours, rest = split_model_args(kwargs)
         self.spec = InterventionSpec.from_args(ours)
         if self.spec.select == "band":
-            raise QKAblateError("select=band runs on the HF engine only (it reads the model's inv_freq); use --model qk_ablated")
+            raise QKAblateError(
+                "select=band runs on the HF engine only (it reads the model's inv_freq); use --model qk_ablated"
+            )
         if self.spec.kv_cache != "none":
-            raise QKAblateError(f"kv_cache={self.spec.kv_cache} is transformers' QuantizedCache, HF engine only: use --model "
-                                "qk_ablated (vLLM quantizes its own cache with its argument kv_cache_dtype, e.g. fp8)")
+            raise QKAblateError(
+                f"kv_cache={self.spec.kv_cache} is transformers' QuantizedCache, HF engine only: use --model "
+                "qk_ablated (vLLM quantizes its own cache with its argument kv_cache_dtype, e.g. fp8)"
+            )
         _check_engine_args(rest)
         for name, value, _ in _FORCED:
             rest[name] = value
@@ -87,7 +89,7 @@ class QKAblatedVLLM(VLLM):
     def use(self, spec: InterventionSpec) -> None:
         """Install `spec` in the worker (replacing the current one) without reloading the model."""
         self.spec = spec = spec.for_architecture(self.model.model_config.hf_config.model_type)
-        self.model.apply_model(partial(vllm_hooks.attach, spec=spec.to_dict()))
+        self.model.apply_model(partial(worker.attach, spec=spec.to_dict()))
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
         """Tell the worker each input's context length, so only context tokens count as the prompt.
@@ -115,32 +117,28 @@ class QKAblatedVLLM(VLLM):
         if self.spec.is_noop:
             yield
             return
-        self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=lengths))
+        self.model.apply_model(partial(worker.set_prompt_lengths, lengths=lengths))
         try:
             yield
         finally:
-            self.model.apply_model(partial(vllm_hooks.set_prompt_lengths, lengths=None))
+            self.model.apply_model(partial(worker.set_prompt_lengths, lengths=None))
 
     def counts(self) -> dict[str, int]:
-        """What the intervention has edited so far, summed over the workers (see `vllm_hooks.counts`)."""
+        """What the intervention has edited so far, summed over the workers (see `worker.counts`)."""
         total: Counter[str] = Counter()
-        for worker in self.model.apply_model(vllm_hooks.counts):
-            total.update(worker)
+        for counts in self.model.apply_model(worker.counts):
+            total.update(counts)
         return dict(total)
 
     def get_model_info(self) -> dict:
-        """The validated intervention spec and the engine, so results say what produced them, and what
-        the selection chose (summed over the workers: each holds its own heads)."""
-        info: dict[str, Any] = {"qk_ablate": {"model": self._requested_model, "version": __version__, "engine": "vllm",
-                                              **self.spec.to_dict()}}
+        """The run record (`core.record`): the spec, the engine, and what the selection chose, summed over
+        the workers (each holds its own heads)."""
         counts = self.counts()
-        tallies = {kind: {key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith(f"{kind}:")}
-                   for kind in ("selected", "heads")}
-        selected = summarize_selection(tallies["selected"], tallies["heads"])
-        if selected:
-            info["qk_ablate_selected"] = selected
-            warn_if_nothing_selected(self.spec, selected)
-        return info
+        tally = SelectionTally(
+            {key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith("selected:")},  # type: ignore[misc]
+            {key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith("heads:")},  # type: ignore[misc]
+        )
+        return run_record(self._requested_model, "vllm", self.spec, tally)
 
 
 def _check_engine_args(args: dict[str, Any]) -> None:
@@ -149,14 +147,20 @@ def _check_engine_args(args: dict[str, Any]) -> None:
         if name in args and _as_bool(args[name]) != value:
             raise QKAblateError(f"qk_ablated_vllm needs {name}={value}: {why}; drop {name} from model_args")
     if int(args.get("data_parallel_size", 1) or 1) > 1:
-        raise QKAblateError("qk_ablated_vllm does not run with data_parallel_size > 1 (its Ray replicas would "
-                            "load the model without the hooks); use tensor_parallel_size, or several runs")
+        raise QKAblateError(
+            "qk_ablated_vllm does not run with data_parallel_size > 1 (its Ray replicas would "
+            "load the model without the hooks); use tensor_parallel_size, or several runs"
+        )
     if int(args.get("pipeline_parallel_size", 1) or 1) > 1:
-        raise QKAblateError("qk_ablated_vllm does not run with pipeline_parallel_size > 1 (a rank would number "
-                            "its layers from its own share); split the model with tensor_parallel_size instead")
+        raise QKAblateError(
+            "qk_ablated_vllm does not run with pipeline_parallel_size > 1 (a rank would number "
+            "its layers from its own share); split the model with tensor_parallel_size instead"
+        )
     if args.get("speculative_config"):
-        raise QKAblateError("qk_ablated_vllm does not run with speculative_config (its verification steps are "
-                            "not covered by our tests); drop it from model_args")
+        raise QKAblateError(
+            "qk_ablated_vllm does not run with speculative_config (its verification steps are "
+            "not covered by our tests); drop it from model_args"
+        )
 
 
 def _on_cpu() -> bool:

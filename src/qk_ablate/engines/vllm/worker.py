@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 from qk_ablate.core.edits import Editor
+from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.core.step import Step, TensorSite
 from qk_ablate.errors import QKAblateError
-from qk_ablate.core.spec import InterventionSpec
 
 _ATTRIBUTE = "_qk_ablate_attachment"
 
@@ -119,11 +119,22 @@ def find_sites(model: nn.Module) -> list[VllmSite]:
         found = re.search(r"layers\.(\d+)\.", name)
         layer = int(found.group(1)) if found else len(sites)
         heads, kv_heads = int(attn.num_heads), int(attn.num_kv_heads)
-        sites.append(VllmSite(layer, attn, getattr(module, "qkv_proj", None), heads, kv_heads, int(attn.head_size),
-                              int(getattr(module, "total_num_heads", heads)),
-                              int(getattr(module, "total_num_kv_heads", kv_heads))))
+        sites.append(
+            VllmSite(
+                layer,
+                attn,
+                getattr(module, "qkv_proj", None),
+                heads,
+                kv_heads,
+                int(attn.head_size),
+                int(getattr(module, "total_num_heads", heads)),
+                int(getattr(module, "total_num_kv_heads", kv_heads)),
+            )
+        )
     if not sites:
-        raise QKAblateError(f"found no vLLM attention layers in {type(model).__name__}; qk_ablated_vllm cannot reach it")
+        raise QKAblateError(
+            f"found no vLLM attention layers in {type(model).__name__}; qk_ablated_vllm cannot reach it"
+        )
     return sorted(sites, key=lambda s: s.layer)
 
 
@@ -212,8 +223,9 @@ class VllmAttachment:
         if fresh:
             lengths = [query[i] for i in fresh]
             self.counts["prefills"] += len(fresh)
-            packing = _packing([starts[i] for i in fresh], lengths, self._prompt_lengths(fresh, starts, lengths),
-                               last, device)
+            packing = _packing(
+                [starts[i] for i in fresh], lengths, self._prompt_lengths(fresh, starts, lengths), last, device
+            )
             step = Step(packing.prompt, packing.valid, True, _slot_tensor(slots, 0, device), self._slot_count())
             parts.append(Part("prefill", packing, step, sum(lengths)))
         if decode:
@@ -244,13 +256,17 @@ class VllmAttachment:
                 return found
         return len(tokens)  # not one of ours: all of it is prompt
 
-    def _slots(self, metadata: Any, query: list[int], fresh: list[int], decode: list[int]) -> tuple[list[int], list[int]]:
+    def _slots(
+        self, metadata: Any, query: list[int], fresh: list[int], decode: list[int]
+    ) -> tuple[list[int], list[int]]:
         """`stage=all`: the store slots of the fresh and the decoding sequences, by their first KV block."""
         firsts = metadata.block_table[: len(query), 0].tolist()
         missing = [i for i in decode if firsts[i] not in self._slot_of]
         if missing:
-            raise QKAblateError("qk_ablated_vllm met a decoding sequence whose prefill it never saw (stage=all); "
-                                "start generation from an empty cache, with prefix caching off")
+            raise QKAblateError(
+                "qk_ablated_vllm met a decoding sequence whose prefill it never saw (stage=all); "
+                "start generation from an empty cache, with prefix caching off"
+            )
         if fresh:  # sequences absent from this step have ended (every running one decodes each step)
             live = {firsts[i] for i, q in enumerate(query) if q > 0}
             self._slot_of = {block: slot for block, slot in self._slot_of.items() if block in live}
@@ -298,15 +314,18 @@ class VllmAttachment:
         return hook
 
 
-def _packing(starts: list[int], lengths: list[int], prompt_lengths: list[int] | None, last: int,
-             device: torch.device) -> Packing:
+def _packing(
+    starts: list[int], lengths: list[int], prompt_lengths: list[int] | None, last: int, device: torch.device
+) -> Packing:
     """The `[B, S]` grids of sequences starting at flat `starts` with `lengths` tokens."""
     offsets = torch.arange(max(lengths))
     valid = offsets[None, :] < torch.tensor(lengths)[:, None]
     index = (torch.tensor(starts)[:, None] + offsets[None, :]).clamp(max=last)
     prompt = valid if prompt_lengths is None else valid & (offsets[None, :] < torch.tensor(prompt_lengths)[:, None])
     cells = valid.flatten().nonzero().flatten()
-    return Packing(index.to(device), valid.to(device), prompt.to(device), cells.to(device), index.flatten()[cells].to(device))
+    return Packing(
+        index.to(device), valid.to(device), prompt.to(device), cells.to(device), index.flatten()[cells].to(device)
+    )
 
 
 def _slot_tensor(slots: tuple[list[int], list[int]] | None, which: int, device: torch.device) -> torch.Tensor | None:
@@ -348,5 +367,8 @@ def counts(model: nn.Module) -> dict[str, int]:
     if attachment is None:
         return {}
     tally = attachment.editor.tally()
-    return {**attachment.counts, **{f"selected:{n}": t for n, t in tally.selected.items()},
-            **{f"heads:{n}": h for n, h in tally.heads.items()}}
+    return {
+        **attachment.counts,
+        **{f"selected:{n}": t for n, t in tally.selected.items()},
+        **{f"heads:{n}": h for n, h in tally.heads.items()},
+    }
