@@ -15,13 +15,15 @@ from pathlib import Path
 import lm_eval.models  # noqa: F401  (lm-eval's own models are registered before ours)
 from lm_eval.tasks import TaskManager, _yaml_loader
 
-import qk_ablate.engines.hf.lm  # noqa: F401  (registers `qk_ablated`)
-
-# `qk_ablated_vllm` is registered when a command asks for it: importing vLLM takes seconds.
-if any("qk_ablated_vllm" in str(arg) for arg in sys.argv):
-    import qk_ablate.engines.vllm.lm  # noqa: F401
+from qk_ablate.engines import ENGINES
 from qk_ablate.errors import QKAblateError
 from qk_ablate.paths import TEMPLATE_PREFIX, tasks_dir, template_path
+
+# Each engine's lm-eval model is registered by importing it: `qk_ablated` always, the others when a
+# command names them (importing vLLM takes seconds, and it lives in an environment of its own).
+for _engine in ENGINES.values():
+    if _engine.name == "hf" or any(_engine.model in str(arg) for arg in sys.argv):
+        _engine.model_class()
 
 
 def _with_our_tasks(init):

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.engines import ENGINES, engine
 from qk_ablate.errors import QKAblateError
 from qk_ablate.models.loading import auto_device
 from qk_ablate.stats.seeds import expand_seeds
@@ -71,7 +72,6 @@ _KEYS = {
     "baseline_model",
 }
 _PROFILE_KEYS = {"lengths", "samples", "source", "lam"}
-ENGINES = ("hf", "vllm")
 MARKER = "cell.json"
 
 
@@ -200,11 +200,13 @@ def load_config(path: str | Path) -> SweepConfig:
         raise QKAblateError(f"sweep config '{path}': kinds must map tasks to {' or '.join(KINDS)}, got {kinds!r}")
     for task, kind in kinds.items():
         check_kind(str(task), kind, f"sweep config '{path}', kinds entry '{task}={kind}'")
-    engine = str(raw.get("engine", "hf"))
-    if engine not in ENGINES:
-        raise QKAblateError(f"sweep config '{path}': engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "vllm" and raw.get("profile") is not None:
-        raise QKAblateError(f"sweep config '{path}': profile runs the HF model; drop it from an engine: vllm sweep")
+    engine_name = str(raw.get("engine", "hf"))
+    if engine_name not in ENGINES:
+        raise QKAblateError(f"sweep config '{path}': engine must be one of {', '.join(ENGINES)}, got {engine_name!r}")
+    if not ENGINES[engine_name].profiles and raw.get("profile") is not None:
+        raise QKAblateError(
+            f"sweep config '{path}': profile runs the HF model; drop it from an engine: {engine_name} sweep"
+        )
     output = Path(raw.get("output") or Path("runs") / _slug(raw.get("name") or file.stem))
     base = raw.get("baseline_model")
     if base is not None and str(base) not in [str(m["pretrained"]) for m in models]:
@@ -227,7 +229,7 @@ def load_config(path: str | Path) -> SweepConfig:
         kinds={str(t): str(k) for t, k in kinds.items()},
         profile=_profile_settings(raw.get("profile"), path),
         source=file,
-        engine=engine,
+        engine=engine_name,
         baseline_model=None if base is None else str(base),
     )
 
@@ -299,7 +301,6 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
     from lm_eval.tasks import TaskManager
 
     import qk_ablate.plugin  # noqa: F401  (our tasks and templates for the TaskManager)
-    from qk_ablate.engines.hf.lm import QKAblatedLM
 
     device = auto_device(config.device)
     cells: list[Path] = []
@@ -314,12 +315,7 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
             continue
         manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
         _check_tasks(config, manager)  # before the model loads
-        if config.engine == "vllm":
-            from qk_ablate.engines.vllm.lm import QKAblatedVLLM
-
-            lm = QKAblatedVLLM(batch_size=config.batch_size, **model)
-        else:
-            lm = QKAblatedLM(batch_size=config.batch_size, device=device, **model)
+        lm = engine(config.engine).load(model, config.batch_size, device)
         if needs_profile:
             _profile(lm, str(model["pretrained"]), config.profile, _model_folder(config, model) / "profile", log)
         for cell in todo:

@@ -1,2 +1,53 @@
-"""The engines that carry the core into a model: `hf` (transformers, lm-eval's HFLM) and `vllm`
-(lm-eval's VLLM). Each is a subpackage; neither imports the other."""
+"""The engines that carry the core into a model, by name: `hf` (transformers, lm-eval's HFLM,
+`--model qk_ablated`) and `vllm` (lm-eval's VLLM, `--model qk_ablated_vllm`). Each is a subpackage
+that satisfies `core.engine`'s contract; neither imports the other, and this registry imports an
+engine only when it is asked for (vLLM takes seconds to import and lives in its own environment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from qk_ablate.errors import QKAblateError
+
+if TYPE_CHECKING:
+    from qk_ablate.core.engine import EngineModel
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One engine: its name (sweep configs, the run record), its lm-eval model name and class."""
+
+    name: str
+    model: str  # lm_eval --model NAME
+    path: str  # module:class of its lm-eval model
+    places_itself: bool  # the engine puts the model on its devices (no `device` argument)
+    profiles: bool  # `qk-ablate profile` runs on its model (the HF engine's)
+
+    def model_class(self) -> type[EngineModel]:
+        """The lm-eval model class (importing it registers `self.model` with lm-eval)."""
+        module, name = self.path.split(":")
+        cls: type[EngineModel] = getattr(import_module(module), name)
+        return cls
+
+    def load(self, model_args: dict[str, Any], batch_size: int | str, device: str) -> EngineModel:
+        """The engine's lm-eval model for `model_args` (ours and the engine's own)."""
+        options: dict[str, Any] = {"batch_size": batch_size, **({} if self.places_itself else {"device": device})}
+        return self.model_class()(**options, **model_args)
+
+
+ENGINES: dict[str, Engine] = {
+    "hf": Engine("hf", "qk_ablated", "qk_ablate.engines.hf.lm:QKAblatedLM", places_itself=False, profiles=True),
+    "vllm": Engine(
+        "vllm", "qk_ablated_vllm", "qk_ablate.engines.vllm.lm:QKAblatedVLLM", places_itself=True, profiles=False
+    ),
+}
+
+
+def engine(name: str) -> Engine:
+    """The engine called `name`, or one line naming the engines there are."""
+    if name not in ENGINES:
+        raise QKAblateError(f"engine {name!r} is not an engine; choose one of: {', '.join(ENGINES)}")
+    return ENGINES[name]
