@@ -32,6 +32,7 @@ import transformers
 
 from qk_ablate import InterventionSpec, attach
 from qk_ablate.core import fused
+from qk_ablate.core.step import TensorSite
 
 LLAMA3_VOCAB = 128256
 PREFILL = {
@@ -305,9 +306,9 @@ def attention_data(model: torch.nn.Module, tokens: list[int], repeats: int = 10)
         for name, spec in variants.items():
             seen: dict[str, torch.Tensor] = {}
 
-            def keep(layer: int, tensor: str, where: str, x: torch.Tensor, prompt: torch.Tensor | None) -> None:
-                if layer == 1:
-                    seen[tensor] = x.clone()  # as edited (after=True), in the layout the kernel got
+            def keep(site: TensorSite, x: torch.Tensor, prompt: torch.Tensor | None) -> None:
+                if site.layer == 1:
+                    seen[site.name] = x.clone()  # as edited (after=True), in the layout the kernel got
 
             with torch.no_grad(), attach(model, spec, observer=keep, observe=("post",), after=True):
                 model(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1, use_cache=False)

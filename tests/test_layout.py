@@ -159,3 +159,13 @@ def test_architecture_md_names_every_module():
         name for name, path in sorted(MODULES.items()) if path.name != "__init__.py" and _shown(path) not in text
     ]
     assert not missing, f"ARCHITECTURE.md does not name: {', '.join(missing)}"
+
+
+SPLIT_AT = 450  # formatted lines; aim under 350 and split a module that grows by role
+
+
+def test_no_module_outgrows_its_role():
+    """A guideline with a backstop: `ruff format --check` runs in CI, so a module cannot be kept short by
+    packing lines; one past SPLIT_AT formatted lines holds more than one idea and is split by role."""
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > SPLIT_AT}
+    assert not long, long
