@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import lm_eval.models  # noqa: F401  (lm-eval's own models are registered before ours)
 from lm_eval.tasks import TaskManager, _yaml_loader
@@ -18,6 +20,15 @@ from lm_eval.tasks import TaskManager, _yaml_loader
 from qk_ablate.engines import ENGINES
 from qk_ablate.errors import QKAblateError
 from qk_ablate.paths import TEMPLATE_PREFIX, tasks_dir, template_path
+
+_MARK = "__qk_ablate__"  # set on each wrapper, so that importing this module again wraps nothing twice
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _marked(function: _F) -> _F:
+    setattr(function, _MARK, True)
+    return function
+
 
 # Each engine's lm-eval model is registered by importing it: `qk_ablated` always, the others when a
 # command names them (importing vLLM takes seconds, and it lives in an environment of its own).
@@ -41,13 +52,12 @@ def _with_our_tasks(init):
             paths.insert(0, ours)  # user paths come later and may override ours
         return init(self, *args, include_path=paths, **kwargs)
 
-    wrapper.__qk_ablate__ = True
-    return wrapper
+    return _marked(wrapper)
 
 
 # Replaces: TaskManager searching only lm-eval's own tasks plus include_path.
 # Pinned by: tests/test_lm.py::test_plugin_puts_our_tasks_on_the_default_search_path.
-if not getattr(TaskManager.__init__, "__qk_ablate__", False):
+if not getattr(TaskManager.__init__, _MARK, False):
     TaskManager.__init__ = _with_our_tasks(TaskManager.__init__)
 
 
@@ -65,8 +75,7 @@ def _with_prompt_frame(process_tasks):
             metadata = {**extra, **(metadata or self.metadata or {})}
         return process_tasks(self, metadata)
 
-    wrapper.__qk_ablate__ = True
-    return wrapper
+    return _marked(wrapper)
 
 
 try:
@@ -75,7 +84,7 @@ except ImportError:  # an lm-eval without the CLI config: Python callers pass th
     EvaluatorConfig = None
 # Replaces: the CLI keeping --apply_chat_template / --system_instruction from the tasks' metadata.
 # Pinned by: tests/test_lm.py::test_plugin_hands_the_chat_template_flags_to_the_tasks.
-if EvaluatorConfig is not None and not getattr(EvaluatorConfig.process_tasks, "__qk_ablate__", False):
+if EvaluatorConfig is not None and not getattr(EvaluatorConfig.process_tasks, _MARK, False):
     EvaluatorConfig.process_tasks = _with_prompt_frame(EvaluatorConfig.process_tasks)
 
 
@@ -94,14 +103,13 @@ def _with_our_templates(load_yaml):
                 raise
         return load_yaml(path, **kwargs)
 
-    wrapper.__qk_ablate__ = True
-    return wrapper
+    return _marked(wrapper)
 
 
 # Replaces: `include:` read as a file path only (lm-eval's private _yaml_loader.load_yaml, which
 # loads includes through its module global, so patching the module is enough).
 # Pinned by: tests/test_tasks_user.py::test_facts_csv_template and ::test_unknown_template_is_a_readable_error.
-if not getattr(_yaml_loader.load_yaml, "__qk_ablate__", False):
+if not getattr(_yaml_loader.load_yaml, _MARK, False):
     _yaml_loader.load_yaml = _with_our_templates(_yaml_loader.load_yaml)
 
 
@@ -112,11 +120,10 @@ def _one_line_errors(hook):
             return
         hook(kind, value, traceback)
 
-    excepthook.__qk_ablate__ = True
-    return excepthook
+    return _marked(excepthook)
 
 
 # Replaces: the traceback lm_eval prints for any exception, for our QKAblateError only.
 # Pinned by: tests/test_embedded.py::test_bad_model_args_give_one_line_through_lm_eval.
-if not getattr(sys.excepthook, "__qk_ablate__", False):
+if not getattr(sys.excepthook, _MARK, False):
     sys.excepthook = _one_line_errors(sys.excepthook)

@@ -316,7 +316,7 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
         manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
         _check_tasks(config, manager)  # before the model loads
         lm = engine(config.engine).load(model, config.batch_size, device)
-        if needs_profile:
+        if needs_profile and config.profile is not None:
             _profile(lm, str(model["pretrained"]), config.profile, _model_folder(config, model) / "profile", log)
         for cell in todo:
             if cell.folder.exists():

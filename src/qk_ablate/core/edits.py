@@ -279,6 +279,7 @@ def edit_new_tokens(
 ) -> torch.Tensor:
     """New tokens' `x` with the prompt's `columns` set to its `fill` and/or fake-quantized (`quant`)."""
     if columns is not None:
+        assert fill is not None  # a prefill that chose columns kept their fill
         x = destroy_columns(x, columns, None, fill)
     if quant != "none":
         x = fake_quantize(x, quant, axis, group, sym, None, protect)

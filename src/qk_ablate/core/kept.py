@@ -64,7 +64,8 @@ class Decisions:
             raise QKAblateError("a decode step came without its prefill; start generation from an empty cache")
         if step.slots is None:
             return kept
-        return Kept(*(_rows(t, step.slots) for t in (kept.columns, kept.fill, kept.protect)))
+        slots = step.slots
+        return Kept(_rows(kept.columns, slots), _rows(kept.fill, slots), _rows(kept.protect, slots))
 
 
 def _store(

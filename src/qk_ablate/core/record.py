@@ -46,7 +46,10 @@ class SelectionTally:
 
     def to_wire(self) -> dict[str, dict[str, int]]:
         """Plain data, for a worker's answer to the driver."""
-        return {"selected": dict(self.selected), "heads": dict(self.heads)}
+        return {
+            "selected": {name: count for name, count in self.selected.items()},
+            "heads": {name: count for name, count in self.heads.items()},
+        }
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Mapping[str, int]]) -> SelectionTally:

@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from qk_ablate.core.vocabulary import (
     KV_GROUP,
     KV_RESIDUAL,
+    TENSOR_NAMES,
     Ablate,
     AblateTargets,
     Band,
@@ -30,6 +31,7 @@ from qk_ablate.core.vocabulary import (
     Rope,
     Select,
     Stage,
+    TensorName,
     check_kv_cache,
     check_quantizer,
     edits_nothing,
@@ -173,13 +175,13 @@ class InterventionSpec:
         """True when massive dims must be found (to destroy them, avoid them, or protect them)."""
         return self.ablate != "none" or self.protect == "massive"
 
-    def ablate_targets(self) -> frozenset[str]:
+    def ablate_targets(self) -> frozenset[TensorName]:
         """Tensors whose dims are destroyed ('q', 'k')."""
-        return frozenset(self.targets) if self.ablate != "none" else frozenset()
+        return _tensor_names(self.targets) if self.ablate != "none" else frozenset()
 
-    def quant_target_set(self) -> frozenset[str]:
+    def quant_target_set(self) -> frozenset[TensorName]:
         """Tensors that are fake-quantized ('q', 'k', 'v')."""
-        return frozenset(self.quant_targets) if self.quant != "none" else frozenset()
+        return _tensor_names(self.quant_targets) if self.quant != "none" else frozenset()
 
     def layer_indices(self, num_layers: int) -> frozenset[int]:
         """The selected layer indices for a model with `num_layers` layers, or a readable error."""
@@ -223,6 +225,11 @@ class InterventionSpec:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {key: _coerce(key, value, fields[key].default) for key, value in args.items()}
         return cls(**values, given=tuple(sorted(values)))
+
+
+def _tensor_names(targets: str) -> frozenset[TensorName]:
+    """'qk' -> {'q', 'k'}: the tensors a targets value names."""
+    return frozenset(name for name in TENSOR_NAMES if name in targets)
 
 
 def split_model_args(model_args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -35,6 +35,7 @@ KvCache = Literal[
 ]
 
 TensorName = Literal["q", "k", "v"]  # which tensor of attention
+TENSOR_NAMES: tuple[TensorName, ...] = ("q", "k", "v")
 Where = Literal["pre", "post"]  # before or after the rotary embedding (a `rope=` value, as a site's place)
 
 

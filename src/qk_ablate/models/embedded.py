@@ -106,7 +106,7 @@ def hf_folder() -> str:
 
     location = embedded_gguf()
     model = AutoModelForCausalLM.from_pretrained(location.directory, gguf_file=location.filename)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch types module attributes as Tensor | Module
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = root / f".{folder.name}.partial-{os.getpid()}"

@@ -61,8 +61,8 @@ def is_load_failure(error: BaseException, path: str | None, gguf_file: str | Non
     transformers raises OSError for missing files and ImportError for missing packages; a broken
     weights file raises the safetensors reader's own error, so the folder itself is checked too.
     """
-    return isinstance(error, (OSError, ImportError)) or (
-        bool(path) and not gguf_file and checkpoint_problem(path) is not None
+    return isinstance(error, (OSError, ImportError)) or bool(
+        path and not gguf_file and checkpoint_problem(path) is not None
     )
 
 
@@ -188,7 +188,9 @@ def load_model(
     if attn_implementation:
         options["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **options).to(auto_device(device)).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, **options)
+        # transformers types its `to` (functools.wraps of torch's) as a plain function: mypy sees `self` unbound
+        model = model.to(auto_device(device)).eval()  # type: ignore[arg-type]
     except Exception as error:  # missing or broken files, unknown attn_implementation, no flash-attn
         if not isinstance(error, ValueError) and not is_load_failure(error, path, gguf):
             raise

@@ -124,7 +124,7 @@ def load_prompts(
                 f"task {name} is neither contextual nor parametric; add kind: contextual|parametric to its YAML metadata"
             )
         task.build_all_requests(limit=limit + extra, rank=0, world_size=1)
-        firsts = {}
+        firsts: dict[int, Any] = {}  # doc_id -> its first lm-eval Instance
         for instance in task.instances:
             firsts.setdefault(instance.doc_id, instance)
         for doc_id, instance in sorted(firsts.items()):

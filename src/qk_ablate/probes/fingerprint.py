@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,12 @@ import torch
 from torch import nn
 
 from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.core.vocabulary import TensorName
 from qk_ablate.errors import QKAblateError
 from qk_ablate.probes.massive_stats import collect_massive_stats
 from qk_ablate.probes.profile import MOSTLY
 
-TENSORS = ("q", "k")
+TENSORS: tuple[TensorName, ...] = ("q", "k")
 DEFINITIONS = {
     "massive_set": f"(head, dim) with M > lam x the head's mean M in at least {MOSTLY:g} of the prompts",
     "overlap": "Jaccard |A & B| / |A | B| of the baseline's and the candidate's massive sets (1 when both are empty)",
@@ -49,9 +51,9 @@ class Side:
     """One model's statistics: per tensor, `[layers, H, D]` mean M and massive fraction, and each dim's pair."""
 
     label: str
-    norms: dict[str, np.ndarray]
-    massive: dict[str, np.ndarray]
-    pairs: dict[str, tuple[int, ...]]
+    norms: dict[TensorName, np.ndarray]
+    massive: dict[TensorName, np.ndarray]
+    pairs: dict[TensorName, tuple[int, ...]]
     rotary: bool  # False: `pairs` are plain dims (a model without RoPE)
 
 
@@ -173,7 +175,11 @@ def prompt_texts(tokenizer: Any, lengths: list[int], samples: int, source: str, 
     from qk_ablate.task_data.niah import build_niah_docs
     from qk_ablate.task_data.passkey import build_passkey_docs
 
-    builders = {"ctxqa": build_ctxqa_docs, "passkey": build_passkey_docs, "niah": build_niah_docs}
+    builders: dict[str, Callable[..., list[dict[str, Any]]]] = {
+        "ctxqa": build_ctxqa_docs,
+        "passkey": build_passkey_docs,
+        "niah": build_niah_docs,
+    }
     if source not in builders:
         raise QKAblateError(f"fingerprint source '{source}' is not one of {', '.join(PROFILE_SOURCES)}")
     if not lengths or min(lengths) < 1 or samples < 1:
@@ -211,7 +217,7 @@ def run_fingerprint(
     if samples < 1 or not lengths or min(lengths) < 1:
         raise QKAblateError("a fingerprint needs at least one length (e.g. 1k) and at least 1 sample")
     parsed = [parse_model_args(text) for text in (baseline, candidate)]
-    loads = [{"pretrained": "smollm2-135m", "device": device, **options} for options, _ in parsed]
+    loads: list[dict[str, Any]] = [{"pretrained": "smollm2-135m", "device": device, **options} for options, _ in parsed]
     models: list[tuple[Any, Any]] = []
     for number, options in enumerate(loads):
         if number and options == loads[0]:

@@ -52,7 +52,7 @@ def readout(model: nn.Module) -> Readout:
     base = getattr(model, "base_model", None) or model
     inner = getattr(base, "decoder", base)  # OPT keeps its final norm one level down
     norm = next((getattr(inner, n) for n in FINAL_NORMS if isinstance(getattr(inner, n, None), nn.Module)), None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]
     if norm is None or head is None:
         raise QKAblateError(
             f"{type(model).__name__}: cannot find its final norm and unembedding, so no lens can read its layers"
@@ -134,7 +134,8 @@ class TunedLens(nn.Module):
             )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            lens = cls(*state["weight"].shape[:2], meta=state.get("meta"))
+            num_layers, hidden = state["weight"].shape[:2]
+            lens = cls(num_layers, hidden, meta=state.get("meta"))
             lens.load_state_dict({"weight": state["weight"], "bias": state["bias"]})
         except Exception as error:  # a truncated file, another program's file
             raise QKAblateError(
@@ -253,7 +254,9 @@ class _Unembed:
     def __init__(self, read: Readout, device: torch.device, dtype: torch.dtype | None = None) -> None:
         fast = device.type == "cuda" or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         self.dtype = dtype or (torch.bfloat16 if fast else torch.float32)
-        self.weight = read.head.weight.detach().to(device, self.dtype)
+        weight = read.head.weight
+        assert isinstance(weight, torch.Tensor), f"{type(read.head).__name__}.weight is not a tensor"
+        self.weight = weight.detach().to(device, self.dtype)
         bias = getattr(read.head, "bias", None)
         self.bias = None if bias is None else bias.detach().to(device, self.dtype)
         self.softcap = read.softcap

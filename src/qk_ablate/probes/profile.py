@@ -10,20 +10,23 @@ The pictures are `figures.py`'s.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from qk_ablate.core.vocabulary import TensorName
 from qk_ablate.engines.hf.arch import find_layout
 from qk_ablate.engines.hf.rope import RopeDims, model_rope_dims
 from qk_ablate.errors import QKAblateError
 from qk_ablate.probes.massive_stats import MassiveStats, collect_massive_stats
 from qk_ablate.task_data.catalogue import PROFILE_SOURCES
 
+_QK: tuple[TensorName, ...] = ("q", "k")  # the tensors whose rotary dims are compared with Q's post-RoPE ones
 MOSTLY = 0.5  # a (head, dim) counts as massive when it is massive in at least half the samples
 
 
@@ -71,7 +74,7 @@ def _arrays(stats: MassiveStats, length: int, where: tuple[str, ...]) -> dict[st
 
 def profile_model(
     model: nn.Module,
-    documents: dict[int, list[dict[str, torch.Tensor]]],
+    documents: Mapping[int, Iterable[dict[str, torch.Tensor]]],
     model_name: str,
     source: str,
     lam: float = 5.0,
@@ -83,7 +86,7 @@ def profile_model(
     other = {}
     if rope is not None:
         for w in where:
-            for name in "qk":
+            for name in _QK:
                 dims = model_rope_dims(model, where=w, name=name)
                 if dims != rope:
                     other[f"{w}_{name}"] = dims
@@ -99,7 +102,7 @@ def profile_model(
 
 def run_profile(
     model: nn.Module,
-    tokenizer: object,
+    tokenizer: Any,
     model_name: str,
     lengths: list[int],
     samples: int = 10,
@@ -117,7 +120,11 @@ def run_profile(
     from qk_ablate.task_data.niah import build_niah_docs
     from qk_ablate.task_data.passkey import build_passkey_docs
 
-    builders = {"ctxqa": build_ctxqa_docs, "passkey": build_passkey_docs, "niah": build_niah_docs}
+    builders: dict[str, Callable[..., list[dict[str, Any]]]] = {
+        "ctxqa": build_ctxqa_docs,
+        "passkey": build_passkey_docs,
+        "niah": build_niah_docs,
+    }
     if source not in builders:
         raise QKAblateError(f"profile source '{source}' is not one of {', '.join(PROFILE_SOURCES)}")
     if not lengths or samples < 1:
@@ -318,6 +325,7 @@ def save_profile(profile: Profile, folder: str | Path) -> list[Path]:
     profile.json (the summary); `figures.save_heatmaps` draws the pictures."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "profile.npz", **profile.arrays)
+    # numpy's stub: a **dict might hold `allow_pickle: bool`, so mypy refuses arrays for it
+    np.savez_compressed(out / "profile.npz", **profile.arrays)  # type: ignore[arg-type]
     (out / "profile.json").write_text(json.dumps(summarize(profile), indent=1) + "\n", encoding="utf-8")
     return [out / "profile.npz", out / "profile.json"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +65,18 @@ def read_answer(record: dict[str, Any], choices: Sequence[str] | None = None) ->
     """
     try:
         resps, target = record.get("filtered_resps"), record.get("target")
-        doc = record.get("doc") if isinstance(record.get("doc"), dict) else {}
+        doc = record.get("doc")
+        if not isinstance(doc, dict):
+            doc = {}
         if isinstance(choices, str):  # doc_to_choice names a field of the document
             choices = doc.get(choices) if isinstance(doc.get(choices), list) else None
         if isinstance(resps, list) and resps and isinstance(resps[0], str):
             lines = answer_candidates(resps[0])
             answer = normalize_name(lines[0]) if lines else ""
             targets = target if isinstance(target, list) else [target]
-            aliases = doc.get("aliases") if isinstance(doc.get("aliases"), list) else []
+            aliases = doc.get("aliases")
+            if not isinstance(aliases, list):
+                aliases = []
             accepted = {normalize_name(str(t)) for t in [*targets, *aliases] if t is not None}
             return answer, tuple(sorted(accepted))
         if isinstance(resps, list) and len(resps) >= 2 and all(isinstance(r, list) and r for r in resps):
@@ -109,8 +113,10 @@ class Signal:
         top = f'"{self.top_answer or "(empty)"}"'
         fails = []
         if self.p_chance is not None and self.p_chance >= ALPHA:
+            assert self.chance is not None  # `assess` tests against chance only when it is known
             fails.append(f"chance ({100 * self.chance:.1f}%, one-sided binomial p = {self.p_chance:.2g})")
         if self.p_constant is not None and self.p_constant >= ALPHA:
+            assert self.top_share is not None and self.constant_accuracy is not None  # set with p_constant
             fails.append(
                 f"always answering {top} ({100 * self.top_share:.0f}% of its answers; that constant would "
                 f"score {100 * self.constant_accuracy:.1f}%, sign test p = {self.p_constant:.2g})"
@@ -129,7 +135,7 @@ class Signal:
 def assess(
     task: str,
     model: str,
-    scores: Sequence[float],
+    scores: Iterable[float],
     answers: Sequence[Answer | None] | None,
     chance: float | None,
     kind: str | None = None,

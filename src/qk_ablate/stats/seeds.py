@@ -62,8 +62,8 @@ def pooled_run(group: list[Run]) -> Run:
     label = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ";".join(map(str, seeds))
     tasks = {}
     for task, scores in first.tasks.items():
-        members = [r.tasks.get(task) for r in group]
-        if any(m is None or m.doc_ids != scores.doc_ids for m in members):
+        members = [m for r in group if (m := r.tasks.get(task)) is not None and m.doc_ids == scores.doc_ids]
+        if len(members) < len(group):
             continue  # a task not scored on the same documents by every seed is not pooled
         mean = np.mean([m.scores for m in members], axis=0)
         tasks[task] = TaskScores(task, scores.metric, scores.doc_ids, scores.doc_hashes, mean)

@@ -92,7 +92,7 @@ _KIND_OF = {task: family.kind for family in FAMILIES for task in family.tasks()}
 
 
 def task_kind(
-    task: str, overrides: Mapping[str, str] | None = None, declared: Mapping[str, str] | None = None
+    task: str, overrides: Mapping[str, str] | None = None, declared: Mapping[str, str | None] | None = None
 ) -> str | None:
     """'contextual', 'parametric', or None for a task outside both means.
 

@@ -103,8 +103,8 @@ def draw_fewshot(truths: list[bool], fewshot: int, seed: int = 0) -> list[int]:
         )
     shots = {label: rng.sample(rows[label], take[label]) for label in rows}
     order: list[int] = []
-    for pair in zip_longest(shots[True], shots[False]):
-        pair = [i for i in pair if i is not None]
+    for both in zip_longest(shots[True], shots[False]):
+        pair = [i for i in both if i is not None]
         rng.shuffle(pair)
         order.extend(pair)
     return order

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qk_ablate.core.vocabulary import TensorName
 from qk_ablate.errors import QKAblateError
+
+_QKV: tuple[TensorName, ...] = ("q", "k", "v")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class AttentionSite:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    sources: dict[str, TensorSource]
+    sources: dict[TensorName, TensorSource]
     rotary_start: int = 0
     select: tuple[int, int] | None = None
     recomputed: bool = False
@@ -97,9 +100,9 @@ class ModelLayout:
 
 def find_layout(model: nn.Module) -> ModelLayout:
     """Locate every self-attention layer's Q/K/V, or raise a readable error for unsupported models."""
-    config = model.config.get_text_config() if hasattr(model, "config") else None
+    config = model.config.get_text_config() if hasattr(model, "config") else None  # type: ignore[union-attr, operator]
     model_type = str(getattr(config, "model_type", type(model).__name__))
-    sites = []
+    sites: list[AttentionSite] = []
     for _, module in model.named_modules():
         site = _site_for(module, config, model_type, len(sites))
         if site is not None:
@@ -139,19 +142,27 @@ def _site_for(module: nn.Module, config, model_type: str, position: int) -> Atte
     )
     q_width, kv_width = num_heads * head_dim, num_kv * head_dim
     if separate:
-        q_out = getattr(module, "q_norm", None) or getattr(module, "q_layernorm", None) or module.q_proj
-        k_out = getattr(module, "k_norm", None) or getattr(module, "k_layernorm", None) or module.k_proj
-        sources = {
+        q_out = getattr(module, "q_norm", None) or getattr(module, "q_layernorm", None) or _child(module, "q_proj")
+        k_out = getattr(module, "k_norm", None) or getattr(module, "k_layernorm", None) or _child(module, "k_proj")
+        sources: dict[TensorName, TensorSource] = {
             "q": TensorSource(q_out, 0, q_width, num_heads, head_dim),
             "k": TensorSource(k_out, 0, kv_width, num_kv, head_dim),
-            "v": TensorSource(module.v_proj, 0, kv_width, num_kv, head_dim),
+            "v": TensorSource(_child(module, "v_proj"), 0, kv_width, num_kv, head_dim),
         }
     else:
+        assert isinstance(fused, nn.Module)  # not `separate`, so the check above found a fused projection
         sources = _blocked(fused, num_heads, num_kv, head_dim)
     return AttentionSite(layer, module, num_heads, num_kv, head_dim, sources)
 
 
-def _blocked(fused: nn.Module, num_heads: int, num_kv: int, head_dim: int) -> dict[str, TensorSource]:
+def _child(module: nn.Module, name: str) -> nn.Module:
+    """`module.<name>`, a submodule (torch types a module's attributes as `Tensor | Module`)."""
+    child = getattr(module, name)
+    assert isinstance(child, nn.Module), f"{type(module).__name__}.{name} is not a module"
+    return child
+
+
+def _blocked(fused: nn.Module, num_heads: int, num_kv: int, head_dim: int) -> dict[TensorName, TensorSource]:
     """`[Q | K | V]` in one output."""
     q_width, kv_width = num_heads * head_dim, num_kv * head_dim
     return {
@@ -163,14 +174,14 @@ def _blocked(fused: nn.Module, num_heads: int, num_kv: int, head_dim: int) -> di
 
 def _query_key_value_site(module: nn.Module, config, model_type: str, layer: int) -> AttentionSite:
     """GPT-NeoX and Falcon: one `query_key_value` projection in one of three layouts."""
-    fused = module.query_key_value
+    fused = _child(module, "query_key_value")
     num_heads = int(getattr(module, "num_heads", 0) or config.num_attention_heads)
     head_dim = int(getattr(module, "head_dim", 0) or getattr(module, "head_size", 0) or config.hidden_size // num_heads)
     d = head_dim
     if model_type == "falcon" and getattr(module, "new_decoder_architecture", False):
         groups = int(config.num_kv_heads)  # per KV head: its query heads, then one key and one value
         per = num_heads // groups
-        sources = {
+        sources: dict[TensorName, TensorSource] = {
             "q": TensorSource(fused, 0, per * d, num_heads, d, groups=groups),
             "k": TensorSource(fused, per * d, (per + 1) * d, groups, d, groups=groups),
             "v": TensorSource(fused, (per + 1) * d, (per + 2) * d, groups, d, groups=groups),
@@ -179,8 +190,7 @@ def _query_key_value_site(module: nn.Module, config, model_type: str, layer: int
         sources = _blocked(fused, num_heads, 1, d)
     elif model_type in ("falcon", "gpt_neox"):  # per head: q, k, v of that head
         sources = {
-            name: TensorSource(fused, i * d, (i + 1) * d, num_heads, d, groups=num_heads)
-            for i, name in enumerate("qkv")
+            name: TensorSource(fused, i * d, (i + 1) * d, num_heads, d, groups=num_heads) for i, name in enumerate(_QKV)
         }
     else:
         raise QKAblateError(
@@ -198,17 +208,17 @@ def _latent_site(module: nn.Module, config, model_type: str, layer: int) -> Atte
             f"{model_type} uses multi-head latent attention in a form qk-ablate does not know; "
             "deepseek_v3 (and models of that type) are supported"
         )
-    heads, nope, rope = int(module.num_heads), int(module.qk_nope_head_dim), int(module.qk_rope_head_dim)
-    v_dim, rank = int(module.v_head_dim), int(module.kv_lora_rank)
+    sizes = ("num_heads", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "kv_lora_rank")
+    heads, nope, rope, v_dim, rank = (int(getattr(module, name)) for name in sizes)
     interleaved = bool(getattr(config, "rope_interleave", False))
-    query = getattr(module, "q_proj", None) or module.q_b_proj
+    query = getattr(module, "q_proj", None) or _child(module, "q_b_proj")
     qk_dim = nope + rope
-    sources = {
+    sources: dict[TensorName, TensorSource] = {
         "q": TensorSource(
             query, 0, heads * qk_dim, heads, qk_dim, rotary_start=nope, interleaved=interleaved, select=(nope, qk_dim)
         ),
-        "k": TensorSource(module.kv_a_proj_with_mqa, rank, rank + rope, 1, rope, interleaved=interleaved),
-        "v": TensorSource(module.kv_b_proj, nope, nope + v_dim, heads, v_dim, groups=heads, recomputed=True),
+        "k": TensorSource(_child(module, "kv_a_proj_with_mqa"), rank, rank + rope, 1, rope, interleaved=interleaved),
+        "v": TensorSource(_child(module, "kv_b_proj"), nope, nope + v_dim, heads, v_dim, groups=heads, recomputed=True),
     }
     # post-RoPE, DeepSeek's interleaved rotary returns its output in rotate-half order
     return AttentionSite(

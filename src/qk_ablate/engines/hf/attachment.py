@@ -26,12 +26,15 @@ from qk_ablate.core.edits import Editor, Observer
 from qk_ablate.core.record import SelectionTally
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.core.step import IDLE_DECODE, Step
+from qk_ablate.core.vocabulary import TensorName, Where
 from qk_ablate.engines.hf import post_rope, pre_rope
 from qk_ablate.engines.hf.arch import ModelLayout, find_layout
 from qk_ablate.engines.hf.forward import Forward
 from qk_ablate.errors import QKAblateError
 
 __all__ = ["Attachment", "Observer", "attach"]
+
+_PLACES: tuple[Where, ...] = ("pre", "post")  # where an observer can watch (`observe`)
 
 
 class Attachment:
@@ -50,13 +53,13 @@ class Attachment:
         self.model = model
         self.spec = spec = spec.for_model(model)
         acts = spec.edits_attention
-        observe = frozenset(observe) if observer is not None else frozenset()
-        self._pre = (acts and spec.rope == "pre") or "pre" in observe
-        self._post = (acts and spec.rope == "post") or "post" in observe
+        observed = frozenset(w for w in _PLACES if w in observe) if observer is not None else frozenset()
+        self._pre = (acts and spec.rope == "pre") or "pre" in observed
+        self._post = (acts and spec.rope == "post") or "post" in observed
         self.layout: ModelLayout | None = find_layout(model) if (self._pre or self._post) else None
         layers = spec.layer_indices(self.layout.num_layers) if self.layout is not None else frozenset()
         band = band_dims(model, spec) if acts and spec.select == "band" else None
-        self.editor = Editor(spec, layers, observer, observe, band=band, after=after)
+        self.editor = Editor(spec, layers, observer, observed, band=band, after=after)
         self.forward = Forward(self.editor)
         if self.layout is not None:
             self._check(self.layout)
@@ -103,6 +106,7 @@ class Attachment:
     def _hook_projections(self) -> None:
         """Pre-RoPE hooks on (again, after decode steps that did without them)."""
         if self._pre and not self._pre_handles:
+            assert self.layout is not None  # `_pre` work found the layout in __init__
             self._pre_handles = pre_rope.install(self.layout, self.forward)
 
     def _unhook_projections(self) -> None:
@@ -117,6 +121,7 @@ class Attachment:
         self._handles.clear()
         self._unhook_projections()
         if self._original is not None:
+            assert self.layout is not None  # `attach` installed the wrapper with it
             post_rope.restore(self.model, self.layout, self._original)
             self._original = None
         self.editor.clear()
@@ -151,6 +156,7 @@ class Attachment:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs.get("inputs_embeds")
+        assert ids is not None, "a model forward without input_ids or inputs_embeds"
         q_len = ids.shape[1]
         cache = next((v for v in (*args, *kwargs.values()) if isinstance(v, Cache)), None)
         past = cache.get_seq_length() if cache is not None else 0
@@ -159,6 +165,8 @@ class Attachment:
             self.forward.step = IDLE_DECODE
             return
         self._hook_projections()
+        prompt: torch.Tensor | None
+        tokens: torch.Tensor | None
         if self._fixed is not None:
             prompt, tokens = (m[:, -q_len:] for m in self._fixed)
         else:
@@ -172,12 +180,12 @@ class Attachment:
             self.editor.new_batch()
 
 
-def band_dims(model: nn.Module, spec: InterventionSpec) -> dict[str, torch.Tensor]:
+def band_dims(model: nn.Module, spec: InterventionSpec) -> dict[TensorName, torch.Tensor]:
     """Per destroyed tensor, the `[D]` dims of `spec`'s band (`band=` or `pairs=`) where `spec.rope` edits it."""
     from qk_ablate.engines.hf.rope import model_rope_dims
 
     pairs = spec.pair_indices()
-    chosen = {}
+    chosen: dict[TensorName, torch.Tensor] = {}
     for name in sorted(spec.ablate_targets()):
         rope = model_rope_dims(model, where=spec.rope, name=name)
         if pairs is not None:

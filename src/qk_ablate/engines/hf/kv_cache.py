@@ -15,12 +15,13 @@ scale per layer tensor, fixed by the prompt.
 from __future__ import annotations
 
 from importlib.util import find_spec
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.errors import QKAblateError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # backend -> (module that must import, the pip package that provides it)
 PACKAGES: dict[str, tuple[str, str]] = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}
@@ -57,7 +58,7 @@ def generate_kwargs(spec: InterventionSpec) -> dict[str, Any]:
     return {"cache_implementation": "quantized", "cache_config": config} if config else {}
 
 
-def check_model(model: nn.Module, spec: InterventionSpec) -> None:
+def check_model(model: PreTrainedModel, spec: InterventionSpec) -> None:
     """Refuse, in one line and before any request runs, a cache that would fail (or be ignored) in generation."""
     config = cache_config(spec)
     if not config:

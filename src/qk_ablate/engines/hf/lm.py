@@ -62,12 +62,12 @@ class QKAblatedLM(HFLM):
         self._warned_kv_cache = False
 
     # ------------------------------------------------------------ generation
-    def _model_generate(self, context, max_length: int, stop: list[str], **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+    def _model_generate(self, context, max_length: int, stop: list[str], **kwargs: Any) -> torch.Tensor:
         """HFLM's generation, with transformers' quantized KV cache when `kv_cache` asks for it."""
         return super()._model_generate(context, max_length, stop, **{**kwargs, **kv_cache.generate_kwargs(self.spec)})
 
     # ------------------------------------------------------------ window
-    def generate_until(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+    def generate_until(self, requests, disable_tqdm: bool = False):
         self._check_window(requests)
         return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
@@ -83,7 +83,7 @@ class QKAblatedLM(HFLM):
         for task, group in by_task.items():
             for request in sorted(group, key=lambda r: len(r.args[0]), reverse=True)[:per_task]:
                 context, gen_kwargs = request.args
-                budget = int((gen_kwargs or {}).get("max_gen_toks", self.max_gen_toks))
+                budget = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks) if gen_kwargs else self.max_gen_toks)
                 tokens = len(self.tok_encode(context))
                 if tokens + budget > self.max_length:
                     raise QKAblateError(
@@ -93,7 +93,7 @@ class QKAblatedLM(HFLM):
                     )
 
     # ------------------------------------------------------------ loglikelihood prompts
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):  # type: ignore[override]
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         """Remember each request's context and continuation lengths, by its input tokens.
 
         HFLM feeds context + continuation in one forward; the continuation plays the part of
@@ -119,7 +119,7 @@ class QKAblatedLM(HFLM):
         finally:
             self._requests = None
 
-    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:  # type: ignore[override]
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         """HFLM's forward, with logits for the scored positions only (the last `keep` of the batch).
 
         HFLM slices each row's continuation counting from the end of what it gets back, so fewer

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from qk_ablate.core.step import TensorSite
+from qk_ablate.core.vocabulary import TensorName
 from qk_ablate.engines.hf.arch import AttentionSite, ModelLayout
 from qk_ablate.engines.hf.forward import Forward
 from qk_ablate.errors import QKAblateError
@@ -35,10 +36,10 @@ def install(model: nn.Module, layout: ModelLayout, forward: Forward) -> str:
     """Switch `model` to the wrapper and give its attention modules their work; returns the original implementation."""
     original = _check(model, layout)
     _register_wrapper(original)
-    model.set_attn_implementation(PREFIX + original)
+    model.set_attn_implementation(PREFIX + original)  # type: ignore[operator]
     stale = [s.layer for s in layout.sites if not _implementation(s.module, model).startswith(PREFIX)]
     if stale:
-        model.set_attn_implementation(original)
+        model.set_attn_implementation(original)  # type: ignore[operator]
         raise QKAblateError(
             f"{layout.model_type}: attention layer {stale[0]} kept its own attention implementation, so post-RoPE "
             "Q/K cannot be reached; use rope=pre"
@@ -50,7 +51,7 @@ def install(model: nn.Module, layout: ModelLayout, forward: Forward) -> str:
 
 def restore(model: nn.Module, layout: ModelLayout, original: str) -> None:
     """Give the model back its attention implementation and take the layers' work off its modules."""
-    model.set_attn_implementation(original)
+    model.set_attn_implementation(original)  # type: ignore[operator]
     for site in layout.sites:
         if hasattr(site.module, ATTRIBUTE):
             delattr(site.module, ATTRIBUTE)
@@ -90,9 +91,9 @@ def edit(
         return query, key, value
     q_len = query.shape[2]
     editor.edit(TensorSite(site.layer, "q", "post"), query, step, span=site.select, into=True)
-    tensors = {"k": key, "v": value}
+    tensors: dict[TensorName, torch.Tensor] = {"k": key, "v": value}
     for name, tensor in tensors.items():
-        tensor_site = TensorSite(site.layer, name, "post")  # type: ignore[arg-type]
+        tensor_site = TensorSite(site.layer, name, "post")
         span = site.select if name == "k" else None
         if site.recomputed:  # rebuilt from a latent cache: a new tensor every step, edited as a whole
             new = editor.edit(tensor_site, tensor, step, span=span, recomputed=True)
@@ -114,7 +115,7 @@ def _register_wrapper(original: str) -> None:
         return
 
     def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-        entry = getattr(module, ATTRIBUTE, None)
+        entry: tuple[Forward, AttentionSite] | None = getattr(module, ATTRIBUTE, None)
         if entry is None:
             raise QKAblateError(
                 f"{type(module).__name__} called the qk-ablate attention function but is not one of the attached "

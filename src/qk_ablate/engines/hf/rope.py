@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qk_ablate.core.vocabulary import TensorName
 from qk_ablate.errors import QKAblateError
 
 HIGH_BAND_TOKENS = 64.0
@@ -81,7 +82,9 @@ def rope_dims(
     return RopeDims(tuple(pairs), tuple(freqs), tuple(waves), tuple(bands), context)
 
 
-def model_rope_dims(model: nn.Module, head_dim: int | None = None, where: str = "post", name: str = "q") -> RopeDims:
+def model_rope_dims(
+    model: nn.Module, head_dim: int | None = None, where: str = "post", name: TensorName = "q"
+) -> RopeDims:
     """`rope_dims` of one tensor (`where` 'pre'|'post', `name` 'q'|'k') of a loaded model.
 
     Its geometry (head dim, first rotary dim, pairing) comes from `arch.find_layout`, so MLA's
