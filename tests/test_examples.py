@@ -1,4 +1,4 @@
-"""The README's own-data example (examples/own_data) builds its three tasks with their kinds."""
+"""The own-data example of docs/tasks.md (examples/own_data) builds its three tasks with their kinds."""
 
 from __future__ import annotations
 

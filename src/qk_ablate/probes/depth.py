@@ -396,7 +396,7 @@ def read_layers(model: Any) -> int:
 
 
 def kl_table(table: dict[str, list[float]] | None) -> str:
-    """The held-out KL(final || lens) per layer, logit lens beside tuned lens, as printed and kept in the README."""
+    """The held-out KL(final || lens) per layer, logit lens beside tuned lens, as printed and kept in docs/findings.md."""
     if not table:
         return "tuned lens: no held-out KL recorded"
     lines = ["layer  KL logit lens  KL tuned lens  (nats, held-out prompts)"]

@@ -1,6 +1,6 @@
 """The lm-eval model `qk_ablated`: HFLM with an intervention attached inside attention.
 
-Every HFLM argument keeps working; our keys (the README's Model arguments) are taken out of model_args
+Every HFLM argument keeps working; our keys (docs/model-arguments.md) are taken out of model_args
 first, validated into an `InterventionSpec`, attached once after loading, and recorded in the
 results JSON under `config.qk_ablate`.
 """
