@@ -64,7 +64,9 @@ def test_only_the_record_module_writes_the_record_keys():
 def test_the_hf_engine_writes_the_shared_record():
     from qk_ablate.engines.hf.lm import QKAblatedLM
 
-    lm = QKAblatedLM(pretrained=build("llama"), tokenizer=word_tokenizer(), device="cpu", batch_size=1, ablate="massive")
+    lm = QKAblatedLM(
+        pretrained=build("llama"), tokenizer=word_tokenizer(), device="cpu", batch_size=1, ablate="massive"
+    )
     lm.model(prompts(1, 16))
     info = lm.get_model_info()
     expected = run_record("LlamaForCausalLM", "hf", lm.spec, lm.attachment.tally())
