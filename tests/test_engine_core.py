@@ -9,7 +9,7 @@ import torch
 from qk_ablate import InterventionSpec, QKAblateError
 from qk_ablate.core.edits import Editor
 from qk_ablate.core.step import PREFILL, Step, TensorSite
-from qk_ablate.engines.vllm.worker import local_heads
+from qk_ablate.engines.vllm.sites import local_heads
 
 LAYERS = frozenset({0})
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from qk_ablate.errors import QKAblateError
@@ -28,6 +30,7 @@ def test_lm_evals_vllm_model_imports_under_the_cpu_build():
         ({"data_parallel_size": 2}, "data_parallel_size > 1"),
         ({"pipeline_parallel_size": 2}, "pipeline_parallel_size > 1"),
         ({"speculative_config": "{}"}, "speculative_config"),
+        ({"worker_extension_cls": "my.Extension"}, "sets worker_extension_cls itself"),
         ({"ablate": "massiv"}, "ablate='massiv' is not valid"),
         ({"ablate": "massive", "select": "band", "band": "low"}, "select=band runs on the HF engine only"),
         ({"kv_cache": "quanto:int4"}, "kv_cache=quanto:int4 is transformers' QuantizedCache, HF engine only"),
@@ -73,6 +76,19 @@ def test_the_embedded_model_runs_in_float32_with_room_on_a_cpu_host(monkeypatch)
         False,
     )
     assert "ablate" not in seen
+    assert seen["worker_extension_cls"] == "qk_ablate.engines.vllm.extension.QKAblateWorkerExtension"
+
+
+def test_the_engine_module_does_not_allow_vllm_to_pickle():
+    """Importing the engine leaves VLLM_ALLOW_INSECURE_SERIALIZATION unset (a fresh process: pytest's
+    own may have imported it already)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ALLOW_INSECURE_SERIALIZATION"}
+    code = "import os, qk_ablate.engines.vllm.lm; print(os.environ.get('VLLM_ALLOW_INSECURE_SERIALIZATION'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
 
 
 def test_what_the_user_gives_is_kept(monkeypatch):

@@ -1,16 +1,21 @@
 """The vLLM engine equals the HF engine on the embedded model in float32 (run in the vLLM environment).
 
-One vLLM model and one HF model are loaded once; each intervention is swapped in with `use`.
+One vLLM model and one HF model are loaded once; each intervention is swapped in with `use`. The
+vLLM model's workers carry our worker extension and, for one test, a capture of what vLLM's
+attention receives (`CapturingExtension`, which the workers import from this module).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [
@@ -31,7 +36,10 @@ def engines():
     from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
-    vllm = QKAblatedVLLM(
+    class Capturing(QKAblatedVLLM):
+        worker_extension = CapturingExtension
+
+    vllm = Capturing(
         pretrained="smollm2-135m", dtype="float32", max_model_len=2048, batch_size=8, gpu_memory_utilization=0.5, seed=0
     )
     hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
@@ -123,11 +131,11 @@ def test_stage_all_edits_every_decoded_token_of_every_sequence(engines, rope):
     decoded = sum(len(out.outputs[0].token_ids) - 1 for out in outputs)  # the last token is never fed back
     counts = vllm.counts()
     assert decoded == sum(2 + i for i in range(len(prompts)))
-    assert counts["prefills"] == len(prompts)
+    assert counts.prefills == len(prompts)
     for layer in range(hf.model.config.num_hidden_layers):
-        assert counts[f"prefill:{layer}:q"] == counts[f"prefill:{layer}:k"] == sum(map(len, prompts))
-        assert counts[f"decode:{layer}:q"] == counts[f"decode:{layer}:k"] == decoded
-        assert f"decode:{layer}:v" not in counts  # targets=qk: V is left alone
+        assert counts.of("prefill", layer, "q") == counts.of("prefill", layer, "k") == sum(map(len, prompts))
+        assert counts.of("decode", layer, "q") == counts.of("decode", layer, "k") == decoded
+        assert "v" not in counts.tokens["decode"][layer]  # targets=qk: V is left alone
 
 
 def test_post_rope_key_constant_fill_equals_zero_fill(engines):
@@ -156,26 +164,38 @@ def test_each_prompt_alone_equals_the_prompt_in_a_batch_of_eight(engines):
     assert max(abs(a - b) for a, b in zip(alone, together[::2])) <= 1e-4
 
 
-def _capture(model, layer: int) -> None:
-    """Record the q, k that layer's attention is handed, before (first hook) and after (last hook) ours."""
-    attn = next(m for n, m in model.named_modules() if n.endswith(f"layers.{layer}.self_attn.attn"))
-    store = []
-    model._test_capture = store
-    model._test_handles = (
-        attn.register_forward_pre_hook(
-            lambda mod, args: store.append(("in", args[0].clone(), args[1].clone())), prepend=True
-        ),
-        attn.register_forward_pre_hook(lambda mod, args: store.append(("out", args[0].clone(), args[1].clone()))),
-    )
+class CapturingExtension(QKAblateWorkerExtension):
+    """Our worker extension plus a record of the q, k that one layer's attention is handed, before
+    (first hook) and after (last hook) ours; answers are bytes and shapes, plain data for vLLM's msgpack."""
+
+    def qk_ablate_test_capture(self, layer: int) -> None:
+        model = self.get_model()
+        attn = next(m for n, m in model.named_modules() if n.endswith(f"layers.{layer}.self_attn.attn"))
+        store: list[tuple[Any, ...]] = []
+        self._qk_ablate_test = (
+            store,
+            (
+                attn.register_forward_pre_hook(
+                    lambda mod, args: store.append(("in", args[0].clone(), args[1].clone())), prepend=True
+                ),
+                attn.register_forward_pre_hook(
+                    lambda mod, args: store.append(("out", args[0].clone(), args[1].clone()))
+                ),
+            ),
+        )
+
+    def qk_ablate_test_captured(self) -> list[list[Any]]:
+        store, handles = self._qk_ablate_test
+        for handle in handles:
+            handle.remove()
+        return [[tag, *[(t.float().numpy().tobytes(), list(t.shape)) for t in tensors]] for tag, *tensors in store]
 
 
-def _captured(model) -> list:
-    """The records as bytes and shapes (vLLM's result encoding does not bring nested tensors back)."""
-    for handle in model._test_handles:
-        handle.remove()
-    return [
-        [tag, *[(t.float().numpy().tobytes(), list(t.shape)) for t in tensors]] for tag, *tensors in model._test_capture
-    ]
+def test_no_insecure_serialization_was_needed(engines):
+    """Every call above went to the workers as plain data: vLLM never had to be allowed to pickle."""
+    _, vllm = engines
+    assert vllm.model.collective_rpc("qk_ablate_attach", args=(InterventionSpec().to_wire(),)) == [30]
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ
 
 
 @pytest.mark.parametrize("protect", ["none", "massive"])
@@ -183,8 +203,6 @@ def test_the_vllm_path_quantizes_its_own_inputs_as_the_hf_engine_would(engines, 
     """Round-to-nearest turns float noise into whole steps, so the engines' int4 loglikelihoods cannot
     agree to 1e-4 (README); instead, what vLLM's attention receives is exactly the HF engine's
     `fake_quantize` of what it would have received, on a prompt's prefill."""
-    from functools import partial
-
     import torch
     from lm_eval.api.instance import Instance
 
@@ -193,12 +211,12 @@ def test_the_vllm_path_quantizes_its_own_inputs_as_the_hf_engine_would(engines, 
 
     _, vllm = engines
     vllm.use(InterventionSpec(quant="int4", quant_targets="qk", protect=protect))
-    vllm.model.apply_model(partial(_capture, layer=3))  # the worker imports this module (spawn keeps sys.path)
+    vllm.model.collective_rpc("qk_ablate_test_capture", args=(3,))
     context = _requests(2)[0].args[0]
     vllm.generate_until(
         [Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 1}), 0)], disable_tqdm=True
     )
-    (records,) = vllm.model.apply_model(_captured)
+    (records,) = vllm.model.collective_rpc("qk_ablate_test_captured")
     (_, q_in, k_in), (_, q_out, k_out) = records[:2]  # the prefill; decode steps are left alone
     for before, after, heads in ((q_in, q_out, 9), (k_in, k_out, 3)):
         before, after = (

@@ -4,6 +4,7 @@ it had generated; the engine recognises it by its registered prompt and edits it
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,8 @@ def test_preempted_generations_equal_the_same_prompts_run_alone(small_cache, sta
     small_cache.use(InterventionSpec(ablate="massive", stage=stage))
     prompts = _prompts(small_cache.tokenizer)
     together = _generate(small_cache, prompts)
-    assert small_cache.counts().get("recomputed", 0) > 0  # vLLM did preempt some of them
+    assert small_cache.counts().recomputed > 0  # vLLM did preempt some of them
     alone = [_generate(small_cache, [prompt])[0] for prompt in prompts]
     assert [tokens for tokens, _ in together] == [tokens for tokens, _ in alone]
     assert max(abs(a - b) for (_, a), (_, b) in zip(together, alone)) <= 1e-3
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ  # the workers were reached with plain data

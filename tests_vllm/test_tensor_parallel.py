@@ -75,5 +75,5 @@ def test_three_ranks_edit_every_decoded_token_with_stage_all(engines):
     requests = [Instance("generate_until", {}, (r.args[0], gen), i) for i, r in enumerate(_requests()[::2])]
     assert vllm.generate_until(requests, disable_tqdm=True) == hf.generate_until(requests, disable_tqdm=True)
     counts = vllm.counts()  # summed over the three ranks
-    assert counts["prefills"] == 3 * len(requests)
-    assert counts["decode:0:k"] == counts["decode:29:q"] > 0
+    assert counts.prefills == 3 * len(requests)
+    assert counts.of("decode", 0, "k") == counts.of("decode", 29, "q") > 0

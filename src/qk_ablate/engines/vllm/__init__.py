@@ -1,2 +1,3 @@
-"""The vLLM engine: `qk_ablated_vllm` (`lm`, in the driver process) and the attachment inside
-vLLM's workers (`worker`), over the same core as the HF engine."""
+"""The vLLM engine: `qk_ablated_vllm` (`lm`, in the driver process) and, inside vLLM's workers, the
+worker extension (`extension`) that attaches the same core (`worker`, `packing`, `sites`); the two
+sides exchange plain data only (`wire`). README.md in this folder walks through it."""

@@ -1,32 +1,30 @@
 """The lm-eval model `qk_ablated_vllm`: lm-eval's `VLLM` with the same interventions inside vLLM.
 
 Our keys are taken out of model_args and validated into the same `InterventionSpec` as the HF
-engine's; every other vLLM argument keeps working. The spec travels to vLLM's worker
-(`LLM.apply_model`, so it also reaches a worker in another process) where `vllm_hooks` installs
-it; the results JSON records it under `config.qk_ablate` with `engine: vllm`.
+engine's; every other vLLM argument keeps working. This class runs in the driver process; the
+model runs in vLLM's workers, which it reaches through our worker extension
+(`extension.QKAblateWorkerExtension`, named in vLLM's `worker_extension_cls`) and
+`LLM.collective_rpc`, sending and receiving plain data only (`wire`). The results JSON records
+the spec under `config.qk_ablate` with `engine: vllm`.
 
 vLLM features that would change the experiment are switched off or refused, never silently
 kept: CUDA graphs and torch.compile (hooks would not run on replayed steps: eager mode is
 forced), prefix caching (a cached prefix is never seen by a prefill, so its statistics would be
 missing) and chunked prefill (a prompt split over steps would be selected from a part of itself).
-Every input is registered with the worker before it is sent (`worker.set_prompt_lengths`),
-so a loglikelihood continuation is not counted as prompt and a preempted generation, recomputed
-by vLLM from its prompt and generated tokens, is edited as it was the first time.
+Every input is registered with the workers before it is sent (`qk_ablate_set_prompts`), so a
+loglikelihood continuation is not counted as prompt and a preempted generation, recomputed by
+vLLM from its prompt and generated tokens, is edited as it was the first time.
 """
 
 from __future__ import annotations
 
-import os
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 from qk_ablate.engines.vllm.compat import alias_cpu_build
 
 alias_cpu_build()  # before lm-eval's vLLM module reads the version of `vllm`
-os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model sends our functions to the worker
 
 import lm_eval.models  # noqa: E402,F401  (lm-eval's own models are registered before ours)
 from lm_eval.api.registry import register_model  # noqa: E402
@@ -34,7 +32,8 @@ from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 
 from qk_ablate.core.record import SelectionTally, run_record  # noqa: E402
 from qk_ablate.core.spec import InterventionSpec, split_model_args  # noqa: E402
-from qk_ablate.engines.vllm import worker  # noqa: E402
+from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension  # noqa: E402
+from qk_ablate.engines.vllm.wire import EditCounts, PromptLengths, prompts_to_wire  # noqa: E402
 from qk_ablate.errors import QKAblateError  # noqa: E402
 from qk_ablate.models.embedded import hf_folder, is_embedded  # noqa: E402
 
@@ -54,6 +53,9 @@ _FORCED = (
 class QKAblatedVLLM(VLLM):
     """lm-eval's VLLM whose attention destroys or quantizes Q/K/V dims as its `InterventionSpec` says."""
 
+    # What vLLM mixes into its workers (`worker_extension_cls`): a subclass may add methods of its own.
+    worker_extension: type[QKAblateWorkerExtension] = QKAblateWorkerExtension
+
     def __init__(self, pretrained: str = "smollm2-135m", **kwargs: Any) -> None:
         ours, rest = split_model_args(kwargs)
         self.spec = InterventionSpec.from_args(ours)
@@ -69,6 +71,7 @@ class QKAblatedVLLM(VLLM):
         _check_engine_args(rest)
         for name, value, _ in _FORCED:
             rest[name] = value
+        rest["worker_extension_cls"] = f"{self.worker_extension.__module__}.{self.worker_extension.__qualname__}"
         self._requested_model = str(pretrained)
         if is_embedded(pretrained):
             pretrained = hf_folder()
@@ -87,11 +90,11 @@ class QKAblatedVLLM(VLLM):
         self.use(self.spec)
 
     def use(self, spec: InterventionSpec) -> None:
-        """Install `spec` in the worker (replacing the current one) without reloading the model."""
+        """Attach `spec` in every worker (replacing the current one) without reloading the model."""
         self.spec = spec = spec.for_architecture(self.model.model_config.hf_config.model_type)
-        self.model.apply_model(partial(worker.attach, spec=spec.to_dict()))
+        self.model.collective_rpc("qk_ablate_attach", args=(spec.to_wire(),))
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):
         """Tell the worker each input's context length, so only context tokens count as the prompt.
 
         The inputs are built as lm-eval's VLLM builds them (context + continuation, cut from the
@@ -105,7 +108,7 @@ class QKAblatedVLLM(VLLM):
         with self._registered(lengths):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
 
-    def _model_generate(self, requests, generate: bool = False, sampling_params=None):  # type: ignore[override]
+    def _model_generate(self, requests, generate: bool = False, sampling_params=None):
         """Register each generation prompt, so a preempted and recomputed request keeps its prompt."""
         if not generate:
             return super()._model_generate(requests, generate, sampling_params)
@@ -113,31 +116,27 @@ class QKAblatedVLLM(VLLM):
             return super()._model_generate(requests, generate, sampling_params)
 
     @contextmanager
-    def _registered(self, lengths: dict[tuple[int, ...], int]) -> Iterator[None]:
+    def _registered(self, lengths: PromptLengths) -> Iterator[None]:
+        """Within this block the workers know `lengths` (an input's tokens -> its prompt length)."""
         if self.spec.is_noop:
             yield
             return
-        self.model.apply_model(partial(worker.set_prompt_lengths, lengths=lengths))
+        self.model.collective_rpc("qk_ablate_set_prompts", args=(prompts_to_wire(lengths),))
         try:
             yield
         finally:
-            self.model.apply_model(partial(worker.set_prompt_lengths, lengths=None))
+            self.model.collective_rpc("qk_ablate_set_prompts", args=([],))
 
-    def counts(self) -> dict[str, int]:
-        """What the intervention has edited so far, summed over the workers (see `worker.counts`)."""
-        total: Counter[str] = Counter()
-        for counts in self.model.apply_model(worker.counts):
-            total.update(counts)
-        return dict(total)
+    def counts(self) -> EditCounts:
+        """What the intervention has edited so far, summed over the workers."""
+        answers = self.model.collective_rpc("qk_ablate_counts")
+        return sum((EditCounts.from_wire(answer) for answer in answers), EditCounts())
 
     def get_model_info(self) -> dict:
         """The run record (`core.record`): the spec, the engine, and what the selection chose, summed over
         the workers (each holds its own heads)."""
-        counts = self.counts()
-        tally = SelectionTally(
-            {key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith("selected:")},  # type: ignore[misc]
-            {key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith("heads:")},  # type: ignore[misc]
-        )
+        answers = self.model.collective_rpc("qk_ablate_tally")
+        tally = sum((SelectionTally.from_wire(answer) for answer in answers), SelectionTally())
         return run_record(self._requested_model, "vllm", self.spec, tally)
 
 
@@ -155,6 +154,11 @@ def _check_engine_args(args: dict[str, Any]) -> None:
         raise QKAblateError(
             "qk_ablated_vllm does not run with pipeline_parallel_size > 1 (a rank would number "
             "its layers from its own share); split the model with tensor_parallel_size instead"
+        )
+    if args.get("worker_extension_cls"):
+        raise QKAblateError(
+            "qk_ablated_vllm sets worker_extension_cls itself (its workers' methods); drop it from model_args, "
+            "or subclass QKAblatedVLLM and set its worker_extension to a subclass of QKAblateWorkerExtension"
         )
     if args.get("speculative_config"):
         raise QKAblateError(
