@@ -98,6 +98,7 @@ def test_stock_lm_eval_cli_finds_model_and_tasks_and_records_the_spec(tmp_path):
         **InterventionSpec(ablate="massive", layers="0-9;20").to_dict(),
         "model": "smollm2-135m",
         "version": recorded["version"],
+        "engine": "hf",
     }
 
 
