@@ -131,8 +131,9 @@ class InterventionSpec:
         edited = (self.ablate_targets() & {"k"}) | (self.quant_target_set() & {"k", "v"})
         if edited:
             raise QKAblateError(
-                f"kv_cache={self.kv_cache} quantizes the prompt's keys/values as they enter the cache, before a post-RoPE "
-                f"edit of {'/'.join(sorted(edited)).upper()}, so decode steps would never see it; use rope=pre, or edit only q"
+                f"kv_cache={self.kv_cache} quantizes the prompt's keys/values as they enter the cache, "
+                f"before a post-RoPE edit of {'/'.join(sorted(edited)).upper()}, "
+                "so decode steps would never see it; use rope=pre, or edit only q"
             )
 
     @property

@@ -197,8 +197,9 @@ def band_dims(model: nn.Module, spec: InterventionSpec) -> dict[TensorName, torc
             mask = [b == spec.band for b in rope.band]
         if not any(mask):
             raise QKAblateError(
-                f"band={spec.band}: no dim of this model's {name} is in that band (bands by wavelength: high < 64 tokens, "
-                f"low > the {rope.context}-token window); choose another band or pairs="
+                f"band={spec.band}: no dim of this model's {name} is in that band "
+                f"(bands by wavelength: high < 64 tokens, low > the {rope.context}-token window); "
+                "choose another band or pairs="
             )
         chosen[name] = torch.tensor(mask, dtype=torch.bool)
     return chosen
