@@ -7,3 +7,27 @@ engine) leaves room for the HF model that the equivalence tests load beside it.
 import os
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# On a GPU vLLM runs float32 attention in Triton, whose dots use TF32 unless told otherwise.
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# gpu_memory_utilization of each engine: on a CPU host half a NUMA node (its KV cache is the 1 GiB
+# above); on a GPU a share small enough for the engines of several test modules to sit side by side.
+MEMORY = 0.12 if _cuda() else 0.5
+
+
+def on_gpu() -> bool:
+    """vLLM runs on a CUDA GPU here (the tests also run on a GPU host; CPU-only assertions check this)."""
+    return _cuda()
+
+
+def engine_mode() -> dict[str, bool]:
+    """How the tests that check step planning rather than graphs start vLLM: eager on a CPU (compiling
+    there adds minutes), vLLM's own default on a GPU (compiled, with CUDA graphs: what users run)."""
+    return {} if on_gpu() else {"enforce_eager": True}

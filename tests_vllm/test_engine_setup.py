@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import on_gpu
 
 from qk_ablate.errors import QKAblateError
 
 
+@pytest.mark.skipif(on_gpu(), reason="holds on a CPU host only: a CUDA host has the real vllm distribution")
 def test_lm_evals_vllm_model_imports_under_the_cpu_build():
     from importlib.metadata import version
 
@@ -24,7 +26,12 @@ def test_lm_evals_vllm_model_imports_under_the_cpu_build():
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        ({"enforce_eager": False}, "needs enforce_eager=True: CUDA graphs"),
+        ({"ablate": "massive", "rope": "pre", "enforce_eager": False}, "needs enforce_eager=True for rope=pre"),
+        ({"ablate": "massive", "compilation_config": "3"}, "reads compilation_config as a JSON object"),
+        (
+            {"ablate": "massive", "attention_backend": "FLASHINFER"},
+            "cannot edit under the attention backend FLASHINFER",
+        ),
         ({"enable_prefix_caching": True}, "needs enable_prefix_caching=False"),
         ({"enable_chunked_prefill": "true"}, "needs enable_chunked_prefill=False"),
         ({"data_parallel_size": 2}, "data_parallel_size > 1"),
@@ -66,15 +73,13 @@ def _engine_args(monkeypatch, **model_args) -> dict:
     return seen
 
 
+@pytest.mark.skipif(on_gpu(), reason="holds on a CPU host only: there gpu_memory_utilization is a NUMA node's share")
 def test_the_embedded_model_runs_in_float32_with_room_on_a_cpu_host(monkeypatch):
     seen = _engine_args(monkeypatch, pretrained="smollm2-135m", ablate="massive")
     assert seen["dtype"] == "float32"  # as on the HF engine
     assert seen["gpu_memory_utilization"] == 0.5  # this is a CPU host
-    assert (seen["enforce_eager"], seen["enable_prefix_caching"], seen["enable_chunked_prefill"]) == (
-        True,
-        False,
-        False,
-    )
+    assert "enforce_eager" not in seen  # the post-RoPE edit runs inside vLLM's eager attention op: compiled is kept
+    assert (seen["enable_prefix_caching"], seen["enable_chunked_prefill"]) == (False, False)
     assert "ablate" not in seen
     assert seen["worker_extension_cls"] == "qk_ablate.engines.vllm.extension.QKAblateWorkerExtension"
 
@@ -108,3 +113,57 @@ def test_an_engine_that_does_not_start_is_one_line(monkeypatch):
     with pytest.raises(QKAblateError, match="vLLM's engine did not start") as info:
         QKAblatedVLLM(pretrained="/some/model")
     assert "\n" not in str(info.value)
+
+
+def test_rope_pre_runs_eager_since_its_hook_sits_inside_the_compiled_graph(monkeypatch):
+    assert _engine_args(monkeypatch, pretrained="smollm2-135m", ablate="massive", rope="pre")["enforce_eager"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "mode"),
+    [
+        ({"ablate": "massive"}, None),  # vLLM's default FULL_AND_PIECEWISE: decode steps need no edit
+        ({"ablate": "massive", "stage": "all"}, "PIECEWISE"),  # decode attention must run eagerly
+        ({}, None),
+    ],
+)
+def test_cuda_graph_mode_follows_the_stage(args, mode):
+    from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.engines.vllm.lm import _with_graph_settings
+
+    engine_args: dict = {}
+    _with_graph_settings(engine_args, InterventionSpec.from_args(args), on_cpu=False)
+    assert engine_args.get("compilation_config", {}).get("cudagraph_mode") == mode
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "match"),
+    [
+        ({"ablate": "massive"}, {"cudagraph_mode": "FULL"}, "cudagraph_mode=FULL replays prefills"),
+        ({"ablate": "massive", "stage": "all"}, '{"cudagraph_mode": "FULL_AND_PIECEWISE"}', "replays decode steps"),
+    ],
+)
+def test_cuda_graphs_that_would_skip_the_edit_are_refused_in_one_line(args, config, match):
+    from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.engines.vllm.lm import _with_graph_settings
+
+    with pytest.raises(QKAblateError, match=match) as info:
+        _with_graph_settings({"compilation_config": config}, InterventionSpec.from_args(args), on_cpu=False)
+    assert "\n" not in str(info.value)
+
+
+def test_a_spec_swapped_in_later_must_fit_how_the_engine_started():
+    """`use` refuses rope=pre on a compiled engine and stage=all under FULL decode graphs; a sweep
+    avoids both by starting the engine with `engine_settings` of its whole grid."""
+    from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM, _with_graph_settings
+
+    compiled = _with_graph_settings({}, InterventionSpec(), on_cpu=False)
+    with pytest.raises(QKAblateError, match="start it with enforce_eager=True"):
+        compiled.check(InterventionSpec.from_args({"ablate": "massive", "rope": "pre"}))
+    with pytest.raises(QKAblateError, match="FULL_AND_PIECEWISE replays decode steps"):
+        compiled.check(InterventionSpec.from_args({"ablate": "massive", "stage": "all"}))
+    grid = [InterventionSpec.from_args({"ablate": "massive", "stage": "all"}), InterventionSpec()]
+    settings = QKAblatedVLLM.engine_settings(grid)
+    started = _with_graph_settings(dict(settings), InterventionSpec(), on_cpu=False)
+    started.check(grid[0])  # no error: PIECEWISE graphs run the decode edits

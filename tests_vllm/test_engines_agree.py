@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MEMORY
 
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension
@@ -44,8 +45,14 @@ def engines():
     class Capturing(QKAblatedVLLM):
         worker_extension = CapturingExtension
 
-    vllm = Capturing(
-        pretrained="smollm2-135m", dtype="float32", max_model_len=2048, batch_size=8, gpu_memory_utilization=0.5, seed=0
+    vllm = Capturing(  # eager: one engine runs every variant, rope=pre too (tests_vllm/test_compiled.py: compiled)
+        pretrained="smollm2-135m",
+        dtype="float32",
+        max_model_len=2048,
+        batch_size=8,
+        gpu_memory_utilization=MEMORY,
+        seed=0,
+        enforce_eager=True,
     )
     hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
     return hf, vllm
@@ -170,36 +177,45 @@ def test_each_prompt_alone_equals_the_prompt_in_a_batch_of_eight(engines):
 
 
 class CapturingExtension(QKAblateWorkerExtension):
-    """Our worker extension plus a record of the q, k that one layer's attention is handed, before
-    (first hook) and after (last hook) ours; answers are bytes and shapes, plain data for vLLM's msgpack."""
+    """Our worker extension plus a record of the q, k that one layer's attention is handed (`in`, a
+    forward pre-hook on vLLM's `Attention`) and what vLLM's attention implementation receives after
+    our edit (`out`, a wrapper under ours); answers are bytes and shapes, plain data for vLLM's msgpack."""
 
     def qk_ablate_test_capture(self, layer: int) -> None:
+        attachment = self._qk_ablate_current()
+        assert attachment is not None
+        spec = attachment.spec.to_wire()
+        self.qk_ablate_detach()  # ours is attached again below, so that it wraps the capture
         model = self.get_model()
         attn = next(m for n, m in model.named_modules() if n.endswith(f"layers.{layer}.self_attn.attn"))
         store: list[tuple[Any, ...]] = []
-        self._qk_ablate_test = (
-            store,
-            (
-                attn.register_forward_pre_hook(
-                    lambda mod, args: store.append(("in", args[0].clone(), args[1].clone())), prepend=True
-                ),
-                attn.register_forward_pre_hook(
-                    lambda mod, args: store.append(("out", args[0].clone(), args[1].clone()))
-                ),
-            ),
+        attend = attn.impl.forward
+
+        def forward(layer_: Any, query: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
+            store.append(("out", query.flatten(-2).clone(), key.flatten(-2).clone()))
+            return attend(layer_, query, key, *args, **kwargs)
+
+        attn.impl.forward = forward
+        handle = attn.register_forward_pre_hook(
+            lambda mod, args: store.append(("in", args[0].clone(), args[1].clone()))
         )
+        self._qk_ablate_test = (store, attn.impl, handle)
+        self.qk_ablate_attach(spec)
 
     def qk_ablate_test_captured(self) -> list[list[Any]]:
-        store, handles = self._qk_ablate_test
-        for handle in handles:
-            handle.remove()
+        store, impl, handle = self._qk_ablate_test
+        handle.remove()
+        spec = self._qk_ablate_current().spec.to_wire()
+        self.qk_ablate_detach()
+        del impl.forward
+        self.qk_ablate_attach(spec)
         return [[tag, *[(t.float().numpy().tobytes(), list(t.shape)) for t in tensors]] for tag, *tensors in store]
 
 
 def test_no_insecure_serialization_was_needed(engines):
     """Every call above went to the workers as plain data: vLLM never had to be allowed to pickle."""
     _, vllm = engines
-    assert vllm.model.collective_rpc("qk_ablate_attach", args=(InterventionSpec().to_wire(),)) == [30]
+    assert vllm.model.collective_rpc("qk_ablate_attach", args=(InterventionSpec().to_wire(),)) == [{"layers": 30}]
     assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ
 
 

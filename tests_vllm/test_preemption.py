@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import MEMORY, engine_mode
 
 from qk_ablate.core.spec import InterventionSpec
 
@@ -20,14 +21,17 @@ def small_cache():
     import qk_ablate.plugin  # noqa: F401
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
+    grid = [InterventionSpec(ablate="massive", stage=stage) for stage in ("prefill", "all")]
     return QKAblatedVLLM(
         pretrained="smollm2-135m",
         dtype="float32",
         max_model_len=1024,
         block_size=32,
         num_gpu_blocks_override=36,
-        gpu_memory_utilization=0.5,
+        gpu_memory_utilization=MEMORY,
         seed=0,
+        **engine_mode(),
+        **QKAblatedVLLM.engine_settings(grid),  # on a GPU: PIECEWISE graphs, as a sweep of this grid starts it
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
+from conftest import MEMORY
 
 
 def test_a_sweep_on_the_vllm_engine(tmp_path, capsys):
@@ -22,7 +23,7 @@ def test_a_sweep_on_the_vllm_engine(tmp_path, capsys):
                         "pretrained": "smollm2-135m",
                         "dtype": "float32",
                         "max_model_len": 2048,
-                        "gpu_memory_utilization": 0.5,
+                        "gpu_memory_utilization": MEMORY,
                     }
                 ],
                 "interventions": {"baseline": {}, "massive": {"ablate": "massive"}},

@@ -315,7 +315,7 @@ def run_sweep(config: SweepConfig, log=print) -> list[Path]:
             continue
         manager = TaskManager(include_path=config.include_path or None, metadata={**model, **config.metadata})
         _check_tasks(config, manager)  # before the model loads
-        lm = engine(config.engine).load(model, config.batch_size, device)
+        lm = engine(config.engine).load(model, config.batch_size, device, [cell.spec for cell in todo])
         if needs_profile and config.profile is not None:
             _profile(lm, str(model["pretrained"]), config.profile, _model_folder(config, model) / "profile", log)
         for cell in todo:

@@ -6,6 +6,7 @@ engine only when it is asked for (vLLM takes seconds to import and lives in its 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from qk_ablate.errors import QKAblateError
 
 if TYPE_CHECKING:
     from qk_ablate.core.engine import EngineModel
+    from qk_ablate.core.spec import InterventionSpec
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,18 @@ class Engine:
         cls: type[EngineModel] = getattr(import_module(module), name)
         return cls
 
-    def load(self, model_args: dict[str, Any], batch_size: int | str, device: str) -> EngineModel:
-        """The engine's lm-eval model for `model_args` (ours and the engine's own)."""
+    def load(
+        self, model_args: dict[str, Any], batch_size: int | str, device: str, specs: Iterable[InterventionSpec] = ()
+    ) -> EngineModel:
+        """The engine's lm-eval model for `model_args` (ours and the engine's own), started so that each
+        of `specs` (the ones a sweep will `use` on it) can run: an engine may need settings for some
+        (vLLM: eager mode for rope=pre), which it names in an `engine_settings(specs)` classmethod."""
+        cls = self.model_class()
         options: dict[str, Any] = {"batch_size": batch_size, **({} if self.places_itself else {"device": device})}
-        return self.model_class()(**options, **model_args)
+        settings = getattr(cls, "engine_settings", None)
+        if settings is not None:
+            options.update(settings(specs))
+        return cls(**{**options, **model_args})
 
 
 ENGINES: dict[str, Engine] = {

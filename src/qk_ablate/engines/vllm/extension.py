@@ -21,6 +21,8 @@ from torch import nn
 
 from qk_ablate.core.record import SelectionTally
 from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.engines.vllm import attention_op
+from qk_ablate.engines.vllm.sites import find_sites
 from qk_ablate.engines.vllm.wire import EditCounts, prompts_from_wire
 from qk_ablate.engines.vllm.worker import VllmAttachment
 
@@ -31,13 +33,20 @@ class QKAblateWorkerExtension:
     _qk_ablate_attachment: VllmAttachment | None  # annotation only: vLLM's extension holds methods only
     get_model: Any  # vLLM's worker method: the model this process runs (unwrapped from CUDA graphs)
 
-    def qk_ablate_attach(self, spec_wire: dict[str, Any]) -> int:
-        """Attach the spec (`InterventionSpec.to_wire`), replacing any earlier one; returns the layer count."""
+    def qk_ablate_attach(self, spec_wire: dict[str, Any]) -> dict[str, Any]:
+        """Attach the spec (`InterventionSpec.to_wire`), replacing any earlier one.
+
+        Answers `{"layers": n}`, or `{"refused": one line}` when this worker cannot run it (its
+        attention backend, say), so the driver raises it as a user error rather than a worker crash.
+        """
         self.qk_ablate_detach()
         model: nn.Module = self.get_model()
-        attachment = VllmAttachment(model, InterventionSpec.from_wire(spec_wire)).attach()
-        self._qk_ablate_attachment = attachment
-        return len(attachment.sites)
+        attachment = VllmAttachment(model, InterventionSpec.from_wire(spec_wire))
+        refused = attachment.refusal()
+        if refused is not None:
+            return {"refused": refused}
+        self._qk_ablate_attachment = attachment.attach()
+        return {"layers": len(attachment.sites)}
 
     def qk_ablate_detach(self) -> None:
         """Remove this worker's attachment, if any, leaving the model as it was."""
@@ -61,6 +70,10 @@ class QKAblateWorkerExtension:
         """What this worker's attachment edited (`EditCounts.to_wire`)."""
         attachment = self._qk_ablate_current()
         return (attachment.counts if attachment is not None else EditCounts()).to_wire()
+
+    def qk_ablate_backend(self) -> str:
+        """The attention backend vLLM chose in this worker (recorded with the run)."""
+        return attention_op.backend_name(find_sites(self.get_model())[0])
 
     def _qk_ablate_current(self) -> VllmAttachment | None:
         return getattr(self, "_qk_ablate_attachment", None)

@@ -8,9 +8,12 @@ model runs in vLLM's workers, which it reaches through our worker extension
 the spec under `config.qk_ablate` with `engine: vllm`.
 
 vLLM features that would change the experiment are switched off or refused, never silently
-kept: CUDA graphs and torch.compile (hooks would not run on replayed steps: eager mode is
-forced), prefix caching (a cached prefix is never seen by a prefill, so its statistics would be
+kept: prefix caching (a cached prefix is never seen by a prefill, so its statistics would be
 missing) and chunked prefill (a prompt split over steps would be selected from a part of itself).
+torch.compile and CUDA graphs are kept: the post-RoPE edit runs inside vLLM's attention op, which
+stays eager between the compiled pieces (`attention_op`). What cannot run there is said in one
+line and arranged (`graph_settings`): `rope=pre` hooks `qkv_proj`, inside the compiled graph, so
+it runs eager; `stage=all` edits decode steps, so their FULL CUDA graphs give way to PIECEWISE ones.
 Every input is registered with the workers before it is sent (`qk_ablate_set_prompts`), so a
 loglikelihood continuation is not counted as prompt and a preempted generation, recomputed by
 vLLM from its prompt and generated tokens, is edited as it was the first time.
@@ -18,7 +21,9 @@ vLLM from its prompt and generated tokens, is edited as it was the first time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import logging
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +37,7 @@ from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 
 from qk_ablate.core.record import SelectionTally, run_record  # noqa: E402
 from qk_ablate.core.spec import InterventionSpec, split_model_args  # noqa: E402
+from qk_ablate.engines.vllm.attention_op import refused_backend  # noqa: E402
 from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension  # noqa: E402
 from qk_ablate.engines.vllm.wire import EditCounts, PromptLengths, prompts_to_wire  # noqa: E402
 from qk_ablate.errors import QKAblateError  # noqa: E402
@@ -43,10 +49,27 @@ CPU_MEMORY_FRACTION = 0.5
 
 # vLLM arguments that would change what the intervention sees: (name, value we need, why).
 _FORCED = (
-    ("enforce_eager", True, "CUDA graphs and torch.compile replay steps without running the hooks"),
     ("enable_prefix_caching", False, "a cached prefix skips the prefill that selects and destroys its dims"),
     ("enable_chunked_prefill", False, "a prompt split over steps would be selected from a part of itself"),
 )
+# CUDA-graph modes (vLLM's `compilation_config.cudagraph_mode`) whose replays can skip the edit:
+# FULL graphs of mixed batches replay prefills; any FULL graph of decodes replays `stage=all`'s decode edits.
+_SKIPS_PREFILLS = {"FULL"}
+_SKIPS_DECODES = {"FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"}
+
+log = logging.getLogger(__name__)
+
+
+def graph_settings(specs: Iterable[InterventionSpec]) -> dict[str, Any]:
+    """The vLLM arguments under which every one of `specs` is edited on every step it should be:
+    eager for `rope=pre` (its hook sits inside the compiled graph), PIECEWISE CUDA graphs for
+    `stage=all` (decode steps' attention must run eagerly); nothing otherwise."""
+    edits = [spec for spec in specs if not spec.is_noop]
+    if any(spec.rope == "pre" for spec in edits):
+        return {"enforce_eager": True}
+    if any(spec.stage == "all" for spec in edits):
+        return {"compilation_config": {"cudagraph_mode": "PIECEWISE"}}
+    return {}
 
 
 @register_model("qk_ablated_vllm")
@@ -69,8 +92,10 @@ class QKAblatedVLLM(VLLM):
                 "qk_ablated (vLLM quantizes its own cache with its argument kv_cache_dtype, e.g. fp8)"
             )
         _check_engine_args(rest)
+        _check_backend(rest.get("attention_backend"), self.spec)
         for name, value, _ in _FORCED:
             rest[name] = value
+        self._graphs = _with_graph_settings(rest, self.spec, on_cpu=_on_cpu())
         rest["worker_extension_cls"] = f"{self.worker_extension.__module__}.{self.worker_extension.__qualname__}"
         self._requested_model = str(pretrained)
         if is_embedded(pretrained):
@@ -89,10 +114,18 @@ class QKAblatedVLLM(VLLM):
             ) from None
         self.use(self.spec)
 
+    @classmethod
+    def engine_settings(cls, specs: Iterable[InterventionSpec]) -> dict[str, Any]:
+        """Arguments a sweep passes at load so that every spec it will `use` can run on this engine."""
+        return graph_settings(specs)
+
     def use(self, spec: InterventionSpec) -> None:
         """Attach `spec` in every worker (replacing the current one) without reloading the model."""
+        self._graphs.check(spec)
         self.spec = spec = spec.for_architecture(self.model.model_config.hf_config.model_type)
-        self.model.collective_rpc("qk_ablate_attach", args=(spec.to_wire(),))
+        for answer in self.model.collective_rpc("qk_ablate_attach", args=(spec.to_wire(),)):
+            if answer.get("refused"):
+                raise QKAblateError(answer["refused"])
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):
         """Tell the worker each input's context length, so only context tokens count as the prompt.
@@ -137,7 +170,98 @@ class QKAblatedVLLM(VLLM):
         the workers (each holds its own heads)."""
         answers = self.model.collective_rpc("qk_ablate_tally")
         tally = sum((SelectionTally.from_wire(answer) for answer in answers), SelectionTally())
-        return run_record(self._requested_model, "vllm", self.spec, tally)
+        return {**run_record(self._requested_model, "vllm", self.spec, tally), "qk_ablate_vllm": self.settings()}
+
+    def settings(self) -> dict[str, Any]:
+        """How vLLM ran (its version, attention backend, eager or compiled, CUDA-graph mode), for the results."""
+        import vllm
+
+        config = self.model.llm_engine.vllm_config
+        compilation = config.compilation_config
+        return {
+            "version": vllm.__version__,
+            "attention_backend": self.model.collective_rpc("qk_ablate_backend")[0],
+            "enforce_eager": bool(config.model_config.enforce_eager),
+            "cudagraph_mode": str(getattr(compilation.cudagraph_mode, "name", compilation.cudagraph_mode)),
+            "async_scheduling": bool(getattr(config.scheduler_config, "async_scheduling", False)),
+        }
+
+
+class _Graphs:
+    """How the engine was started (eager, or which CUDA graphs), so `use` can refuse a spec that would
+    be skipped on replayed steps."""
+
+    def __init__(self, eager: bool, mode: str | None, on_cpu: bool) -> None:
+        self.eager, self.mode, self.on_cpu = eager, mode, on_cpu
+
+    def check(self, spec: InterventionSpec) -> None:
+        if spec.is_noop or self.eager:
+            return
+        if spec.rope == "pre":
+            raise QKAblateError(
+                "rope=pre hooks vLLM's qkv_proj, which runs inside the compiled graph, and this engine was started "
+                "compiled; start it with enforce_eager=True (qk-ablate sweep does so when its grid names rope=pre)"
+            )
+        if self.on_cpu:
+            return  # no CUDA graphs on a CPU host
+        mode = self.mode or "FULL_AND_PIECEWISE"  # vLLM's default
+        skips = _SKIPS_DECODES if spec.stage == "all" else _SKIPS_PREFILLS
+        if mode in skips:
+            what = "decode steps, which stage=all edits," if spec.stage == "all" else "prefills"
+            raise QKAblateError(
+                f"cudagraph_mode={mode} replays {what} without running the edit; start the engine with "
+                'compilation_config={"cudagraph_mode": "PIECEWISE"} (qk-ablate sweep does so when its grid names '
+                "stage=all)"
+            )
+
+
+def _with_graph_settings(args: dict[str, Any], spec: InterventionSpec, on_cpu: bool) -> _Graphs:
+    """Add `graph_settings(spec)` to vLLM's `args` (refusing a user setting that contradicts them)."""
+    wanted = graph_settings([spec])
+    if "enforce_eager" in wanted:
+        if "enforce_eager" in args and not _as_bool(args["enforce_eager"]):
+            raise QKAblateError(
+                "qk_ablated_vllm needs enforce_eager=True for rope=pre: its hook on qkv_proj runs inside the "
+                "compiled graph; drop enforce_eager from model_args"
+            )
+        args["enforce_eager"] = True
+        log.warning("qk_ablated_vllm: rope=pre hooks qkv_proj inside the compiled graph, so vLLM runs eager")
+    config = _compilation_config(args.get("compilation_config"))
+    wanted_mode = wanted.get("compilation_config", {}).get("cudagraph_mode")
+    if wanted_mode and not on_cpu and "cudagraph_mode" not in config:
+        config = args["compilation_config"] = {**config, "cudagraph_mode": wanted_mode}
+        log.warning("qk_ablated_vllm: stage=all edits decode steps, so vLLM captures PIECEWISE CUDA graphs only")
+    mode = config.get("cudagraph_mode")
+    mode = None if mode is None else str(getattr(mode, "name", mode)).upper()
+    graphs = _Graphs(_as_bool(args.get("enforce_eager", False)), mode, on_cpu)
+    graphs.check(spec)
+    return graphs
+
+
+def _compilation_config(value: Any) -> dict[str, Any]:
+    """The user's compilation_config as a dict (vLLM also takes a JSON string)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError as error:
+        raise QKAblateError(f"compilation_config is not valid JSON ({error}): {value}") from None
+    if not isinstance(parsed, dict):
+        raise QKAblateError(
+            f"qk_ablated_vllm reads compilation_config as a JSON object, got {value!r}; "
+            'pass e.g. compilation_config={"mode": 3, "cudagraph_mode": "PIECEWISE"}'
+        )
+    return parsed
+
+
+def _check_backend(name: Any, spec: InterventionSpec) -> None:
+    """A backend the edit cannot plan steps under, named by the user, is refused before loading (one
+    vLLM picks itself is refused by the workers at attach, in the same words)."""
+    refused = refused_backend(str(getattr(name, "name", name or "")))
+    if refused is not None and not spec.is_noop:
+        raise QKAblateError(refused)
 
 
 def _check_engine_args(args: dict[str, Any]) -> None:

@@ -39,14 +39,14 @@ class Packing:
     cells: torch.Tensor  # [N] the valid cells of the [B, S] grid, flattened
     rows: torch.Tensor  # [N] their flat token indices
 
-    def gather(self, flat: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-        """`flat: [T, heads * head_dim]` -> `[B, heads, S, head_dim]`."""
-        return flat[self.index].unflatten(-1, (heads, head_dim)).transpose(1, 2)
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens: [T, H, D]` -> `[B, H, S, D]`."""
+        return tokens[self.index].transpose(1, 2)
 
-    def scatter(self, flat: torch.Tensor, x: torch.Tensor) -> None:
-        """Write `x: [B, H, S, D]` back over the packed sequences' tokens of `flat`, in place."""
-        grid = x.transpose(1, 2).reshape(-1, flat.shape[-1])
-        flat.index_copy_(0, self.rows, grid.index_select(0, self.cells).to(flat.dtype))
+    def scatter(self, tokens: torch.Tensor, x: torch.Tensor) -> None:
+        """Write `x: [B, H, S, D]` back over the packed sequences' rows of `tokens: [T, H, D]`, in place."""
+        grid = x.transpose(1, 2).flatten(0, 1)
+        tokens.index_copy_(0, self.rows, grid.index_select(0, self.cells).to(tokens.dtype))
 
 
 @dataclass(frozen=True)
@@ -67,17 +67,26 @@ class StepPlanner:
         self.stage_all = stage_all
         self.counts = counts
         self.prompt_lengths: dict[tuple[int, ...], int] = {}
+        self._shortest = 1  # the shortest registered input (1: none registered, any query may be fresh)
         self._slot_of: dict[int, int] = {}  # stage=all: a live sequence's first KV block -> its slot
 
     def register(self, lengths: PromptLengths) -> None:
         """The inputs about to be sent, by their tokens, with their prompt lengths (empty: forget them)."""
         self.prompt_lengths = dict(lengths)
+        self._shortest = min(map(len, self.prompt_lengths), default=1)
 
     def clear(self) -> None:
         self._slot_of.clear()
 
     def plan(self, metadata: Any, input_ids: torch.Tensor | None) -> list[Part]:
-        """Split the step into fresh sequences and (for `stage=all`) decoding ones, on the host once."""
+        """Split the step into fresh sequences and (for `stage=all`) decoding ones, on the host once.
+
+        A step that cannot hold a fresh input (its longest query is shorter than every registered
+        input) is left alone at once under `stage=prefill`: decode steps make no host sync.
+        """
+        longest = getattr(metadata, "max_query_len", None)
+        if not self.stage_all and isinstance(longest, int) and longest < self._shortest:
+            return []
         starts = metadata.query_start_loc.tolist()
         seq_lens = metadata.seq_lens.tolist()
         query = [starts[i + 1] - starts[i] for i in range(len(seq_lens))]

@@ -1,13 +1,14 @@
-"""The vLLM engine's attachment: hooks inside vLLM's model, in the process that holds it.
+"""The vLLM engine's attachment: edits inside vLLM's model, in the process that holds it.
 
-Each step's sequences are gathered from vLLM's flat `[tokens, heads * head_dim]` tensors into the
+Each step's sequences are gathered from vLLM's `[tokens, heads, head_dim]` tensors into the
 `[B, H, S, D]` layout the HF engine uses (`packing`), edited by the same `edits.Editor`, and
 written back in place (the step's q, k, v are this layer's own projection outputs, read only by
-its attention; no copy of the flat tensor is made). Post-RoPE the hook is a forward pre-hook on
-each layer's `attn` module (it receives post-RoPE q, k, v and writes k, v into the paged cache
-itself, so the destroyed prompt keys stay destroyed for every decode step); pre-RoPE it is a
-forward hook on the fused `qkv_proj`. Statistics and masks are computed per sequence from its
-own tokens, so a prompt's result never depends on its batch mates.
+its attention; no copy of the token tensor is made). Post-RoPE the edit runs inside vLLM's
+attention op (`attention_op`: K and V before they are written to the paged cache, so the
+destroyed prompt keys stay destroyed for every decode step, then Q), which vLLM keeps eager
+between its compiled, graph-captured pieces; pre-RoPE it is a forward hook on the fused
+`qkv_proj`, which only runs in eager mode (`lm.py` asks for it). Statistics and masks are
+computed per sequence from its own tokens, so a prompt's result never depends on its batch mates.
 
 Tensor parallelism: each rank holds a slice of the heads (`sites.local_heads`, vLLM's rule, KV
 heads replicated when there are fewer than ranks); selection is per head, so it needs nothing
@@ -30,6 +31,7 @@ from qk_ablate.core.record import SelectionTally
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.core.step import TensorSite
 from qk_ablate.core.vocabulary import TENSOR_NAMES, TensorName
+from qk_ablate.engines.vllm import attention_op
 from qk_ablate.engines.vllm.packing import Part, StepPlanner
 from qk_ablate.engines.vllm.sites import VllmSite, find_sites, local_heads
 from qk_ablate.engines.vllm.wire import EditCounts, PromptLengths
@@ -48,32 +50,39 @@ class VllmAttachment:
         self.counts = EditCounts()  # sequences and tokens edited so far
         self.planner = StepPlanner(spec.stage == "all", self.counts)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._unwraps: list[Callable[[], None]] = []
         self._metadata: object = None
         self._parts: list[Part] = []
         self._input_ids: torch.Tensor | None = None
+        self._cache_written: set[int] = set()  # layers whose K, V this step were edited before the cache write
 
     def attach(self) -> VllmAttachment:
-        """Install the hooks (idempotent; a no-op spec installs none)."""
+        """Install the edits (idempotent; a no-op spec installs none)."""
         if self._handles or self.spec.is_noop:
             return self
-        embed = next((m for n, m in self.model.named_modules() if n.endswith("embed_tokens")), None)
-        if embed is not None:
-            self._handles.append(embed.register_forward_pre_hook(self._remember_ids))
+        self._handles.append(self.model.register_forward_pre_hook(self._remember_ids, with_kwargs=True))
+        if self.spec.rope == "post":
+            self._unwraps = [attention_op.wrap(site, self) for site in self.sites]
+            return self
         for site in self.sites:
-            if self.spec.rope == "post":
-                self._handles.append(site.attn.register_forward_pre_hook(self._post_hook(site)))
-            elif site.qkv_proj is None:
+            if site.qkv_proj is None:
                 self.remove()
                 raise QKAblateError(f"layer {site.layer} has no fused qkv_proj, so rope=pre cannot reach it on vLLM")
-            else:
-                self._handles.append(site.qkv_proj.register_forward_hook(self._pre_hook(site)))
+            self._handles.append(site.qkv_proj.register_forward_hook(self._pre_hook(site)))
         return self
 
+    def refusal(self) -> str | None:
+        """Why this worker cannot run the spec (one line), or None; asked by the driver before `attach`."""
+        return None if self.spec.is_noop else attention_op.refused_backend(attention_op.backend_name(self.sites[0]))
+
     def remove(self) -> None:
-        """Remove every hook and forget the prompts' decisions."""
+        """Remove every hook and wrapper and forget the prompts' decisions."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for unwrap in self._unwraps:
+            unwrap()
+        self._unwraps.clear()
         self.editor.clear()
         self.planner.clear()
 
@@ -87,49 +96,63 @@ class VllmAttachment:
         self._metadata = None
 
     # ------------------------------------------------------------ per step
-    def _remember_ids(self, module: nn.Module, args: tuple) -> None:
-        self._input_ids = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    def _remember_ids(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._input_ids = ids if isinstance(ids, torch.Tensor) else None
 
     def _parts_now(self, site: VllmSite) -> list[Part]:
-        """The step's parts, worked out once per step (at its first edited layer)."""
+        """The step's parts, worked out once per step (at its first edited layer); none while a CUDA
+        graph is captured (vLLM's dummy batches) or in warm-up steps without metadata."""
         from vllm.forward_context import get_forward_context
 
         step = get_forward_context().attn_metadata  # a new object every step
         if step is not self._metadata:
             self._metadata = step
+            self._cache_written.clear()
             metadata = step.get(site.attn.layer_name) if isinstance(step, dict) else step
-            self._parts = [] if metadata is None else self.planner.plan(metadata, self._input_ids)  # None: warm-up
+            if metadata is None or attention_op.capturing():
+                self._parts = []
+            else:
+                self._parts = self.planner.plan(metadata, self._input_ids)
         return self._parts
 
-    def _edit(self, site: VllmSite, name: TensorName, where: str, flat: torch.Tensor, heads: int) -> None:
-        """Edit the step's sequences in `flat: [T, heads * head_dim]`, in place."""
+    def _edit(self, site: VllmSite, name: TensorName, where: str, tokens: torch.Tensor) -> None:
+        """Edit the step's sequences in `tokens: [T, heads, head_dim]`, in place."""
         tensor_site = TensorSite(site.layer, name, where)  # type: ignore[arg-type]
         if not self.editor.changes(tensor_site):  # no gather for a tensor left alone
             return
         for part in self._parts_now(site):
-            new = self.editor.edit(tensor_site, part.packing.gather(flat, heads, site.head_dim), part.step)
+            new = self.editor.edit(tensor_site, part.packing.gather(tokens), part.step)
             if new is not None:
-                part.packing.scatter(flat, new)
+                part.packing.scatter(tokens, new)
                 self.counts.add(part.phase, site.layer, name, part.tokens)
 
-    def _post_hook(self, site: VllmSite) -> Callable[[nn.Module, tuple], None]:
-        def hook(module: nn.Module, args: tuple) -> None:
-            query, key, value = args[:3]
-            self._edit(site, "q", "post", query, site.num_heads)
-            self._edit(site, "k", "post", key, site.num_kv_heads)
-            self._edit(site, "v", "post", value, site.num_kv_heads)
+    def before_cache_write(self, site: VllmSite, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Post-RoPE K and V, edited before vLLM writes them into the paged cache."""
+        self._parts_now(site)  # starts the step's bookkeeping
+        self._edit(site, "k", "post", key)
+        self._edit(site, "v", "post", value)
+        self._cache_written.add(site.layer)
 
-        return hook
+    def before_attention(
+        self, site: VllmSite, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None
+    ) -> None:
+        """Post-RoPE Q (and K, V where the backend writes the cache in its own forward), before attention."""
+        self._parts_now(site)
+        self._edit(site, "q", "post", query)
+        if site.layer not in self._cache_written and key is not None and value is not None:
+            self._edit(site, "k", "post", key)
+            self._edit(site, "v", "post", value)
 
     def _pre_hook(self, site: VllmSite) -> Callable[[nn.Module, tuple, Any], None]:
-        q_width, kv_width = site.num_heads * site.head_dim, site.num_kv_heads * site.head_dim
+        widths = (site.num_heads * site.head_dim, site.num_kv_heads * site.head_dim, site.num_kv_heads * site.head_dim)
         heads = (site.num_heads, site.num_kv_heads, site.num_kv_heads)
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             out = output[0] if isinstance(output, tuple) else output
-            parts = out.split([q_width, kv_width, kv_width], dim=-1)  # views: edited in place
+            parts = out.split(list(widths), dim=-1)  # views: edited in place
             for name, part, count in zip(TENSOR_NAMES, parts, heads):
-                self._edit(site, name, "pre", part, count)
+                self._edit(site, name, "pre", part.unflatten(-1, (count, site.head_dim)))
 
         return hook
 

@@ -1,0 +1,172 @@
+"""The vLLM engine on a GPU, side by side with plain vLLM and the HF engine in one run (prints a table).
+
+A random Llama-3.1-8B-shaped bf16 model with a planted massive rotary pair (`gpu.build`) and the
+embedded model's tokenizer is saved to a folder; then, on the same work:
+
+* **generate**: `qk_gsm8k`, `--problems` problems, `--tokens` new tokens each (no stop string,
+  EOS ignored, so every variant generates the same number of tokens);
+* **loglikelihood**: `imdb` (200 reviews from tests/data, two continuations each);
+* **passkey_32k**: one 32k-token document;
+
+through plain lm-eval `vllm` at vLLM's defaults, plain `vllm` with `enforce_eager=True`,
+`qk_ablated_vllm` with none / `ablate=massive` / `quant=int4` (one engine, `use` between them, at
+its defaults: compiled, CUDA graphs), and `qk_ablated` (HF) none / `ablate=massive`. The engines
+are loaded once each, side by side on the card; each cell is the median wall time of `--repeats`
+rounds (round robin; the HF engine `--hf-repeats`), and every ratio is against plain vLLM at its
+defaults.
+
+    python3 benchmarks/vllm_gpu.py --tokenizer .gpu/tokenizer | tee results/benchmarks/vllm_h200.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NEVER = "<never stop here>"
+
+
+def save_model(tokenizer_dir: str, layers: int, folder: Path) -> None:
+    """The random 8B-shaped model (benchmarks/gpu.py's) and the tokenizer, as a folder vLLM loads."""
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu import build
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build(len(tokenizer), layers, tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (the embedded model's)")
+    parser.add_argument("--folder", default="/tmp/llama8b-shaped", help="where the random model is saved")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--problems", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hf-repeats", type=int, default=1)
+    parser.add_argument("--memory", type=float, default=0.24, help="gpu_memory_utilization of each vLLM engine")
+    parser.add_argument("--skip", default="", help="comma-separated workloads to leave out")
+    args = parser.parse_args()
+
+    import torch
+    import vllm
+    from lm_eval import simple_evaluate
+    from lm_eval.models.vllm_causallms import VLLM
+    from lm_eval.tasks import TaskManager
+
+    import qk_ablate.plugin  # noqa: F401  (our tasks)
+    from qk_ablate import task_data
+    from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
+
+    folder = Path(args.folder)
+    started = time.perf_counter()
+    if not (folder / "config.json").exists():
+        save_model(args.tokenizer, args.layers, folder)
+    print(f"model folder ready in {time.perf_counter() - started:.0f}s", flush=True)
+    window = 32768 + 1024
+    engine: dict[str, Any] = {"max_model_len": window, "gpu_memory_utilization": args.memory, "seed": 0}
+    engine |= {"batch_size": "auto", "dtype": "bfloat16"}
+    loads: dict[str, float] = {}
+
+    def load(name: str, make):
+        began = time.perf_counter()
+        lm = make()
+        loads[name] = time.perf_counter() - began
+        print(f"loaded {name} in {loads[name]:.0f}s", flush=True)
+        return lm
+
+    plain = load("vllm (defaults)", lambda: VLLM(pretrained=str(folder), **engine))
+    eager = load("vllm enforce_eager", lambda: VLLM(pretrained=str(folder), enforce_eager=True, **engine))
+    ours = load("qk_ablated_vllm", lambda: QKAblatedVLLM(pretrained=str(folder), **engine))
+    hf = load(
+        "qk_ablated (HF)",
+        lambda: QKAblatedLM(pretrained=str(folder), dtype="bfloat16", device="cuda", batch_size=64, max_length=window),
+    )
+    variants: dict[str, tuple[Any, InterventionSpec | None]] = {
+        "vllm (defaults)": (plain, None),
+        "vllm enforce_eager": (eager, None),
+        "qk_ablated_vllm none": (ours, InterventionSpec()),
+        "qk_ablated_vllm ablate=massive": (ours, InterventionSpec(ablate="massive")),
+        "qk_ablated_vllm quant=int4": (ours, InterventionSpec(quant="int4")),
+        "qk_ablated (HF) none": (hf, InterventionSpec()),
+        "qk_ablated (HF) ablate=massive": (hf, InterventionSpec(ablate="massive")),
+    }
+    packaged = Path(task_data.__file__).parent / "gsm8k_test.jsonl"
+    metadata = {"pretrained": str(folder), "gsm8k_path": str(packaged)}
+    metadata["imdb_path"] = str(ROOT / "tests" / "data" / "imdb_test_200.csv")
+    manager = TaskManager(metadata=metadata)
+    workloads = {
+        "generate": dict(
+            tasks=["qk_gsm8k"],
+            limit=args.problems,
+            gen_kwargs={"max_gen_toks": args.tokens, "until": [NEVER], "ignore_eos": True},
+        ),
+        "loglikelihood": dict(tasks=["imdb"], limit=None),
+        "passkey_32k": dict(tasks=["passkey_32k"], limit=1),
+    }
+    skipped = set(filter(None, args.skip.split(",")))
+    seconds: dict[str, dict[str, list[float]]] = {work: {name: [] for name in variants} for work in workloads}
+    scores: dict[str, dict[str, Any]] = {work: {} for work in workloads}
+    for work, options in workloads.items():
+        if work in skipped:
+            continue
+        for round_ in range(max(args.repeats, args.hf_repeats)):
+            for name, (lm, spec) in variants.items():
+                if round_ >= (args.hf_repeats if lm is hf else args.repeats):
+                    continue
+                if spec is not None:
+                    lm.use(spec)
+                kwargs = dict(options)
+                if lm is hf and work == "generate":  # HF generation stops at EOS unless told a minimum
+                    kwargs["gen_kwargs"] = {
+                        "max_gen_toks": args.tokens,
+                        "min_new_tokens": args.tokens,
+                        "until": [NEVER],
+                    }
+                torch.cuda.synchronize()
+                began = time.perf_counter()
+                results = simple_evaluate(model=lm, task_manager=manager, verbosity="ERROR", **kwargs)
+                torch.cuda.synchronize()
+                seconds[work][name].append(time.perf_counter() - began)
+                task = options["tasks"][0]
+                scores[work][name] = {k: v for k, v in results["results"][task].items() if k != "alias"}
+                print(f"{work} round {round_} {name}: {seconds[work][name][-1]:.1f}s {scores[work][name]}", flush=True)
+
+    card = torch.cuda.get_device_name()
+    print(f"\n{card}, torch {torch.__version__}, vllm {vllm.__version__}, {args.layers} layers, bf16")
+    print("load seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in loads.items()))
+    print(f"\n| variant | {' | '.join(w for w in workloads if w not in skipped)} |")
+    print("|---|" + "---:|" * len([w for w in workloads if w not in skipped]))
+    for name in variants:
+        cells = []
+        for work in workloads:
+            if work in skipped:
+                continue
+            base = statistics.median(seconds[work]["vllm (defaults)"])
+            mine = statistics.median(seconds[work][name])
+            extra = ""
+            if work == "generate":
+                extra = f", {args.problems * args.tokens / mine:,.0f} tok/s"
+            cells.append(f"{mine:.2f} s ({mine / base:.2f}x{extra})")
+        print(f"| {name} | {' | '.join(cells)} |")
+    print("\nscores: " + repr(scores))
+
+
+if __name__ == "__main__":
+    main()

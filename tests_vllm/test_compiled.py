@@ -1,0 +1,82 @@
+"""The vLLM engine as vLLM users run it: compiled with torch.compile (and on a GPU with CUDA graphs,
+vLLM's default FULL_AND_PIECEWISE), the edit running inside vLLM's eager attention op. It gives the
+HF engine's loglikelihoods and greedy generations, as the eager engine does (test_engines_agree).
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import MEMORY, on_gpu
+from test_engines_agree import TOLERANCE, _passkey_requests, _requests
+
+from qk_ablate.core.spec import InterventionSpec
+from qk_ablate.errors import QKAblateError
+
+VARIANTS = [{}, {"ablate": "massive"}, {"ablate": "massive", "targets": "k"}, {"ablate": "nonmassive"}]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    import qk_ablate.plugin  # noqa: F401
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
+
+    vllm = QKAblatedVLLM(
+        pretrained="smollm2-135m",
+        dtype="float32",
+        max_model_len=2048,
+        batch_size=8,
+        gpu_memory_utilization=MEMORY,
+        seed=0,
+    )
+    hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
+    return hf, vllm
+
+
+def test_the_engine_runs_compiled(engines):
+    _, vllm = engines
+    config = vllm.model.llm_engine.vllm_config
+    assert not config.model_config.enforce_eager
+    assert config.compilation_config.mode != 0  # torch.compile is on
+    if on_gpu():
+        assert config.compilation_config.cudagraph_mode.name == "FULL_AND_PIECEWISE"
+
+
+@pytest.mark.parametrize("args", VARIANTS, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()) or "none")
+def test_loglikelihoods_agree_compiled(engines, args):
+    hf, vllm = engines
+    spec = InterventionSpec.from_args(args)
+    hf.use(spec)
+    vllm.use(spec)
+    requests = _requests()
+    ours = [value for value, _ in vllm.loglikelihood(requests, disable_tqdm=True)]
+    theirs = [value for value, _ in hf.loglikelihood(requests, disable_tqdm=True)]
+    worst = max(abs(a - b) for a, b in zip(ours, theirs))
+    assert worst <= TOLERANCE.get(spec.ablate, 1e-4), worst
+    if not spec.is_noop:
+        assert vllm.counts().prefills == len(requests)  # every input's prefill went through the edit
+
+
+@pytest.mark.parametrize("args", [{}, {"ablate": "massive"}], ids=["none", "massive"])
+def test_greedy_generations_agree_compiled(engines, args):
+    """Decode steps replay FULL CUDA graphs on a GPU: the prompt's destroyed keys stay in the cache."""
+    hf, vllm = engines
+    spec = InterventionSpec.from_args(args)
+    hf.use(spec)
+    vllm.use(spec)
+    requests = _passkey_requests(hf.tokenizer, 12)
+    assert vllm.generate_until(requests, disable_tqdm=True) == hf.generate_until(requests, disable_tqdm=True)
+
+
+def test_stage_all_on_an_engine_whose_graphs_skip_decodes_is_one_line(engines):
+    """On a GPU the default graphs replay decode steps without Python; on a CPU there are none."""
+    _, vllm = engines
+    spec = InterventionSpec(ablate="massive", stage="all")
+    if on_gpu():
+        with pytest.raises(QKAblateError, match="replays decode steps"):
+            vllm.use(spec)
+    else:
+        vllm.use(spec)
+        assert vllm.spec.stage == "all"
+    with pytest.raises(QKAblateError, match="start it with enforce_eager=True"):
+        vllm.use(InterventionSpec(ablate="massive", rope="pre"))
