@@ -16,8 +16,31 @@ def _is_lm_eval() -> bool:
     return False
 
 
-if _is_lm_eval() and "qk_ablate.plugin" not in sys.modules:
+def _stop() -> None:
+    """End lm_eval before it starts, with a non-zero status.
+
+    site.py runs .pth lines inside `except Exception`, so SystemExit passes through it and aborts
+    site initialisation: Python then prints "Fatal Python error: init_import_site" and a traceback
+    (tried on 3.11). Only imports have run (lm_eval's CLI has not started, nothing is written), so
+    leaving at once, skipping their atexit handlers, loses nothing once our line is flushed.
+    """
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)
+
+
+def _load_plugin(argv: list[str]) -> None:
+    """Import the plugin. When that fails, one line names the package that broke it (lm_eval alone
+    would go on to a misleading `Tasks not found`), and a command that runs one of our models stops."""
     try:
         import qk_ablate.plugin  # noqa: F401
-    except Exception as error:  # never break lm_eval itself
-        print(f"qk-ablate: plugin not loaded ({error})", file=sys.stderr)
+    except Exception as error:  # never a traceback from a .pth line
+        from qk_ablate.startup import failure_line, named_models
+
+        print(f"qk-ablate: error: {failure_line(error)}", file=sys.stderr)
+        if named_models(argv):
+            _stop()
+
+
+if _is_lm_eval() and "qk_ablate.plugin" not in sys.modules:
+    _load_plugin(sys.argv)

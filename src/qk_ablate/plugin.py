@@ -20,6 +20,7 @@ from lm_eval.tasks import TaskManager, _yaml_loader
 from qk_ablate.engines import ENGINES
 from qk_ablate.errors import QKAblateError
 from qk_ablate.paths import TEMPLATE_PREFIX, tasks_dir, template_path
+from qk_ablate.startup import ModelUnavailable, named_models
 
 _MARK = "__qk_ablate__"  # set on each wrapper, so that importing this module again wraps nothing twice
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -28,13 +29,6 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _marked(function: _F) -> _F:
     setattr(function, _MARK, True)
     return function
-
-
-# Each engine's lm-eval model is registered by importing it: `qk_ablated` always, the others when a
-# command names them (importing vLLM takes seconds, and it lives in an environment of its own).
-for _engine in ENGINES.values():
-    if _engine.name == "hf" or any(_engine.model in str(arg) for arg in sys.argv):
-        _engine.model_class()
 
 
 def _with_our_tasks(init):
@@ -127,3 +121,20 @@ def _one_line_errors(hook):
 # Pinned by: tests/test_embedded.py::test_bad_model_args_give_one_line_through_lm_eval.
 if not getattr(sys.excepthook, _MARK, False):
     sys.excepthook = _one_line_errors(sys.excepthook)
+
+
+def _register_models(argv: list[str]) -> None:
+    """Import each engine's lm-eval model, which registers it: `qk_ablated` always, the others when
+    the command names them (importing vLLM takes seconds, and it lives in an environment of its own)."""
+    named = named_models(argv)
+    for engine in ENGINES.values():
+        if engine.name == "hf" or engine.model in named:
+            try:
+                engine.model_class()
+            except Exception as error:  # the start-up hook prints its message as one line
+                raise ModelUnavailable(engine.model, error) from error
+
+
+# Last, so that our tasks, templates and one-line errors are in place even when an engine cannot be
+# imported (a vLLM with a broken dependency, say).
+_register_models(sys.argv)
