@@ -20,6 +20,8 @@ def _cuda() -> bool:
 # gpu_memory_utilization of each engine: on a CPU host half a NUMA node (its KV cache is the 1 GiB
 # above); on a GPU a share small enough for the engines of several test modules to sit side by side.
 MEMORY = 0.12 if _cuda() else 0.5
+if _cuda():  # asking torch initialised CUDA in this process, so vLLM must spawn its engine, not fork it
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 
 
 def on_gpu() -> bool:

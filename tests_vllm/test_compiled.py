@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import MEMORY, on_gpu
-from test_engines_agree import TOLERANCE, _passkey_requests, _requests
+from test_engines_agree import _passkey_requests, _requests, tolerance
 
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.errors import QKAblateError
@@ -52,7 +52,7 @@ def test_loglikelihoods_agree_compiled(engines, args):
     ours = [value for value, _ in vllm.loglikelihood(requests, disable_tqdm=True)]
     theirs = [value for value, _ in hf.loglikelihood(requests, disable_tqdm=True)]
     worst = max(abs(a - b) for a, b in zip(ours, theirs))
-    assert worst <= TOLERANCE.get(spec.ablate, 1e-4), worst
+    assert worst <= tolerance(spec), worst
     if not spec.is_noop:
         assert vllm.counts().prefills == len(requests)  # every input's prefill went through the edit
 
