@@ -52,6 +52,7 @@ class VllmAttachment:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._unwraps: list[Callable[[], None]] = []
         self._metadata: object = None
+        self._planned = False  # `_parts` belong to the step now running
         self._parts: list[Part] = []
         self._input_ids: torch.Tensor | None = None
         self._cache_written: set[int] = set()  # layers whose K, V this step were edited before the cache write
@@ -97,17 +98,19 @@ class VllmAttachment:
 
     # ------------------------------------------------------------ per step
     def _remember_ids(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Runs at the start of every forward that Python sees (not on a replayed FULL CUDA graph)."""
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._input_ids = ids if isinstance(ids, torch.Tensor) else None
+        self._planned = False  # a new step, even if vLLM hands it a metadata object it used before
 
     def _parts_now(self, site: VllmSite) -> list[Part]:
         """The step's parts, worked out once per step (at its first edited layer); none while a CUDA
         graph is captured (vLLM's dummy batches) or in warm-up steps without metadata."""
         from vllm.forward_context import get_forward_context
 
-        step = get_forward_context().attn_metadata  # a new object every step
-        if step is not self._metadata:
-            self._metadata = step
+        step = get_forward_context().attn_metadata
+        if not self._planned or step is not self._metadata:
+            self._metadata, self._planned = step, True
             self._cache_written.clear()
             metadata = step.get(site.attn.layer_name) if isinstance(step, dict) else step
             if metadata is None or attention_op.capturing():
