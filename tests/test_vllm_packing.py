@@ -1,0 +1,69 @@
+"""The vLLM engine's step planner (`engines/vllm/packing.py`) on hand-made attention metadata: which
+sequences of a step are fresh prompts, their registered prompt lengths, the `[B, S]` grids over
+vLLM's `[tokens, heads, head_dim]` tensors, and decode steps left alone without a host sync."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qk_ablate.engines.vllm.packing import StepPlanner
+from qk_ablate.engines.vllm.wire import EditCounts
+
+
+@dataclass
+class Metadata:
+    """What FLASH_ATTN / TRITON_ATTN / CPU_ATTN metadata carry that the planner reads."""
+
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    num_actual_tokens: int
+    max_query_len: int
+    block_table: torch.Tensor
+
+
+class DeviceOnly:
+    """Metadata whose tensors must not be read: reading one would be a host sync."""
+
+    max_query_len = 1
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the planner read {name} on a step it should have left alone")
+
+
+def metadata(query: list[int], seq_lens: list[int]) -> Metadata:
+    starts = torch.tensor([0, *query]).cumsum(0)
+    blocks = torch.arange(len(query))[:, None] * 10
+    return Metadata(starts, torch.tensor(seq_lens), int(starts[-1]), max(query), blocks)
+
+
+def test_a_decode_step_is_left_alone_without_reading_the_metadata():
+    planner = StepPlanner(stage_all=False, counts=EditCounts())
+    planner.register({(5, 6, 7): 2, (1, 2, 3, 4): 4})  # the shortest registered input has 3 tokens
+    assert planner.plan(DeviceOnly(), None) == []
+
+
+def test_without_registered_inputs_a_decode_step_is_read_and_holds_no_prefill():
+    planner = StepPlanner(stage_all=False, counts=EditCounts())
+    assert planner.plan(metadata([1, 1], [9, 12]), torch.tensor([3, 4])) == []
+
+
+def test_a_mixed_step_packs_its_fresh_prompts_with_their_registered_lengths():
+    counts = EditCounts()
+    planner = StepPlanner(stage_all=False, counts=counts)
+    planner.register({(1, 2, 3, 4): 3, (7, 8): 2})  # a loglikelihood input: 3 context tokens + 1 continuation
+    # a decode (1 token of a 9-token sequence), then two fresh inputs of 4 and 2 tokens
+    ids = torch.tensor([50, 1, 2, 3, 4, 7, 8])
+    (part,) = planner.plan(metadata([1, 4, 2], [9, 4, 2]), ids)
+    assert part.phase == "prefill" and part.tokens == 6 and counts.prefills == 2
+    assert part.step.prompt.tolist() == [[True, True, True, False], [True, True, False, False]]
+    assert part.step.tokens.tolist() == [[True, True, True, True], [True, True, False, False]]
+    tokens = torch.arange(7 * 2 * 3, dtype=torch.float32).reshape(7, 2, 3)  # [T, heads, head_dim]
+    grid = part.packing.gather(tokens)
+    assert grid.shape == (2, 2, 4, 3)  # [B, H, S, D]
+    assert torch.equal(grid[0, :, :, :].transpose(0, 1), tokens[1:5])
+    assert torch.equal(grid[1, :, :2].transpose(0, 1), tokens[5:7])
+    edited = tokens.clone()
+    part.packing.scatter(edited, -grid)
+    assert torch.equal(edited[1:], -tokens[1:]) and torch.equal(edited[0], tokens[0])  # the decode row untouched
