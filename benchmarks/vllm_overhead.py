@@ -47,8 +47,10 @@ def main() -> None:
         "batch_size": args.batch_size,
     }
     folder = hf_folder()
+    # Both eager, as the committed CPU figures were taken (compiling on a 2-core CPU costs minutes);
+    # compiled engines with CUDA graphs are compared on a GPU by benchmarks/vllm_gpu.py.
     plain = VLLM(pretrained=folder, enforce_eager=True, enable_prefix_caching=False, **engine)
-    ours = QKAblatedVLLM(pretrained="smollm2-135m", **engine)
+    ours = QKAblatedVLLM(pretrained="smollm2-135m", enforce_eager=True, **engine)
     hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=args.batch_size)
     variants = {
         "plain vllm": (plain, None),
