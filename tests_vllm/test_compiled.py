@@ -12,7 +12,7 @@ from test_engines_agree import _passkey_requests, _requests, tolerance
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.errors import QKAblateError
 
-VARIANTS = [{}, {"ablate": "massive"}, {"ablate": "massive", "targets": "k"}, {"ablate": "nonmassive"}]
+VARIANTS = [{}, {"ablate": "massive"}]  # the eager engine runs every variant (test_engines_agree)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +57,13 @@ def test_loglikelihoods_agree_compiled(engines, args):
         assert vllm.counts().prefills == len(requests)  # every input's prefill went through the edit
 
 
-@pytest.mark.parametrize("args", [{}, {"ablate": "massive"}], ids=["none", "massive"])
-def test_greedy_generations_agree_compiled(engines, args):
+def test_greedy_generations_agree_compiled(engines):
     """Decode steps replay FULL CUDA graphs on a GPU: the prompt's destroyed keys stay in the cache."""
     hf, vllm = engines
-    spec = InterventionSpec.from_args(args)
+    spec = InterventionSpec(ablate="massive")
     hf.use(spec)
     vllm.use(spec)
-    requests = _passkey_requests(hf.tokenizer, 12)
+    requests = _passkey_requests(hf.tokenizer, 6)
     assert vllm.generate_until(requests, disable_tqdm=True) == hf.generate_until(requests, disable_tqdm=True)
 
 

@@ -24,6 +24,7 @@ def test_a_sweep_on_the_vllm_engine(tmp_path, capsys):
                         "dtype": "float32",
                         "max_model_len": 2048,
                         "gpu_memory_utilization": MEMORY,
+                        "enforce_eager": True,  # compiling costs minutes on a CPU; compiled runs: test_compiled.py
                     }
                 ],
                 "interventions": {"baseline": {}, "massive": {"ablate": "massive"}},
