@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from qk_ablate.engines.vllm.compat import alias_cpu_build
@@ -187,12 +188,14 @@ class QKAblatedVLLM(VLLM):
         }
 
 
+@dataclass(frozen=True)
 class _Graphs:
     """How the engine was started (eager, or which CUDA graphs), so `use` can refuse a spec that would
     be skipped on replayed steps."""
 
-    def __init__(self, eager: bool, mode: str | None, on_cpu: bool) -> None:
-        self.eager, self.mode, self.on_cpu = eager, mode, on_cpu
+    eager: bool
+    mode: str | None
+    on_cpu: bool
 
     def check(self, spec: InterventionSpec) -> None:
         if spec.is_noop or self.eager:

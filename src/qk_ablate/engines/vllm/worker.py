@@ -148,12 +148,12 @@ class VllmAttachment:
             self._edit(site, "v", "post", value)
 
     def _pre_hook(self, site: VllmSite) -> Callable[[nn.Module, tuple, Any], None]:
-        widths = (site.num_heads * site.head_dim, site.num_kv_heads * site.head_dim, site.num_kv_heads * site.head_dim)
         heads = (site.num_heads, site.num_kv_heads, site.num_kv_heads)
+        widths = [count * site.head_dim for count in heads]
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             out = output[0] if isinstance(output, tuple) else output
-            parts = out.split(list(widths), dim=-1)  # views: edited in place
+            parts = out.split(widths, dim=-1)  # views: edited in place
             for name, part, count in zip(TENSOR_NAMES, parts, heads):
                 self._edit(site, name, "pre", part.unflatten(-1, (count, site.head_dim)))
 
