@@ -133,6 +133,25 @@ def main() -> None:
             kwargs["gen_kwargs"] = {"max_gen_toks": args.tokens, "min_new_tokens": args.tokens, "until": [NEVER]}
         return simple_evaluate(model=lm, task_manager=manager, verbosity="ERROR", **kwargs)
 
+    card = torch.cuda.get_device_name()
+
+    def table() -> None:
+        """The table so far (printed after each workload, so a run cut short keeps what it measured)."""
+        done = [work for work in workloads if work not in skipped and seconds[work]["vllm (defaults)"]]
+        print(f"\n{card}, torch {torch.__version__}, vllm {vllm.__version__}, {args.layers} layers, bf16")
+        print("load seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in loads.items()))
+        print(f"\n| variant | {' | '.join(done)} |")
+        print("|---|" + "---:|" * len(done))
+        for name in variants:
+            cells = []
+            for work in done:
+                base = statistics.median(seconds[work]["vllm (defaults)"])
+                mine = statistics.median(seconds[work][name])
+                extra = f", {args.problems * args.tokens / mine:,.0f} tok/s" if work == "generate" else ""
+                cells.append(f"{mine:.2f} s ({mine / base:.2f}x{extra})")
+            print(f"| {name} | {' | '.join(cells)} |")
+        print("\nscores: " + repr(scores), flush=True)
+
     for work, options in workloads.items():
         if work in skipped:
             continue
@@ -150,25 +169,7 @@ def main() -> None:
                 task = options["tasks"][0]
                 scores[work][name] = {k: v for k, v in results["results"][task].items() if k != "alias"}
                 print(f"{work} round {round_} {name}: {seconds[work][name][-1]:.1f}s {scores[work][name]}", flush=True)
-
-    card = torch.cuda.get_device_name()
-    print(f"\n{card}, torch {torch.__version__}, vllm {vllm.__version__}, {args.layers} layers, bf16")
-    print("load seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in loads.items()))
-    print(f"\n| variant | {' | '.join(w for w in workloads if w not in skipped)} |")
-    print("|---|" + "---:|" * len([w for w in workloads if w not in skipped]))
-    for name in variants:
-        cells = []
-        for work in workloads:
-            if work in skipped:
-                continue
-            base = statistics.median(seconds[work]["vllm (defaults)"])
-            mine = statistics.median(seconds[work][name])
-            extra = ""
-            if work == "generate":
-                extra = f", {args.problems * args.tokens / mine:,.0f} tok/s"
-            cells.append(f"{mine:.2f} s ({mine / base:.2f}x{extra})")
-        print(f"| {name} | {' | '.join(cells)} |")
-    print("\nscores: " + repr(scores))
+        table()
 
 
 if __name__ == "__main__":

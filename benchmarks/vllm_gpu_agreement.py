@@ -6,8 +6,13 @@ a process of its own (vLLM reads its runner and backend from the environment at 
 
 * bfloat16 on each attention backend (FLASH_ATTN, TRITON_ATTN, FLASHINFER) and both model
   runners (V1, V2), at vLLM's defaults otherwise (compiled, CUDA graphs, async scheduling): the
-  per-request |vLLM - HF| of `ablate=massive` beside the no-op's own (the noise floor);
-* float32 with `TRITON_F32_DEFAULT=ieee` (vLLM picks TRITON_ATTN for float32): the largest |vLLM - HF|.
+  per-request |vLLM - HF| of `ablate=massive` and `quant=int4` beside the no-op's own (the noise
+  floor of two engines in bf16);
+* float32 with `TRITON_F32_DEFAULT=ieee` (vLLM picks TRITON_ATTN for float32): the same figures.
+
+The HF engine's values are computed once per dtype in this process; each vLLM configuration
+starts in a process of its own after the previous one has exited (vLLM's memory profiling assumes
+no other process frees GPU memory while it measures).
 
     python3 benchmarks/vllm_gpu_agreement.py --tokenizer .gpu/tokenizer | tee results/benchmarks/vllm_agreement_h200.log
 """
@@ -73,13 +78,10 @@ def requests(count: int = 24) -> list:
     return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
 
 
-def run_cell(folder: str, cell: dict[str, str]) -> dict:
-    """One configuration: both engines' loglikelihoods under each spec (in this process)."""
-    import torch
-
+def vllm_cell(folder: str, cell: dict[str, str]) -> dict:
+    """One vLLM configuration (in a process of its own): its loglikelihoods under each spec."""
     import qk_ablate.plugin  # noqa: F401
     from qk_ablate.core.spec import InterventionSpec
-    from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
     from qk_ablate.errors import QKAblateError
 
@@ -93,16 +95,30 @@ def run_cell(folder: str, cell: dict[str, str]) -> dict:
         return {"refused": str(error)}
     out: dict = {"start_s": round(time.perf_counter() - began, 1), "settings": vllm.settings()}
     out["runner"] = "v2" if getattr(vllm.model.llm_engine.vllm_config, "use_v2_model_runner", False) else "v1"
-    hf = QKAblatedLM(pretrained=folder, dtype=cell["dtype"], device="cuda", batch_size=8)
     batch = requests()
     for name, spec_args in SPECS.items():
-        spec = InterventionSpec.from_args(spec_args)
-        vllm.use(spec)
-        hf.use(spec)
-        ours = [value for value, _ in vllm.loglikelihood(batch, disable_tqdm=True)]
-        theirs = [value for value, _ in hf.loglikelihood(batch, disable_tqdm=True)]
-        out[name] = {"diffs": [abs(a - b) for a, b in zip(ours, theirs)], "counts": vllm.counts().prefills}
-    torch.cuda.synchronize()
+        vllm.use(InterventionSpec.from_args(spec_args))
+        before = vllm.counts().prefills
+        values = [value for value, _ in vllm.loglikelihood(batch, disable_tqdm=True)]
+        out[name] = {"values": values, "prefills": vllm.counts().prefills - before}
+    return out
+
+
+def hf_values(folder: str, dtype: str) -> dict[str, list[float]]:
+    """The HF engine's loglikelihoods under each spec, on the GPU where there is one."""
+    import torch
+
+    import qk_ablate.plugin  # noqa: F401
+    from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf = QKAblatedLM(pretrained=folder, dtype=dtype, device=device, batch_size=8)
+    out = {}
+    for name, spec_args in SPECS.items():
+        hf.use(InterventionSpec.from_args(spec_args))
+        out[name] = [value for value, _ in hf.loglikelihood(requests(), disable_tqdm=True)]
+    del hf
     return out
 
 
@@ -115,16 +131,21 @@ def summary(diffs: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", help="a tokenizer folder (the embedded model's)")
-    parser.add_argument("--folder", default="/tmp/llama1b-shaped")
+    parser.add_argument("--folder", default="/tmp/llama1b-shaped", help="the model (saved there if missing)")
+    parser.add_argument("--cells", default=",".join(str(i) for i in range(len(CELLS))), help="which CELLS, by index")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args()
     if args.cell:
-        print("CELL " + json.dumps(run_cell(args.folder, json.loads(args.cell))), flush=True)
+        print("CELL " + json.dumps(vllm_cell(args.folder, json.loads(args.cell))), flush=True)
         return
     folder = Path(args.folder)
     if not (folder / "config.json").exists():
         save_model(args.tokenizer, folder)
-    for cell in CELLS:
+    cells = [CELLS[int(i)] for i in args.cells.split(",")]
+    began = time.perf_counter()
+    hf = {dtype: hf_values(str(folder), dtype) for dtype in sorted({cell["dtype"] for cell in cells})}
+    print(f"HF engine: {time.perf_counter() - began:.0f}s for {', '.join(hf)}", flush=True)
+    for cell in cells:
         env = dict(os.environ)
         if cell["runner"] == "v1":
             env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
@@ -145,11 +166,12 @@ def main() -> None:
         result = json.loads(lines[-1][5:])
         print(f"\n## {label} ({time.perf_counter() - began:.0f}s)", flush=True)
         if "refused" in result:
-            print(f"refused: {result['refused']}")
+            print(f"refused: {result['refused']}", flush=True)
             continue
         print(f"vLLM ran: {result['settings']}, runner {result['runner']}, engine start {result['start_s']}s")
         for name in SPECS:
-            print(f"- {name}: |vLLM - HF| {summary(result[name]['diffs'])}; prefills edited {result[name]['counts']}")
+            diffs = [abs(a - b) for a, b in zip(result[name]["values"], hf[cell["dtype"]][name])]
+            print(f"- {name}: |vLLM - HF| {summary(diffs)}; prompts edited {result[name]['prefills']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,19 @@ def engine_mode() -> dict[str, bool]:
     """How the tests that check step planning rather than graphs start vLLM: eager on a CPU (compiling
     there adds minutes), vLLM's own default on a GPU (compiled, with CUDA graphs: what users run)."""
     return {} if on_gpu() else {"enforce_eager": True}
+
+
+def vllm_engine(cls: type | None = None, **overrides):
+    """The embedded model on qk_ablated_vllm (or the subclass `cls`) in float32, as these tests start it."""
+    import qk_ablate.plugin  # noqa: F401  (lm-eval's registry entries)
+    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
+
+    args = {"pretrained": "smollm2-135m", "dtype": "float32", "max_model_len": 2048, "gpu_memory_utilization": MEMORY}
+    return (cls or QKAblatedVLLM)(**{**args, "seed": 0, **overrides})
+
+
+def hf_engine():
+    """The HF engine on the same model, float32 on the CPU: what the vLLM engine is compared with."""
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+
+    return QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)

@@ -6,7 +6,7 @@ HF engine's loglikelihoods and greedy generations, as the eager engine does (tes
 from __future__ import annotations
 
 import pytest
-from conftest import MEMORY, on_gpu
+from conftest import hf_engine, on_gpu, vllm_engine
 from test_engines_agree import _passkey_requests, _requests, tolerance
 
 from qk_ablate.core.spec import InterventionSpec
@@ -17,20 +17,7 @@ VARIANTS = [{}, {"ablate": "massive"}]  # the eager engine runs every variant (t
 
 @pytest.fixture(scope="module")
 def engines():
-    import qk_ablate.plugin  # noqa: F401
-    from qk_ablate.engines.hf.lm import QKAblatedLM
-    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
-
-    vllm = QKAblatedVLLM(
-        pretrained="smollm2-135m",
-        dtype="float32",
-        max_model_len=2048,
-        batch_size=8,
-        gpu_memory_utilization=MEMORY,
-        seed=0,
-    )
-    hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
-    return hf, vllm
+    return hf_engine(), vllm_engine(batch_size=8)
 
 
 def test_the_engine_runs_compiled(engines):

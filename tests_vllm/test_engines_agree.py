@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MEMORY
+from conftest import hf_engine, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension
@@ -45,24 +45,13 @@ VARIANTS = [
 
 @pytest.fixture(scope="module")
 def engines():
-    import qk_ablate.plugin  # noqa: F401
-    from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     class Capturing(QKAblatedVLLM):
         worker_extension = CapturingExtension
 
-    vllm = Capturing(  # eager: one engine runs every variant, rope=pre too (tests_vllm/test_compiled.py: compiled)
-        pretrained="smollm2-135m",
-        dtype="float32",
-        max_model_len=2048,
-        batch_size=8,
-        gpu_memory_utilization=MEMORY,
-        seed=0,
-        enforce_eager=True,
-    )
-    hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
-    return hf, vllm
+    # eager: one engine runs every variant, rope=pre too (tests_vllm/test_compiled.py: compiled)
+    return hf_engine(), vllm_engine(Capturing, batch_size=8, enforce_eager=True)
 
 
 def _requests(count: int = 24):

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import MEMORY, engine_mode
+from conftest import engine_mode, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 
@@ -18,18 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def small_cache():
     """An engine whose KV cache holds about two of the prompts below at once (blocks of 32 tokens)."""
-    import qk_ablate.plugin  # noqa: F401
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     grid = [InterventionSpec(ablate="massive", stage=stage) for stage in ("prefill", "all")]
-    return QKAblatedVLLM(
-        pretrained="smollm2-135m",
-        dtype="float32",
+    return vllm_engine(
         max_model_len=1024,
         block_size=32,
         num_gpu_blocks_override=36,
-        gpu_memory_utilization=MEMORY,
-        seed=0,
         **engine_mode(),
         **QKAblatedVLLM.engine_settings(grid),  # on a GPU: PIECEWISE graphs, as a sweep of this grid starts it
     )

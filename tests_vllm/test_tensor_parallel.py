@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from conftest import MEMORY, on_gpu
+from conftest import hf_engine, on_gpu, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 
@@ -38,23 +38,11 @@ VARIANTS = [
 
 @pytest.fixture(scope="module")
 def engines():
-    import qk_ablate.plugin  # noqa: F401
-    from qk_ablate.engines.hf.lm import QKAblatedLM
-    from qk_ablate.engines.vllm.lm import QKAblatedVLLM
-
     cpus = sorted(os.sched_getaffinity(0))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(cpus[rank % len(cpus)]) for rank in range(3)))
-    vllm = QKAblatedVLLM(
-        pretrained="smollm2-135m",
-        dtype="float32",
-        max_model_len=1024,
-        tensor_parallel_size=3,
-        gpu_memory_utilization=MEMORY,
-        seed=0,
-        enforce_eager=True,  # three compiling ranks on a CPU take minutes; compiled runs: test_compiled.py
-    )
-    hf = QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
-    return hf, vllm
+    # eager: three compiling ranks on a CPU take minutes; compiled runs: test_compiled.py
+    vllm = vllm_engine(max_model_len=1024, tensor_parallel_size=3, enforce_eager=True)
+    return hf_engine(), vllm
 
 
 def _requests():

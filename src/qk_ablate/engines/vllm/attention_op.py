@@ -62,18 +62,26 @@ def backend_name(site: VllmSite) -> str:
 
 
 def wrap(site: VllmSite, edits: OpEdits) -> Callable[[], None]:
-    """Route this layer's attention op through `edits`; returns the function that undoes it."""
+    """Route this layer's attention op through `edits`; returns the function that undoes it.
+
+    Where K and V are edited is decided here, once, from the backend: before the cache write when
+    the backend writes the cache in `do_kv_cache_update`, in `forward` when it writes it there."""
     impl: Any = site.attn.impl
     saved = {name: impl.__dict__[name] for name in _WRAPPED if name in impl.__dict__}
     attend = impl.forward
+    write: Any = getattr(impl, "do_kv_cache_update", None)
+    backend = getattr(site.attn, "attn_backend", None)
+    kv_in_forward = write is None or bool(getattr(backend, "forward_includes_kv_cache_update", True))
 
     def forward(layer: Any, query: torch.Tensor, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
-        edits.before_attention(site, query, key, value)
+        if kv_in_forward:
+            edits.before_attention(site, query, key, value)
+        else:
+            edits.before_attention(site, query, None, None)
         return attend(layer, query, key, value, *args, **kwargs)
 
     impl.forward = forward
-    write = getattr(impl, "do_kv_cache_update", None)
-    if write is not None:
+    if not kv_in_forward:
 
         def do_kv_cache_update(layer: Any, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             edits.before_cache_write(site, key, value)

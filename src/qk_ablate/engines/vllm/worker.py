@@ -55,7 +55,6 @@ class VllmAttachment:
         self._planned = False  # `_parts` belong to the step now running
         self._parts: list[Part] = []
         self._input_ids: torch.Tensor | None = None
-        self._cache_written: set[int] = set()  # layers whose K, V this step were edited before the cache write
 
     def attach(self) -> VllmAttachment:
         """Install the edits (idempotent; a no-op spec installs none)."""
@@ -94,7 +93,7 @@ class VllmAttachment:
     def register(self, lengths: PromptLengths) -> None:
         """Register the inputs about to be sent, by their tokens, with their prompt lengths (empty: forget)."""
         self.planner.register(lengths)
-        self._metadata = None
+        self._planned = False
 
     # ------------------------------------------------------------ per step
     def _remember_ids(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -111,7 +110,6 @@ class VllmAttachment:
         step = get_forward_context().attn_metadata
         if not self._planned or step is not self._metadata:
             self._metadata, self._planned = step, True
-            self._cache_written.clear()
             metadata = step.get(site.attn.layer_name) if isinstance(step, dict) else step
             if metadata is None or attention_op.capturing():
                 self._parts = []
@@ -132,18 +130,15 @@ class VllmAttachment:
 
     def before_cache_write(self, site: VllmSite, key: torch.Tensor, value: torch.Tensor) -> None:
         """Post-RoPE K and V, edited before vLLM writes them into the paged cache."""
-        self._parts_now(site)  # starts the step's bookkeeping
         self._edit(site, "k", "post", key)
         self._edit(site, "v", "post", value)
-        self._cache_written.add(site.layer)
 
     def before_attention(
         self, site: VllmSite, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None
     ) -> None:
-        """Post-RoPE Q (and K, V where the backend writes the cache in its own forward), before attention."""
-        self._parts_now(site)
+        """Post-RoPE Q, and K, V when given (a backend that writes the cache in its own forward), before attention."""
         self._edit(site, "q", "post", query)
-        if site.layer not in self._cache_written and key is not None and value is not None:
+        if key is not None and value is not None:
             self._edit(site, "k", "post", key)
             self._edit(site, "v", "post", value)
 
