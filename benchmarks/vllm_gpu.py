@@ -14,7 +14,9 @@ its defaults: compiled, CUDA graphs), and `qk_ablated` (HF) none / `ablate=massi
 are loaded once each, side by side on the card; every variant first runs each workload once on a
 few documents, untimed (vLLM's and our own first-use compilations); each cell is then the median
 wall time of `--repeats` rounds (round robin; the HF engine `--hf-repeats`), and every ratio is
-against plain vLLM at its defaults.
+against plain vLLM at its defaults. Plain vLLM's prefix cache is emptied before every run: otherwise
+repeated rounds of the same prompts skip their prefill (a cache hit the first evaluation of a task
+never gets; prefixes shared within one run, like few-shot examples, still hit).
 
     python3 benchmarks/vllm_gpu.py --tokenizer .gpu/tokenizer | tee results/benchmarks/vllm_h200.log
 """
@@ -128,6 +130,8 @@ def main() -> None:
     def run(work: str, lm: Any, spec: InterventionSpec | None, limit: int | None) -> dict:
         if spec is not None:
             lm.use(spec)
+        if lm is plain or lm is eager:  # every run prefills afresh, as a first evaluation does (not the
+            lm.model.reset_prefix_cache()  # blocks cached by the warm-up and earlier rounds of the same prompts)
         kwargs = {**workloads[work], "limit": limit}
         if lm is hf and work == "generate":  # HF generation stops at EOS unless told a minimum
             kwargs["gen_kwargs"] = {"max_gen_toks": args.tokens, "min_new_tokens": args.tokens, "until": [NEVER]}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hf_engine, vllm_engine
+from conftest import hf_engine, on_gpu, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension
@@ -83,7 +83,7 @@ def test_loglikelihoods_agree(engines, args):
             assert chosen[vllm][name]["dims_per_head"] == pytest.approx(chosen[hf][name]["dims_per_head"], abs=1e-3)
 
 
-def _passkey_requests(tokenizer, count: int = 30):
+def _passkey_requests(tokenizer, count: int = 12):
     from lm_eval.api.instance import Instance
 
     from qk_ablate.task_data.passkey import build_passkey_docs
@@ -106,7 +106,7 @@ def _passkey_requests(tokenizer, count: int = 30):
     [{}, {"ablate": "massive"}, {"ablate": "massive", "stage": "all"}],
     ids=["none", "massive", "massive-stage-all"],
 )
-def test_greedy_generations_agree_on_30_passkey_documents(engines, args):
+def test_greedy_generations_agree_on_12_passkey_documents(engines, args):
     hf, vllm = engines
     spec = InterventionSpec.from_args(args)
     hf.use(spec)
@@ -244,5 +244,22 @@ def test_the_vllm_path_quantizes_its_own_inputs_as_the_hf_engine_would(engines, 
         x = before.unflatten(-1, (heads, 64)).transpose(0, 1)[None]  # [1, H, T, D]
         mask = massive_mask_threshold(column_norms(x), 5.0) if protect == "massive" else None
         expected = fake_quantize(x, "int4", "token", None, True, None, mask)
-        assert torch.equal(after.unflatten(-1, (heads, 64)).transpose(0, 1)[None], expected)
+        _assert_same_quantization(after.unflatten(-1, (heads, 64)).transpose(0, 1)[None], expected, x)
         assert not torch.equal(after, before)
+
+
+def _assert_same_quantization(after, expected, x) -> None:
+    """On a CPU both sides run the same eager code: bit-identical. On a GPU the worker's quantizer is
+    compiled (Triton's float32 division is not correctly rounded), so values may differ in the last
+    bits and, where x / step lies within those bits of a rounding boundary, by one whole int4 step:
+    allowed for at most 0.1% of the values, never more than one step."""
+    import torch
+
+    if not on_gpu():
+        assert torch.equal(after, expected)
+        return
+    step = x.abs().amax(dim=(1, 3), keepdim=True) / 7  # the largest per-token int4 step
+    diff = (after - expected).abs()
+    flipped = diff > 1e-5 * step
+    assert bool((diff <= step * 1.001).all()), f"a value moved by more than one step: {float((diff / step).max())}"
+    assert float(flipped.float().mean()) <= 1e-3, f"{int(flipped.sum())} of {diff.numel()} values changed step"
