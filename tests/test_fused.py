@@ -52,6 +52,8 @@ def test_one_pass_statistics_and_new_token_edits_compiled_match_eager(compiled):
     torch.testing.assert_close(norms, want_norms, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(means, want_means, rtol=1e-5, atol=1e-5)
     assert fused.run(statistics, x, valid, False)[1] is None
+    native, _ = statistics(x, valid, False, True)  # the preset's norms: rounded to bf16 (so the editor runs them eager:
+    assert native.dtype == torch.float32 and torch.equal(native, native.bfloat16().float())  # compiled, they are not)
     columns = massive_mask_threshold(norms, 5.0)
     fill = means.to(x.dtype)
     new = x[:, :, -1:]  # a decode step's token under stage=all: destroyed and quantized in one pass

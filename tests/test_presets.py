@@ -88,7 +88,9 @@ def _model(arch: str, dtype: torch.dtype, factors: tuple[float, ...], attn: str 
     return model.to(dtype)
 
 
-def test_llama_preset_is_bit_identical_to_the_authors_code_in_bf16():
+@pytest.mark.parametrize("compiled", ["0", "1"], ids=["eager", "compiled"])
+def test_llama_preset_is_bit_identical_to_the_authors_code_in_bf16(monkeypatch, compiled):
+    monkeypatch.setenv("QK_ABLATE_COMPILE", compiled)  # compiled: our fill and destroy kernels, as on a GPU
     model = _model("llama", torch.bfloat16, (30.0,))
     ids = prompts(batch=1, length=40)
     ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
@@ -168,3 +170,58 @@ def test_shared_mean_fill_of_one_column_is_that_columns_mean():
     two[..., 6] = True
     means = fill_values(x, valid, "mean")
     torch.testing.assert_close(fill_values(x, valid, "shared_mean", two)[..., 0], (means[..., 4] + means[..., 6]) / 2)
+
+
+def _their_top(states: torch.Tensor, k: int) -> torch.Tensor:
+    """Their ranking on `states: [1, S, H, D]`: `torch.topk` of `states.norm(dim=1)` (the tensor's dtype),
+    as a `[1, H, D]` mask."""
+    matrix = states.norm(dim=1).squeeze(0)
+    mask = torch.zeros(matrix.shape, dtype=torch.bool)
+    for head_idx in range(states.size(2)):
+        mask[head_idx, torch.topk(matrix[head_idx, :], k).indices] = True
+    return mask[None]
+
+
+def test_a_bf16_tie_is_broken_as_the_authors_code_breaks_it():
+    """Dims 3 and 5 of head 0 tie in bf16 (both norms round to 8.0), and `torch.topk` picks one of
+    them; the other is nudged to the larger float32 norm. `norm_dtype=native` (the preset's) picks
+    what their code picks; the float32 default picks the nudged dim."""
+    from qk_ablate.core.selection import column_norms, massive_mask_topk
+
+    x = torch.full((1, 2, 4, 8), 0.25, dtype=torch.bfloat16)  # [B, H, S, D]
+    x[0, 0, :, [3, 5]] = 4.0  # both norms 8.0 exactly
+    picked = int(_their_top(x.transpose(1, 2), 1)[0, 0].nonzero())
+    other = 8 - picked  # the dim of {3, 5} that torch.topk left
+    x[0, 0, -1, other] = 4.03125  # norm 8.0156 in float32, still 8.0 in bf16
+    assert x[0, 0, :, other].norm() == x[0, 0, :, picked].norm()  # tied in the tensor's dtype
+    native = massive_mask_topk(column_norms(x, native=True), 1)
+    assert torch.equal(native, _their_top(x.transpose(1, 2), 1))
+    assert native[0, 0].nonzero().flatten().tolist() == [picked]
+    assert massive_mask_topk(column_norms(x), 1)[0, 0].nonzero().flatten().tolist() == [other]
+    assert InterventionSpec.from_args({"preset": "jin2025"}).for_architecture("llama").norm_dtype == "native"
+
+
+def test_in_a_bf16_model_whose_top_dims_tie_the_preset_still_equals_the_authors_code():
+    """Three dims of every Q/K head planted 10x: over 600 tokens some heads' top norms tie in bf16, so
+    float32 ranking (`select=topk,topk=1`) edits other dims than their code; the preset does not."""
+    model = _model("llama", torch.bfloat16, (10.0, 10.0, 10.0))
+    ids = prompts(batch=1, length=600)
+    theirs = _logits(model, ids, reference=_register_reference(1, "mean"))
+    assert torch.equal(_logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"})), theirs)
+    assert not torch.equal(_logits(model, ids, InterventionSpec(ablate="massive", select="topk", topk=1)), theirs)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_native_norms_rank_dims_as_the_authors_code_on_real_bf16_ties(k):
+    """Long bf16 prompts tie often (the embedded model: 4 of 12 passkey prompts). Over random bf16
+    tensors with a few large dims, the preset's ranking equals theirs everywhere, ties included; the
+    float32 ranking does not."""
+    from qk_ablate.core.selection import column_norms, massive_mask_topk
+
+    generator = torch.Generator().manual_seed(0)
+    scale = torch.ones(64)
+    scale[[10, 11, 42, 43]] = 8.0  # several large dims of similar size, so ties between them are common
+    x = (torch.randn(8, 16, 1500, 64, generator=generator) * scale).to(torch.bfloat16)
+    theirs = torch.cat([_their_top(sample.transpose(0, 1)[None], k) for sample in x])
+    assert torch.equal(massive_mask_topk(column_norms(x, native=True), k), theirs)
+    assert not torch.equal(massive_mask_topk(column_norms(x), k), theirs)

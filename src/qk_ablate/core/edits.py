@@ -146,7 +146,7 @@ class Editor:
         edited = prompt if spec.stage == "prefill" else tokens
         lo, hi = plan.span or (0, x.shape[-1])
         means = plan.destroy and spec.fill != "zero"
-        norms, column_mean = fused.run(statistics, x, prompt, means) if spec.needs_selection else (None, None)
+        norms, column_mean = self._statistics(x, prompt, means) if spec.needs_selection else (None, None)
         norms = None if norms is None else norms[..., lo:hi]
         massive = self._massive(norms)
         columns = fill = None
@@ -242,6 +242,13 @@ class Editor:
             fake_quantize, x, spec.quant, spec.quant_axis, spec.group or None, spec.sym, valid, protect, into=into
         )
 
+    def _statistics(
+        self, x: torch.Tensor, prompt: torch.Tensor | None, means: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.spec.norm_dtype == "native":  # eager: a compiled graph would keep the norm in float32,
+            return statistics(x, prompt, means, native=True)  # skipping the rounding that defines it
+        return fused.run(statistics, x, prompt, means)
+
     def _massive(self, norms: torch.Tensor | None) -> torch.Tensor | None:
         if norms is None:
             return None
@@ -260,11 +267,13 @@ class Editor:
         return self._scores[key]
 
 
-def statistics(x: torch.Tensor, valid: torch.Tensor | None, means: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One pass over a prompt's `x`: its column norms (which dims are massive) and, with `means`, its
-    column means (the fill), both over the positions `valid` marks. Compiled, the two reductions
-    share one read of `x`."""
-    return column_norms(x, valid), column_means(x, valid) if means else None
+def statistics(
+    x: torch.Tensor, valid: torch.Tensor | None, means: bool, native: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One pass over a prompt's `x`: its column norms (which dims are massive; `native`: in `x`'s own
+    dtype) and, with `means`, its column means (the fill), both over the positions `valid` marks.
+    Compiled, the two reductions share one read of `x`."""
+    return column_norms(x, valid, native), column_means(x, valid) if means else None
 
 
 def edit_new_tokens(

@@ -25,6 +25,7 @@ from qk_ablate.errors import QKAblateError
 _COMMON: dict[str, Any] = {
     "ablate": "massive",
     "select": "topk",
+    "norm_dtype": "native",
     "control": "smallest",
     "rope": "post",
     "stage": "prefill",

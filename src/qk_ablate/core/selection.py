@@ -10,8 +10,16 @@ from __future__ import annotations
 import torch
 
 
-def column_norms(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """M[b, h, d] = L2 norm of x[b, h, :, d] over the sample's non-padding positions, in float32."""
+def column_norms(x: torch.Tensor, valid: torch.Tensor | None = None, native: bool = False) -> torch.Tensor:
+    """M[b, h, d] = L2 norm of x[b, h, :, d] over the sample's non-padding positions, as float32.
+
+    `native`: the norm as the authors' code takes it, `torch.norm` of the tensor in its own dtype
+    (rounded to it: in bf16 two dims' norms can then tie, and `topk` breaks the tie as it does for them).
+    """
+    if native:
+        if valid is not None:
+            x = x * valid[:, None, :, None].to(x.dtype)
+        return x.norm(dim=2).float()
     x = x.float()
     if valid is not None:
         x = x * valid[:, None, :, None].to(x.dtype)

@@ -23,6 +23,7 @@ from qk_ablate.core.vocabulary import (
     Exclude,
     Fill,
     KvCache,
+    NormDtype,
     Preset,
     Protect,
     Quant,
@@ -70,6 +71,7 @@ class InterventionSpec:
     select: Select = _key("threshold", "ablation")
     lam: float = _key(5.0, "ablation")
     topk: int = _key(1, "ablation")
+    norm_dtype: NormDtype = _key("float32", "ablation", later=True)
     band: Band = _key("none", "ablation", later=True)
     pairs: str = _key("none", "ablation", later=True)
     exclude: Exclude = _key("none", "ablation", later=True)

@@ -17,6 +17,7 @@ NONE: Literal["none"] = "none"  # the value that switches a part off
 Ablate = Literal["none", "massive", "nonmassive"]
 Preset = Literal["none", "jin2025"]
 Select = Literal["threshold", "topk", "band"]
+NormDtype = Literal["float32", "native"]  # the column norm in float32, or rounded to the tensor's own dtype
 Band = Literal["none", "low", "mid", "high"]
 Exclude = Literal["none", "massive"]
 Fill = Literal["mean", "shared_mean", "tensor_mean", "zero"]
