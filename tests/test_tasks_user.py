@@ -71,6 +71,39 @@ def test_facts_csv_template(tmp_path):
     assert score(" Not Shakespeare") == score(" Marlowe") == 0.0
 
 
+# The paper's city data as it comes (Geometry of Truth's cities.csv): statements, each city twice.
+CITIES = """statement,label,city,country,correct_country
+The city of Kyoto is in Japan.,1,Kyoto,Japan,Japan
+The city of Kyoto is in Chile.,0,Kyoto,Chile,Japan
+The city of Lyon is in France.,1,Lyon,France,France
+The city of Lyon is in Peru.,0,Lyon,Peru,France
+The city of Porto is in Spain.,0,Porto,Spain,Portugal
+The city of Porto is in Portugal.,1,Porto,Portugal,Portugal
+The city of Cusco is in Peru.,1,Cusco,Peru,Peru
+"""
+
+
+def test_a_statement_form_csv_runs_with_a_question_template_and_an_answer_column(tmp_path):
+    csv_path = _write(tmp_path, CITIES, "cities.csv")
+    (tmp_path / "my_cities.yaml").write_text(
+        "include: qk_ablate:facts_csv\ntask: my_cities\ndataset_kwargs:\n"
+        f"  facts_csv: {csv_path}\n  facts_fewshot: 1\n"
+        '  facts_question: "In which country is {city}?"\n  facts_answer: correct_country\n'
+    )
+    task = _manager(tmp_path).load(["my_cities"])["tasks"]["my_cities"]
+    docs = list(task.test_docs())
+    assert len(docs) == 3  # four cities, each read once although the file states each twice; one is the prefix
+    asked = {doc["question"]: doc["answer"] for doc in docs}
+    assert len(asked) == 3 and set(asked.items()) < {
+        ("In which country is Kyoto?", "Japan"),
+        ("In which country is Lyon?", "France"),
+        ("In which country is Porto?", "Portugal"),
+        ("In which country is Cusco?", "Peru"),
+    }
+    assert all(doc["input"].endswith(f"Q: {doc['question']}\nA:") for doc in docs)
+    assert task.process_results(docs[0], [f" {docs[0]['answer']}."])["acc"] == 1.0
+
+
 def test_facts_csv_prefix_is_a_seeded_draw(tmp_path):
     rows = user_facts.load_facts(_write(tmp_path, FACTS))
     prefixes = {}
@@ -131,6 +164,11 @@ def test_unknown_template_is_a_readable_error(tmp_path, capsys):
         (FACTS, {"facts_fewshot": 5}, "facts_fewshot is 5 but the CSV has 5 rows; it needs more rows than few-shot"),
         (FACTS, {"facts_fewshot": "three"}, "facts_fewshot must be a whole number of at least 0, got 'three'"),
         (FACTS, {"facts_fewshot": -1}, "facts_fewshot must be a whole number"),
+        (CITIES, {"facts_question": "In which country is {town}?", "facts_answer": "correct_country"}, "no column 'town'"),
+        (CITIES, {"facts_question": "In which country is {city}?", "facts_answer": "nation"}, "no column 'nation'"),
+        (CITIES, {"facts_question": "In which country?", "facts_answer": "correct_country"}, "names no column"),
+        (CITIES, {"facts_question": "Where is {}?", "facts_answer": "country"}, "is not a valid template"),
+        (CITIES, {"facts_question": "Where is {city", "facts_answer": "country"}, "is not a valid template"),
     ],
 )
 def test_bad_facts_csv(tmp_path, content, options, match):
