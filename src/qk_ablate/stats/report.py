@@ -20,6 +20,8 @@ from qk_ablate.stats.baseline_signal import Signal, assess
 from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.stats.runs import Run, merge_runs
 from qk_ablate.stats.seeds import pooled_run, seed_groups
+from qk_ablate.stats.specificity import Specificity, find_specificity
+from qk_ablate.stats.specificity import to_markdown as specificity_markdown
 from qk_ablate.task_data.catalogue import KINDS, task_chance, task_kind
 
 MARK = "†"  # a task whose baseline carries no signal
@@ -30,6 +32,7 @@ class Report:
     tasks: list[str]
     rows: list[tuple[Run, Comparison]]  # each run against its model's baseline (the baseline too)
     signals: tuple[Signal, ...] = ()  # each baseline's tasks against chance and a constant answer
+    specificity: tuple[Specificity, ...] = ()  # each massive run against its random control
 
     @property
     def unclassified(self) -> list[str]:
@@ -97,7 +100,8 @@ def build_report(
         for t in tasks
         if t in b.tasks
     )
-    return Report(tasks=tasks, rows=rows, signals=signals)
+    specific = tuple(find_specificity(runs, tasks, kinds=kinds, iterations=iterations))
+    return Report(tasks=tasks, rows=rows, signals=signals, specificity=specific)
 
 
 def _no_signal(report: Report, model: str | None = None) -> list[str]:
@@ -173,6 +177,8 @@ def to_markdown(report: Report) -> str:
     lines.append("\n" + _footnote(report))
     if _signal_note(report):
         lines.append("\n" + _signal_note(report).replace("\n", "\n\n"))
+    if report.specificity:
+        lines.append("\n" + specificity_markdown(list(report.specificity)))
     return "\n".join(lines)
 
 
@@ -192,6 +198,7 @@ def to_html(report: Report, image: str | None = None) -> str:
         f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
         f"<p>{html.escape(_footnote(report))}</p>\n"
         + "".join(f"<p>{html.escape(line)}</p>\n" for line in _signal_note(report).splitlines())
+        + (f"<pre>{html.escape(specificity_markdown(list(report.specificity)))}</pre>\n" if report.specificity else "")
         + f"{chart}</body></html>\n"
     )
 
