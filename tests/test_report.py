@@ -457,10 +457,15 @@ def test_a_planted_constant_answer_run_is_flagged_and_a_good_one_is_not(planted)
     note = next(line for line in md.splitlines() if line.startswith("† city_facts_tf"))
     assert "not distinguishable from chance (50.0%, one-sided binomial p = 0.54)" in note
     assert 'always answering "false" (100% of its answers; that constant would score 50.0%, sign test p = 1)' in note
-    assert "counted in the parametric mean all the same" in note
+    assert "it is left out of the parametric mean and the interaction (--keep-no-signal counts it)" in note
     rows = list(__import__("csv").DictReader(to_csv(report).splitlines()))
     assert [row["no_signal"] for row in rows] == ["city_facts_tf", "city_facts_tf"]
+    assert [row["parametric"] for row in rows] == ["", ""]  # its only parametric task carries no signal
+    assert all(cmp.left_out == ("city_facts_tf",) and cmp.interaction is None for _, cmp in report.rows)
     assert "<th>city_facts_tf †</th>" in to_html(report) and "<p>† city_facts_tf" in to_html(report)
+    kept = build_report([run, load_run(planted[1])], iterations=200, keep_no_signal=True)
+    assert "counted in the parametric mean all the same (--keep-no-signal)" in to_markdown(kept)
+    assert all(cmp.left_out == () and "parametric" in cmp.means for _, cmp in kept.rows)
 
 
 def test_a_task_at_zero_or_at_its_declared_chance_is_flagged_without_answers(tmp_path):
@@ -495,3 +500,16 @@ def test_binomial_tail_is_exact():
     assert binomial_tail(10, 10, 0.5) == pytest.approx(0.5**10)
     assert binomial_tail(2, 3, 0.5) == pytest.approx(0.5)
     assert binomial_tail(1, 5, 0.0) == 0.0 and binomial_tail(5, 5, 1.0) == 1.0
+
+
+def test_a_multiple_choice_task_without_a_declared_chance_is_tested_against_one_over_its_choices(tmp_path):
+    """A user's true/false task whose YAML `metadata:` dropped `chance` (lm-eval replaces it whole):
+    its samples hold two log-likelihoods per document, so its chance is 1/2, and a baseline at 52 of
+    100 is flagged (the held-out sets of issue 25 sat there)."""
+    n = 100
+    scores = [float(i < 52) for i in range(n)]
+    records = [{"filtered_resps": [[-1.0, False], [-2.0, False]], "target": 0 if s else 1} for s in scores]
+    run = load_run(write_run(tmp_path / "a", {"my_tf": scores}, records={"my_tf": records}))
+    assert run.chances == {} and run.tasks["my_tf"].choice_chance == 0.5
+    (signal,) = build_report([run], iterations=100).signals
+    assert signal.chance == 0.5 and signal.flagged and signal.p_chance > 0.3

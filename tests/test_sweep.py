@@ -139,7 +139,9 @@ def test_bad_include_path_or_kinds(tmp_path, tiny, change, match):
 
 
 def test_sweep_runs_a_users_own_task_with_its_kind(tmp_path, tiny):
-    """include_path finds a facts_csv task; kinds puts it in the parametric mean of the report."""
+    """include_path finds a facts_csv task; kinds makes it parametric in the report (the tiny random
+    model answers none of it, at the template's declared chance 0, so the report leaves it out of the
+    parametric mean and says so)."""
     from qk_ablate.cli import main
 
     tasks = tmp_path / "my_tasks"
@@ -161,7 +163,11 @@ def test_sweep_runs_a_users_own_task_with_its_kind(tmp_path, tiny):
 
     rows = list(csv.DictReader((tmp_path / "runs" / "report.csv").open()))
     assert [r["intervention"] for r in rows] == ["baseline", "ablate=massive"]
-    assert rows[0]["parametric"] == rows[0]["my_facts"] and rows[0]["contextual"] == ""
+    assert rows[0]["my_facts"] == "0.00" and rows[0]["no_signal"] == "my_facts"
+    assert rows[0]["parametric"] == rows[0]["contextual"] == ""
+    report = (tmp_path / "runs" / "report.md").read_text()
+    assert "documents): 0.0% is not distinguishable from chance (0.0%" in report
+    assert "left out of the parametric mean" in report
 
 
 @pytest.mark.parametrize(

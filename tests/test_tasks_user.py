@@ -139,7 +139,7 @@ def test_documents_template(tmp_path, essay_dir, smol):
 
     niah = load_yaml(Path(tasks_dir()) / "niah" / "_niah_template_yaml", resolve_func=False)["metadata"]
     documents = load_yaml(Path(tasks_dir()) / "templates" / "niah_documents", resolve_func=False)["metadata"]
-    assert documents == {**niah, "kind": "contextual"} and task.config.metadata["kind"] == "contextual"
+    assert documents == {**niah, "kind": "contextual", "chance": 0.0} and task.config.metadata["kind"] == "contextual"
 
 
 def test_unknown_template_is_a_readable_error(tmp_path, capsys):
@@ -164,7 +164,11 @@ def test_unknown_template_is_a_readable_error(tmp_path, capsys):
         (FACTS, {"facts_fewshot": 5}, "facts_fewshot is 5 but the CSV has 5 rows; it needs more rows than few-shot"),
         (FACTS, {"facts_fewshot": "three"}, "facts_fewshot must be a whole number of at least 0, got 'three'"),
         (FACTS, {"facts_fewshot": -1}, "facts_fewshot must be a whole number"),
-        (CITIES, {"facts_question": "In which country is {town}?", "facts_answer": "correct_country"}, "no column 'town'"),
+        (
+            CITIES,
+            {"facts_question": "In which country is {town}?", "facts_answer": "correct_country"},
+            "no column 'town'",
+        ),
         (CITIES, {"facts_question": "In which country is {city}?", "facts_answer": "nation"}, "no column 'nation'"),
         (CITIES, {"facts_question": "In which country?", "facts_answer": "correct_country"}, "names no column"),
         (CITIES, {"facts_question": "Where is {}?", "facts_answer": "country"}, "is not a valid template"),

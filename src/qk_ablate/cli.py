@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument(
         "--tasks", default=None, help="only these tasks (comma-separated), e.g. to leave out one at chance"
     )
+    report.add_argument(
+        "--keep-no-signal",
+        action="store_true",
+        help="count tasks whose baseline is at chance or at a constant answer in their kind's mean (default: "
+        "shown, named in a footnote, left out of the means)",
+    )
 
     sweep = commands.add_parser("sweep", help="run a grid of models x interventions x tasks (resumable), then report")
     sweep.add_argument("config", help="sweep YAML, e.g. configs/demo.yaml")
@@ -244,7 +250,14 @@ def _report(args: argparse.Namespace) -> int:
                 "the --baseline folders hold more than one run; give the folders of one model and intervention"
             )
     only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    report = build_report(runs, baseline=baseline, kinds=parse_kinds(args.kinds), iterations=args.iterations, only=only)
+    report = build_report(
+        runs,
+        baseline=baseline,
+        kinds=parse_kinds(args.kinds),
+        iterations=args.iterations,
+        only=only,
+        keep_no_signal=args.keep_no_signal,
+    )
     print(to_markdown(report))
     _warn_unclassified(report.unclassified)
     if args.out:

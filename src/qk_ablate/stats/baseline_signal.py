@@ -102,7 +102,8 @@ class Signal:
     top_share: float | None = None  # of the documents
     constant_accuracy: float | None = None  # what always answering `top_answer` scores
     p_constant: float | None = None  # one-sided sign test, baseline > that constant
-    kind: str | None = None  # the mean it is counted in (contextual, parametric; None: neither)
+    kind: str | None = None  # the mean it belongs to (contextual, parametric; None: neither)
+    counted: bool = False  # flagged, but counted in its kind's mean all the same (`--keep-no-signal`)
 
     @property
     def flagged(self) -> bool:
@@ -127,8 +128,10 @@ class Signal:
         )
         if self.top_share is not None and not (self.p_constant is not None and self.p_constant >= ALPHA):
             text += f"; its most common answer, {top}, is {100 * self.top_share:.0f}% of its answers"
-        if self.kind:
-            text += f"; it is counted in the {self.kind} mean all the same (leave it out with --tasks)"
+        if self.kind and self.counted:
+            text += f"; it is counted in the {self.kind} mean all the same (--keep-no-signal)"
+        elif self.kind:
+            text += f"; it is left out of the {self.kind} mean and the interaction (--keep-no-signal counts it)"
         return text
 
 
@@ -139,6 +142,7 @@ def assess(
     answers: Sequence[Answer | None] | None,
     chance: float | None,
     kind: str | None = None,
+    counted: bool = False,
 ) -> Signal:
     """The two tests on one baseline task (`scores` per document; `answers` from `read_answer`)."""
     values = [float(s) for s in scores]
@@ -147,7 +151,7 @@ def assess(
     binary = all(v in (0.0, 1.0) for v in values)
     p_chance = binomial_tail(int(sum(values)), n, chance) if chance is not None and binary and n else None
     if not n or not answers or len(answers) != n or any(a is None for a in answers):
-        return Signal(task, model, n, accuracy, chance, p_chance, kind=kind)
+        return Signal(task, model, n, accuracy, chance, p_chance, kind=kind, counted=counted)
     counts = Counter(a[0] for a in answers)  # type: ignore[index]
     top, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
     constant = [float(top in a[1]) for a in answers]  # type: ignore[index]
@@ -165,4 +169,5 @@ def assess(
         sum(constant) / n,
         binomial_tail(wins, wins + losses, 0.5) if wins + losses else 1.0,
         kind,
+        counted,
     )

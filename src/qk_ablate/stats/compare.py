@@ -43,6 +43,7 @@ class Comparison:
     interaction: Estimate | None  # contextual delta - parametric delta
     docs: dict[str, int]
     unclassified: tuple[str, ...] = ()  # tasks in neither mean: no kind in the catalogue, --kinds or YAML
+    left_out: tuple[str, ...] = ()  # tasks shown but kept out of their kind's mean (no signal at baseline)
 
 
 def _paired_scores(baseline: Run, candidate: Run, tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -74,8 +75,11 @@ def compare(
     iterations: int = DEFAULT_ITERATIONS,
     seed: int = 0,
     replicates: list[Run] | None = None,
+    leave_out: tuple[str, ...] = (),
 ) -> Comparison:
     """Paired bootstrap of `candidate` against `baseline` over `tasks` (default: all of the baseline's).
+
+    `leave_out`: tasks compared on their own but counted in no kind's mean (and so not in the interaction).
 
     `replicates`: the runs `candidate` pools (one per seed of a random selection; `candidate`'s
     scores are their mean). Each replicate then resamples the seeds too, with replacement and the
@@ -109,7 +113,7 @@ def compare(
 
     task_estimates = {t: estimate(pairs[t][1].mean() - pairs[t][0].mean(), boot[t][1] - boot[t][0]) for t in names}
     declared = {**candidate.kinds, **baseline.kinds}
-    kind_of = {t: task_kind(t, kinds, declared) for t in names}
+    kind_of = {t: None if t in leave_out else task_kind(t, kinds, declared) for t in names}
     means, deltas, kind_boot = {}, {}, {}
     for kind in KINDS:
         members = [t for t in names if kind_of[t] == kind]
@@ -137,5 +141,6 @@ def compare(
         deltas=deltas,
         interaction=interaction,
         docs={t: len(pairs[t][0]) for t in names},
-        unclassified=tuple(t for t in names if kind_of[t] is None),
+        unclassified=tuple(t for t in names if kind_of[t] is None and t not in leave_out),
+        left_out=tuple(t for t in names if t in leave_out),
     )

@@ -3,8 +3,10 @@ parametric means, their deltas to the baseline and the interaction, each with a 
 bootstrap interval; written as markdown, CSV and HTML, with a bar chart of the deltas as PNG.
 A task whose baseline is not distinguishable from chance or from a constant answer
 (`qk_ablate.stats.baseline_signal`) is marked † in the header, named in a footnote with its p-value and
-top answer share, and listed in the CSV's `no_signal` column; it stays in its kind's mean (so the
-numbers never move), and the footnote says so.
+top answer share, and listed in the CSV's `no_signal` column; its deltas measure nothing, so it is
+left out of its kind's mean and the interaction (`keep_no_signal` counts it), and the footnote says
+which. Where a massive-destruction run has its random control, the specificity section says whether
+each kind's loss is specific to the massive dims (`stats/specificity.py`).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def build_report(
     kinds: dict[str, str] | None = None,
     iterations: int = DEFAULT_ITERATIONS,
     only: list[str] | None = None,
+    keep_no_signal: bool = False,
 ) -> Report:
     """Compare every run with the baseline of its model (`baseline`, or the model's run with no
     intervention), over the baselines' tasks (or just `only`). Runs of one model and intervention
-    from several folders are merged first."""
+    from several folders are merged first. A task whose baseline carries no signal is shown but left
+    out of its kind's mean (`keep_no_signal`: counted all the same)."""
     if not runs:
         raise QKAblateError("no runs to report; give one or more lm_eval --output_path folders")
     runs = merge_runs(runs)
@@ -79,6 +83,28 @@ def build_report(
         if unknown:
             raise QKAblateError(f"--tasks names {unknown[0]}, which no baseline run has; it has {', '.join(tasks)}")
         tasks = [t for t in tasks if t in only]
+    signals = tuple(
+        assess(
+            t,
+            b.model,
+            b.tasks[t].scores,
+            b.tasks[t].answers,
+            task_chance(t, b.chances, b.tasks[t].choice_chance),
+            task_kind(t, kinds, declared),
+            counted=keep_no_signal,
+        )
+        for b in {id(b): b for b in baselines.values()}.values()
+        for t in tasks
+        if t in b.tasks
+    )
+    flagged: dict[str, set[str]] = {s.model: set() for s in signals}
+    for signal in signals:
+        if signal.flagged and not keep_no_signal:
+            flagged[signal.model].add(signal.task)
+
+    def leave_out(model: str) -> tuple[str, ...]:
+        return tuple(sorted(flagged.get(baselines[model].model, set())))
+
     rows = []
     ordered = sorted(runs, key=lambda r: (r.model, not r.is_baseline))
     if baseline is not None and all(r.path != baseline.path for r in runs):
@@ -86,21 +112,17 @@ def build_report(
     for run in ordered:
         base = baselines[run.model]
         names = [t for t in tasks if t in base.tasks]
-        rows.append((run, compare(base, run, names, kinds=kinds, iterations=iterations)))
+        rows.append(
+            (run, compare(base, run, names, kinds=kinds, iterations=iterations, leave_out=leave_out(run.model)))
+        )
     for group in seed_groups(ordered):  # one pooled row after each group of seeds, resampling seeds and documents
         pooled, base = pooled_run(group), baselines[group[0].model]
         names = [t for t in tasks if t in base.tasks and t in pooled.tasks]
         at = max(i for i, (run, _) in enumerate(rows) if any(run is g for g in group)) + 1
-        rows.insert(at, (pooled, compare(base, pooled, names, kinds=kinds, iterations=iterations, replicates=group)))
-    signals = tuple(
-        assess(
-            t, b.model, b.tasks[t].scores, b.tasks[t].answers, task_chance(t, b.chances), task_kind(t, kinds, declared)
-        )
-        for b in {id(b): b for b in baselines.values()}.values()
-        for t in tasks
-        if t in b.tasks
-    )
-    specific = tuple(find_specificity(runs, tasks, kinds=kinds, iterations=iterations))
+        left = leave_out(pooled.model)
+        comparison = compare(base, pooled, names, kinds=kinds, iterations=iterations, replicates=group, leave_out=left)
+        rows.insert(at, (pooled, comparison))
+    specific = tuple(find_specificity(runs, tasks, kinds=kinds, iterations=iterations, leave_out=leave_out))
     return Report(tasks=tasks, rows=rows, signals=signals, specificity=specific)
 
 

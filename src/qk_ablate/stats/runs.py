@@ -42,6 +42,7 @@ class TaskScores:
     doc_hashes: tuple[str, ...]
     scores: np.ndarray  # float64 [n]
     answers: tuple[Answer | None, ...] | None = None  # per document: (answer, accepted), when readable
+    choice_chance: float | None = None  # multiple choice: the mean of 1 / (choices of a document); else None
 
     @property
     def mean(self) -> float:
@@ -122,6 +123,7 @@ def read_samples(samples: Path) -> list[str]:
 
 def _task_scores(task: str, samples: Path, choices: Any = None) -> TaskScores:
     by_filter: dict[str, list[tuple[int, str, float, str, Answer | None]]] = {}
+    options: list[int] = []  # choices per multiple-choice record
     lines = read_samples(samples)
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -134,6 +136,9 @@ def _task_scores(task: str, samples: Path, choices: Any = None) -> TaskScores:
         except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
             raise QKAblateError(f"samples file '{samples}' line {number} is not an lm_eval sample record") from None
         by_filter.setdefault(str(record.get("filter", "none")), []).append(row)
+        resps = record.get("filtered_resps")
+        if isinstance(resps, list) and len(resps) >= 2 and all(isinstance(r, list) for r in resps):
+            options.append(len(resps))
     if not by_filter:
         raise QKAblateError(f"samples file '{samples}' is empty; rerun lm_eval with --log_samples")
     chosen = next((f for f in PREFERRED_FILTERS if f in by_filter), sorted(by_filter)[0])
@@ -148,6 +153,7 @@ def _task_scores(task: str, samples: Path, choices: Any = None) -> TaskScores:
         doc_hashes=tuple(r[1] for r in rows),
         scores=np.array([r[2] for r in rows], dtype=np.float64),
         answers=tuple(r[4] for r in rows),
+        choice_chance=float(np.mean([1 / k for k in options])) if options and len(options) >= len(rows) else None,
     )
 
 

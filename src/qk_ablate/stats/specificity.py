@@ -12,6 +12,7 @@ kind's loss is specific to the massive dims at 95% when that interval lies below
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
@@ -58,8 +59,10 @@ def find_specificity(
     tasks: list[str],
     kinds: dict[str, str] | None = None,
     iterations: int = DEFAULT_ITERATIONS,
+    leave_out: Callable[[str], tuple[str, ...]] | None = None,
 ) -> list[Specificity]:
-    """Every massive run of `runs` that has a random control, against that control, over `tasks`."""
+    """Every massive run of `runs` that has a random control, against that control, over `tasks`
+    (`leave_out(model)`: tasks kept out of the kind means, as the report keeps them)."""
     single = [r for r in runs if not str(r.intervention.get("seed", "")).startswith(POOLED)]
     controls: dict[str, list[Run]] = {}
     for run in single:
@@ -77,7 +80,10 @@ def find_specificity(
         if not names:
             continue
         replicates = group if len(group) > 1 else None
-        comparison = compare(run, control, names, kinds=kinds, iterations=iterations, replicates=replicates)
+        left = leave_out(run.model) if leave_out else ()
+        comparison = compare(
+            run, control, names, kinds=kinds, iterations=iterations, replicates=replicates, leave_out=left
+        )
         seeds = tuple(int(r.intervention.get("seed", 0)) for r in group)
         found.append(Specificity(run, control, seeds, comparison))
     return found

@@ -109,12 +109,14 @@ def task_kind(
 _CHANCE_OF = {task: family.chance for family in FAMILIES for task in family.tasks()}
 
 
-def task_chance(task: str, declared: Mapping[str, float] | None = None) -> float | None:
+def task_chance(task: str, declared: Mapping[str, float] | None = None, choices: float | None = None) -> float | None:
     """The accuracy of a blind guess at `task`: the catalogue's, else what its YAML metadata
-    declared (`chance:`), else None (unknown: no test against chance)."""
+    declared (`chance:`), else for a multiple-choice task one over its number of choices (`choices`:
+    read from its samples), else None (unknown: no test against chance)."""
     if task in _CHANCE_OF:
         return _CHANCE_OF[task]
-    return (declared or {}).get(task)
+    found = (declared or {}).get(task)
+    return choices if found is None else found
 
 
 def check_chance(task: str, chance: object, where: str) -> float:
