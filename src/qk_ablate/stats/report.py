@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qk_ablate.errors import QKAblateError
+from qk_ablate.stats.answer_prior import AnswerPrior, answer_priors
+from qk_ablate.stats.answer_prior import to_csv_rows as answer_rows
+from qk_ablate.stats.answer_prior import to_markdown as answer_markdown
 from qk_ablate.stats.baseline_signal import Signal, assess
 from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
 from qk_ablate.stats.runs import Run, merge_runs
@@ -35,6 +38,7 @@ class Report:
     rows: list[tuple[Run, Comparison]]  # each run against its model's baseline (the baseline too)
     signals: tuple[Signal, ...] = ()  # each baseline's tasks against chance and a constant answer
     specificity: tuple[Specificity, ...] = ()  # each massive run against its random control
+    answers: tuple[AnswerPrior, ...] = ()  # each run's answer prior per task (where answers are readable)
 
     @property
     def unclassified(self) -> list[str]:
@@ -123,7 +127,8 @@ def build_report(
         comparison = compare(base, pooled, names, kinds=kinds, iterations=iterations, replicates=group, leave_out=left)
         rows.insert(at, (pooled, comparison))
     specific = tuple(find_specificity(runs, tasks, kinds=kinds, iterations=iterations, leave_out=leave_out))
-    return Report(tasks=tasks, rows=rows, signals=signals, specificity=specific)
+    priors = tuple(answer_priors(ordered, tasks))
+    return Report(tasks=tasks, rows=rows, signals=signals, specificity=specific, answers=priors)
 
 
 def _no_signal(report: Report, model: str | None = None) -> list[str]:
@@ -201,6 +206,8 @@ def to_markdown(report: Report) -> str:
         lines.append("\n" + _signal_note(report).replace("\n", "\n\n"))
     if report.specificity:
         lines.append("\n" + specificity_markdown(list(report.specificity)))
+    if answer_markdown(list(report.answers)):
+        lines.append("\n" + answer_markdown(list(report.answers)))
     return "\n".join(lines)
 
 
@@ -290,7 +297,8 @@ def plot_deltas(report: Report, path: str | Path) -> Path:
 
 
 def write_report(report: Report, folder: str | Path, name: str = "report") -> list[Path]:
-    """report.md, report.csv, report.html and report_deltas.png (when there are deltas) in `folder`."""
+    """report.md, report.csv, report.html, report_deltas.png (when there are deltas) and report_answers.csv
+    (when the samples hold answers) in `folder`."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -305,5 +313,11 @@ def write_report(report: Report, folder: str | Path, name: str = "report") -> li
     for suffix, text in pages:
         path = out / f"{name}.{suffix}"
         path.write_text(text, encoding="utf-8")
+        written.append(path)
+    if report.answers:  # per run and task: the most frequent answer, its share, the entropy, the flag
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(answer_rows(list(report.answers)))
+        path = out / f"{name}_answers.csv"
+        path.write_text(buffer.getvalue(), encoding="utf-8")
         written.append(path)
     return written + ([chart] if chart else [])
