@@ -206,10 +206,11 @@ def _split_second_layer_to_meta(model) -> None:
         dict(ablate="massive"),
         dict(ablate="nonmassive", rope="pre", stage="all"),
         dict(ablate="nonmassive", control="smallest", fill="tensor_mean"),
+        dict(ablate="massive", fill="shuffle"),
         dict(quant="int4", quant_targets="qkv", quant_axis="channel", protect="massive"),
         dict(ablate="massive", quant="int8", quant_targets="q", stage="all", protect="massive"),
     ],
-    ids=["massive", "control-pre-all", "smallest", "quant-protect", "all"],
+    ids=["massive", "control-pre-all", "smallest", "shuffle", "quant-protect", "all"],
 )
 def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, monkeypatch):
     """With layer 1 on another device, every tensor handed to the pure functions sits on x's device.
@@ -236,6 +237,7 @@ def test_every_tensor_the_edits_use_is_on_the_edited_tensors_device(arch, args, 
         "statistics",
         "control_mask",
         "fill_from_means",
+        "shuffled_prompt",
         "destroy_columns",
         "fake_quantize",
         "edit_new_tokens",

@@ -133,6 +133,48 @@ def test_fill_values(fill, record_post):
     torch.testing.assert_close(after[columns], expected.expand_as(before)[columns])
 
 
+def test_shuffle_fill_moves_each_heads_tokens_and_keeps_every_columns_values(record_post):
+    """fill=shuffle: the selected K columns hold the same values (so the same norm), permuted over the
+    prompt by one permutation per head shared by its dims; every other entry is unchanged."""
+    model = build("llama")
+    record_post = record_post(model)
+    ids = prompts(length=40)
+    logits(model, ids)
+    before = {layer: k for layer, _, k in record_post}[0]
+    record_post.clear()
+    with attach(model, spec(ablate="massive", layers="0", targets="k", fill="shuffle")):
+        logits(model, ids)
+    after = {layer: k for layer, _, k in record_post}[0]
+    columns = massive_mask_threshold(column_norms(before), 5.0)
+    assert columns.sum() >= 2
+    where = columns[:, :, None, :].expand_as(before)
+    assert torch.equal(after[~where], before[~where])
+    for b, h in columns.any(dim=-1).nonzero().tolist():
+        dims = columns[b, h].nonzero().flatten()
+        old, new = before[b, h][:, dims], after[b, h][:, dims]  # [S, d]
+        assert not torch.equal(old, new)
+        assert torch.equal(old.sort(dim=0).values, new.sort(dim=0).values)  # the same values, moved
+        moved = [int((old == row).all(dim=1).nonzero()[0]) for row in new]  # where each token's entries came from
+        assert sorted(moved) == list(range(len(moved)))  # one permutation for the head's dims together
+    torch.testing.assert_close(column_norms(after), column_norms(before))
+
+
+def test_shuffle_fill_is_seeded_and_refused_for_generated_tokens():
+    from qk_ablate.core.destroy import shuffled_prompt
+
+    x = torch.arange(2 * 3 * 10 * 2, dtype=torch.float32).reshape(2, 3, 10, 2)
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    valid[1, :4] = False  # left padding stays in place
+    heads = torch.arange(3)
+    first, again, other = (shuffled_prompt(x, valid, seed, 5, heads) for seed in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(first[1, :, :4], x[1, :, :4])
+    assert torch.equal(shuffled_prompt(x[1:, :, 4:], None, 0, 5, heads), first[1:, :, 4:])  # padding changes nothing
+    assert torch.equal(shuffled_prompt(x[:, 1:], valid, 0, 5, heads[1:]), first[:, 1:])  # a shard permutes as the whole
+    with pytest.raises(QKAblateError, match="fill=shuffle permutes the prompt's own tokens.*use stage=prefill"):
+        spec(ablate="massive", fill="shuffle", stage="all")
+
+
 @pytest.mark.parametrize("length", [24, KV_HEADS])  # S == H_kv: a per-head k_norm's layout is ambiguous by shape
 def test_massive_pre_rope_changes_exactly_the_selected_projection_columns(rope_arch, length):
     """Q and K of layer 0 change in exactly their selected (head, dim) columns, and nothing else of a fused output."""
@@ -191,6 +233,7 @@ BATCH_CASES = [
     dict(ablate="massive"),
     dict(ablate="nonmassive"),
     dict(ablate="massive", rope="pre"),
+    dict(ablate="massive", fill="shuffle"),
     dict(quant="int4", quant_axis="channel", quant_targets="kv", protect="massive"),
 ]
 

@@ -129,7 +129,7 @@ def test_cli_rejects_bad_model_args_before_loading_anything(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert (
         err
-        == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, shared_mean, tensor_mean, zero"
+        == f"qk-ablate: error: sweep config '{config}', intervention 'x': fill='median' is not valid; choose one of: mean, shared_mean, tensor_mean, zero, shuffle"
     )
 
 

@@ -75,7 +75,7 @@ def test_none_values_from_lm_eval_mean_none():
     "text, message",
     [
         ("ablate=massiv", r"ablate='massiv' is not valid; choose one of: none, massive, nonmassive"),
-        ("fill=median", "choose one of: mean, shared_mean, tensor_mean, zero"),
+        ("fill=median", "choose one of: mean, shared_mean, tensor_mean, zero, shuffle"),
         ("quant=int5", "choose one of: none, int8, int4, int3, int2, fp8"),
         ("lam=-1", "lam=-1.0 must be a positive number"),
         ("topk=1.5", "topk=1.5 is not valid; it must be an integer"),

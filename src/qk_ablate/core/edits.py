@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from qk_ablate.core import fused
-from qk_ablate.core.destroy import column_means, destroy_columns, fill_from_means
+from qk_ablate.core.destroy import column_means, destroy_columns, fill_from_means, shuffled_prompt
 from qk_ablate.core.kept import Decisions, Kept
 from qk_ablate.core.quantize import fake_quantize
 from qk_ablate.core.record import SelectionTally
@@ -78,6 +78,7 @@ class Editor:
         self._selected: dict[tuple[TensorName, torch.device], torch.Tensor] = {}  # per tensor and device
         self._heads: dict[TensorName, int] = {}  # per tensor: (sample, layer, head) triples selected from
         self._scores: dict[tuple[int, str, torch.device], torch.Tensor] = {}
+        self._head_index: dict[tuple[TensorName, torch.device], torch.Tensor] = {}  # the model's index of each head
 
     def changes(self, site: TensorSite) -> bool:
         """Whether `edit` can change this tensor (so a caller may skip building its view)."""
@@ -145,7 +146,7 @@ class Editor:
         prompt, tokens = step.masks(x.device)
         edited = prompt if spec.stage == "prefill" else tokens
         lo, hi = plan.span or (0, x.shape[-1])
-        means = plan.destroy and spec.fill != "zero"
+        means = plan.destroy and spec.fill not in ("zero", "shuffle")
         norms, column_mean = self._statistics(x, prompt, means) if spec.needs_selection else (None, None)
         norms = None if norms is None else norms[..., lo:hi]
         massive = self._massive(norms)
@@ -153,7 +154,8 @@ class Editor:
         if plan.destroy:
             chosen = self._columns(site, x[..., lo:hi], norms, massive, lo, hi)
             columns = _widen(chosen, lo, x.shape[-1])
-            fill = fill_from_means(column_mean, spec.fill, x, columns)
+            fill = self._shuffled(site, x, prompt) if spec.fill == "shuffle" else None
+            fill = fill_from_means(column_mean, spec.fill, x, columns) if fill is None else fill
             x = fused.run(destroy_columns, x, columns, edited, fill, into=plan.into)
         protect = _widen(massive, lo, x.shape[-1]) if spec.protect == "massive" else None
         self._count(site.name, columns if plan.destroy else protect)
@@ -256,11 +258,20 @@ class Editor:
             return massive_mask_topk(norms, self.spec.topk)
         return massive_mask_threshold(norms, self.spec.lam)
 
+    def _shuffled(self, site: TensorSite, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+        """`fill=shuffle`'s fill: the prompt with each head's positions permuted, seeded per layer and tensor
+        by the model's own head indices (a split model permutes as the whole model would)."""
+        key = (site.name, x.device)
+        if key not in self._head_index:
+            local = self.shard.get(site.name, (x.shape[1], tuple(range(x.shape[1]))))[1]
+            self._head_index[key] = torch.tensor(local, device=x.device)
+        return shuffled_prompt(x, prompt, self.spec.seed, _salt(site), self._head_index[key])
+
     def _random_scores(self, site: TensorSite, x: torch.Tensor) -> torch.Tensor:
         """Seeded `[1, H, D]` noise of this layer and tensor (drawn for all heads, sliced to a shard's)."""
         key = (site.layer, site.name, x.device)
         if key not in self._scores:
-            salt = site.layer * 3 + "qkv".index(site.name)
+            salt = _salt(site)
             heads, local = self.shard.get(site.name, (x.shape[1], None))
             scores = random_scores(heads, x.shape[3], self.spec.seed, salt, x.device)
             self._scores[key] = scores if local is None else scores[:, list(local)]
@@ -293,6 +304,11 @@ def edit_new_tokens(
     if quant != "none":
         x = fake_quantize(x, quant, axis, group, sym, None, protect)
     return x
+
+
+def _salt(site: TensorSite) -> int:
+    """Separates the seeded draws of each layer and tensor."""
+    return site.layer * 3 + "qkv".index(site.name)
 
 
 def _widen(mask: torch.Tensor | None, start: int, width: int) -> torch.Tensor | None:

@@ -103,6 +103,11 @@ class InterventionSpec:
             raise QKAblateError("protect=massive needs a quantizer; add quant=int4 (or int8|int3|int2|fp8)")
         _parse_layers(self.layers)  # validate the syntax now; the range is checked against the model
         self._check_band()
+        if self.fill == "shuffle" and self.stage == "all":
+            raise QKAblateError(
+                "fill=shuffle permutes the prompt's own tokens, so it has no value for generated tokens; "
+                "use stage=prefill with it, or fill=mean"
+            )
         check_kv_cache(self.kv_cache, self.kv_residual, self.kv_group)
         self._check_kv_edits()
 
