@@ -513,3 +513,55 @@ def test_a_multiple_choice_task_without_a_declared_chance_is_tested_against_one_
     assert run.chances == {} and run.tasks["my_tf"].choice_chance == 0.5
     (signal,) = build_report([run], iterations=100).signals
     assert signal.chance == 0.5 and signal.flagged and signal.p_chance > 0.3
+
+
+def test_a_true_false_task_at_chance_and_a_constant_flip_are_footnoted_and_left_out(tmp_path):
+    """Issue 25's two held-out cases: a true/false set answered at chance (varied answers, 50 of 100)
+    and a yes/no set whose baseline always says "yes" (70%) and whose intervention always says "no"
+    (30%): a -40 that measures nothing. Both are footnoted and left out of the parametric mean; the
+    intervention's row marks both, while a contextual task with real signal counts as usual."""
+    labels = [i % 2 for i in range(100)]
+    at_chance = statements(labels, [(i // 2) % 2 for i in range(100)])  # right on exactly half, both answers used
+    yes_no = [int(i % 10 >= 7) for i in range(100)]  # gold "Yes" (0) on 70 of 100
+    says_yes, says_no = statements(yes_no, [0] * 100), statements(yes_no, [1] * 100)
+    keys = [float(i % 10 > 0) for i in range(100)]
+    choices = {"my_tf": ["True", "False"], "art_qa": ["Yes", "No"]}
+    kinds = {"my_tf": "parametric", "art_qa": "parametric", "my_keys": "contextual"}
+    base = write_run(
+        tmp_path / "base",
+        {"my_tf": at_chance["scores"], "art_qa": says_yes["scores"], "my_keys": keys},
+        records={"my_tf": at_chance["records"], "art_qa": says_yes["records"]},
+        choices=choices,
+        declared=kinds,
+    )
+    cand = write_run(
+        tmp_path / "cand",
+        {
+            "my_tf": at_chance["scores"],
+            "art_qa": says_no["scores"],
+            "my_keys": [float(i % 10 == 0) for i in range(100)],
+        },
+        {"ablate": "massive"},
+        records={"my_tf": at_chance["records"], "art_qa": says_no["records"]},
+        choices=choices,
+        declared=kinds,
+    )
+    report = build_report([load_run(base), load_run(cand)], iterations=200)
+    assert sorted(s.task for s in report.signals if s.flagged) == ["art_qa", "my_tf"]
+    md = to_markdown(report)
+    notes = [line for line in md.splitlines() if line.startswith("† ")]
+    assert len(notes) == 2 and all("left out of the parametric mean and the interaction" in n for n in notes)
+    assert any(n.startswith("† my_tf") and "chance (50.0%" in n for n in notes)
+    assert any(n.startswith("† art_qa") and 'always answering "yes" (100% of its answers' in n for n in notes)
+    for _, cmp in report.rows:
+        assert cmp.left_out == ("art_qa", "my_tf") and "parametric" not in cmp.means and cmp.interaction is None
+        assert 100 * cmp.means["contextual"].value in (90.0, 10.0)  # the task with signal still counts
+    (row,) = [line for line in md.splitlines() if line.startswith("‡ ")]
+    assert row.startswith("‡ smollm2-135m, ablate=massive: ")
+    assert "art_qa 30.0% is not distinguishable from chance (50.0%" in row and 'always answering "no" (100%' in row
+    assert "my_tf 50.0% is not distinguishable from chance (50.0%" in row
+    assert "my_keys" not in row  # 10% of open answers is above a blind guess (0%)
+    cells = next(line for line in md.splitlines() if "| ablate=massive |" in line)
+    assert "| 30.0 ‡ (-40.0" in cells
+    rows = list(__import__("csv").DictReader(to_csv(report).splitlines()))
+    assert [r["row_no_signal"] for r in rows] == ["", "art_qa;my_tf"]

@@ -37,6 +37,7 @@ VARIANTS = [
     {"ablate": "nonmassive"},
     {"ablate": "massive", "rope": "pre"},
     {"ablate": "massive", "fill": "zero"},
+    {"ablate": "massive", "fill": "shuffle"},  # the same permutation per (prompt, head) in both engines
     {"ablate": "massive", "targets": "q"},
     {"ablate": "massive", "targets": "k"},
     {"preset": "jin2025", "topk": 2, "fill": "shared_mean"},  # the authors' Llama rule, resolved in each engine

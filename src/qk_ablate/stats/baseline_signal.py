@@ -10,7 +10,9 @@
   every review, is caught even when its accuracy sits a little above one half.
 
 A task whose baseline is not better than chance, or not better than its own most common answer
-(p >= `ALPHA` in either test), is flagged: its deltas measure nothing. Answers are read from
+(p >= `ALPHA` in either test), is flagged: its deltas measure nothing. The same two tests run on
+every intervention's row too (`assess` with the row's label), where a flag says the intervention
+brought the task down to chance or to one answer: its delta stands, and the report says so beside it. Answers are read from
 lm-eval's sample records (`read_answer`): a generation's first line, normalised as the fact tasks
 normalise names; a multiple-choice answer is the choice of highest log-likelihood (what `acc`
 scores). Records without a readable answer (old or foreign formats) skip the second test only.
@@ -104,13 +106,14 @@ class Signal:
     p_constant: float | None = None  # one-sided sign test, baseline > that constant
     kind: str | None = None  # the mean it belongs to (contextual, parametric; None: neither)
     counted: bool = False  # flagged, but counted in its kind's mean all the same (`--keep-no-signal`)
+    label: str = "baseline"  # the row tested: the baseline, or an intervention's label
 
     @property
     def flagged(self) -> bool:
         return any(p is not None and p >= ALPHA for p in (self.p_chance, self.p_constant))
 
-    def sentence(self) -> str:
-        """One sentence for a report's footnote: the task, which test it fails, p and the top share."""
+    def failures(self) -> str:
+        """What the accuracy cannot be told apart from: chance, a constant answer, or both, with p."""
         top = f'"{self.top_answer or "(empty)"}"'
         fails = []
         if self.p_chance is not None and self.p_chance >= ALPHA:
@@ -122,10 +125,12 @@ class Signal:
                 f"always answering {top} ({100 * self.top_share:.0f}% of its answers; that constant would "
                 f"score {100 * self.constant_accuracy:.1f}%, sign test p = {self.p_constant:.2g})"
             )
-        text = (
-            f"{self.task} ({self.model} baseline, {self.n} documents): {100 * self.accuracy:.1f}% is not "
-            f"distinguishable from {' nor from '.join(fails)}"
-        )
+        return f"{100 * self.accuracy:.1f}% is not distinguishable from {' nor from '.join(fails)}"
+
+    def sentence(self) -> str:
+        """One sentence for a report's footnote: the task, which test it fails, p and the top share."""
+        top = f'"{self.top_answer or "(empty)"}"'
+        text = f"{self.task} ({self.model} {self.label}, {self.n} documents): {self.failures()}"
         if self.top_share is not None and not (self.p_constant is not None and self.p_constant >= ALPHA):
             text += f"; its most common answer, {top}, is {100 * self.top_share:.0f}% of its answers"
         if self.kind and self.counted:
@@ -143,15 +148,16 @@ def assess(
     chance: float | None,
     kind: str | None = None,
     counted: bool = False,
+    label: str = "baseline",
 ) -> Signal:
-    """The two tests on one baseline task (`scores` per document; `answers` from `read_answer`)."""
+    """The two tests on one task of one row (`scores` per document; `answers` from `read_answer`)."""
     values = [float(s) for s in scores]
     n = len(values)
     accuracy = sum(values) / n if n else 0.0
     binary = all(v in (0.0, 1.0) for v in values)
     p_chance = binomial_tail(int(sum(values)), n, chance) if chance is not None and binary and n else None
     if not n or not answers or len(answers) != n or any(a is None for a in answers):
-        return Signal(task, model, n, accuracy, chance, p_chance, kind=kind, counted=counted)
+        return Signal(task, model, n, accuracy, chance, p_chance, kind=kind, counted=counted, label=label)
     counts = Counter(a[0] for a in answers)  # type: ignore[index]
     top, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
     constant = [float(top in a[1]) for a in answers]  # type: ignore[index]
@@ -170,4 +176,5 @@ def assess(
         binomial_tail(wins, wins + losses, 0.5) if wins + losses else 1.0,
         kind,
         counted,
+        label,
     )

@@ -5,7 +5,9 @@ A task whose baseline is not distinguishable from chance or from a constant answ
 (`qk_ablate.stats.baseline_signal`) is marked † in the header, named in a footnote with its p-value and
 top answer share, and listed in the CSV's `no_signal` column; its deltas measure nothing, so it is
 left out of its kind's mean and the interaction (`keep_no_signal` counts it), and the footnote says
-which. Where a massive-destruction run has its random control, the specificity section says whether
+which. Every intervention's row gets the same two tests: a task it brought down to chance or to one
+answer is marked ‡ in that row and named in a footnote (its delta stands). Where a massive-destruction
+run has its random control, the specificity section says whether
 each kind's loss is specific to the massive dims (`stats/specificity.py`).
 """
 
@@ -30,6 +32,7 @@ from qk_ablate.stats.specificity import to_markdown as specificity_markdown
 from qk_ablate.task_data.catalogue import KINDS, task_chance, task_kind
 
 MARK = "†"  # a task whose baseline carries no signal
+ROW_MARK = "‡"  # a task an intervention's row answers at chance or with one answer
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class Report:
     signals: tuple[Signal, ...] = ()  # each baseline's tasks against chance and a constant answer
     specificity: tuple[Specificity, ...] = ()  # each massive run against its random control
     answers: tuple[AnswerPrior, ...] = ()  # each run's answer prior per task (where answers are readable)
+    row_signals: tuple[Signal, ...] = ()  # each intervention row's tasks against chance and a constant answer
+
+    def row_flags(self, run: Run) -> list[Signal]:
+        """The flagged tasks of one intervention's row, in table order."""
+        found = {s.task: s for s in self.row_signals if s.flagged and (s.model, s.label) == (run.model, run.label)}
+        return [found[t] for t in self.tasks if t in found]
 
     @property
     def unclassified(self) -> list[str]:
@@ -128,7 +137,18 @@ def build_report(
         rows.insert(at, (pooled, comparison))
     specific = tuple(find_specificity(runs, tasks, kinds=kinds, iterations=iterations, leave_out=leave_out))
     priors = tuple(answer_priors(ordered, tasks))
-    return Report(tasks=tasks, rows=rows, signals=signals, specificity=specific, answers=priors)
+    tested = tuple(
+        assess(t, run.model, run.tasks[t].scores, run.tasks[t].answers, _chance(run, t), label=run.label)
+        for run in ordered
+        if run is not baselines[run.model]
+        for t in tasks
+        if t in run.tasks
+    )
+    return Report(tasks=tasks, rows=rows, signals=signals, specificity=specific, answers=priors, row_signals=tested)
+
+
+def _chance(run: Run, task: str) -> float | None:
+    return task_chance(task, run.chances, run.tasks[task].choice_chance)
 
 
 def _no_signal(report: Report, model: str | None = None) -> list[str]:
@@ -143,8 +163,15 @@ def _names(report: Report) -> list[str]:
 
 
 def _signal_note(report: Report) -> str:
-    """One footnote line per flagged task: which test it fails, its p-value, its top answer share."""
-    return "\n".join(f"{MARK} {s.sentence()}." for s in report.signals if s.flagged)
+    """One footnote line per flagged baseline task (which test it fails, its p-value, its top answer
+    share), then one per intervention row with tasks it brought to chance or to one answer."""
+    lines = [f"{MARK} {s.sentence()}." for s in report.signals if s.flagged]
+    for run, comparison in report.rows:
+        flags = [] if _is_reference(run, comparison) else report.row_flags(run)
+        if flags:
+            named = "; ".join(f"{s.task} {s.failures()}" for s in flags)
+            lines.append(f"{ROW_MARK} {run.model}, {run.label}: {named} (the row's delta stands).")
+    return "\n".join(lines)
 
 
 def _is_reference(run: Run, comparison: Comparison) -> bool:
@@ -164,14 +191,15 @@ def _delta(e: Estimate) -> str:
     return f"{100 * e.value:+.1f} [{100 * e.low:+.1f}, {100 * e.high:+.1f}]"
 
 
-def _cells(run: Run, comparison: Comparison, tasks: list[str]) -> list[str]:
-    base = _is_reference(run, comparison)
+def _cells(report: Report, run: Run, comparison: Comparison) -> list[str]:
+    base, tasks = _is_reference(run, comparison), report.tasks
+    flagged = set() if base else {s.task for s in report.row_flags(run)}
     cells = [run.model, run.label]
     for task in tasks:
         if task not in run.tasks or task not in comparison.tasks:
             cells.append("n/a")
             continue
-        score = _pct(run.tasks[task].mean)
+        score = _pct(run.tasks[task].mean) + (f" {ROW_MARK}" if task in flagged else "")
         cells.append(score if base else f"{score} ({_delta(comparison.tasks[task])})")
     for kind in KINDS:
         mean = comparison.means.get(kind)
@@ -200,7 +228,7 @@ def to_markdown(report: Report) -> str:
     head = header(_names(report))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for run, comparison in report.rows:
-        lines.append("| " + " | ".join(_cells(run, comparison, report.tasks)) + " |")
+        lines.append("| " + " | ".join(_cells(report, run, comparison)) + " |")
     lines.append("\n" + _footnote(report))
     if _signal_note(report):
         lines.append("\n" + _signal_note(report).replace("\n", "\n\n"))
@@ -215,7 +243,7 @@ def to_html(report: Report, image: str | None = None) -> str:
     """A standalone page: the table, its footnote and (when given) the delta chart beside it."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header(_names(report)))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(run, cmp, report.tasks)) + "</tr>\n"
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(report, run, cmp)) + "</tr>\n"
         for run, cmp in report.rows
     )
     chart = f'<p><img src="{html.escape(image)}" alt="deltas with 95% intervals"></p>\n' if image else ""
@@ -241,7 +269,7 @@ def to_csv(report: Report) -> str:
         columns += [task, f"{task}_delta", f"{task}_delta_low", f"{task}_delta_high"]
     for kind in KINDS:
         columns += [kind, f"{kind}_low", f"{kind}_high", f"{kind}_delta", f"{kind}_delta_low", f"{kind}_delta_high"]
-    columns += ["interaction", "interaction_low", "interaction_high", "no_signal"]
+    columns += ["interaction", "interaction_low", "interaction_high", "no_signal", "row_no_signal"]
     writer.writerow(columns)
 
     def nums(e: Estimate | None) -> list[str]:
@@ -255,6 +283,7 @@ def to_csv(report: Report) -> str:
             row += nums(cmp.means.get(kind)) + nums(cmp.deltas.get(kind))
         row += nums(cmp.interaction)
         row.append(";".join(_no_signal(report, cmp.baseline.model)))  # tasks whose baseline is flagged
+        row.append("" if _is_reference(run, cmp) else ";".join(s.task for s in report.row_flags(run)))
         writer.writerow(row)
     return out.getvalue()
 
