@@ -122,3 +122,5 @@ def test_profile_puts_q_and_k_massive_dims_in_the_same_low_frequency_pairs(smoll
             assert {p["pair"] for p in top} == {23, 24}, (where, name, top)
             assert all(p["band"] == "low" for p in top)
             assert entry["layers_with_massive"] >= 25
+            # the massive columns are nearly constant over the prompt: fill=mean keeps almost all of their norm
+            assert entry["mean_fill_keeps"]["median"] > 0.95 and entry["mean_fill_keeps"]["columns"] > 30

@@ -231,3 +231,23 @@ def test_profile_of_latent_attention_and_falcon(arch, tmp_path):
             assert (top["pair"], top["share_of_heads"]) == (1, 1.0), (where, name, top)
     save_profile(profile, tmp_path)
     assert summarize(load_profile(tmp_path)) == summary
+
+
+def test_mean_fill_norm_ratio_of_constant_alternating_and_padded_columns():
+    """|mean| / rms per column over the valid tokens: 1 for a constant column, 0 for one that
+    averages to zero, padding left out; the profile reports it over the massive columns."""
+    import torch
+
+    from qk_ablate.core.selection import column_norms
+    from qk_ablate.probes.massive_stats import mean_fill_norm_ratio
+
+    x = torch.zeros(2, 1, 4, 3)  # [B, H, S, D]
+    x[:, 0, :, 0] = 5.0  # constant
+    x[:, 0, :, 1] = torch.tensor([1.0, -1.0, 1.0, -1.0])  # mean zero
+    x[:, 0, :, 2] = torch.tensor([3.0, 1.0, 0.0, 0.0])  # mean 2, rms sqrt(5) over the first two
+    valid = torch.tensor([[True] * 4, [False, False, True, True]])  # sample 1: left padding
+    x[1, 0, 2:, 2] = torch.tensor([3.0, 1.0])
+    x[1, 0, :2] = 100.0  # padding values never count
+    ratio = mean_fill_norm_ratio(x, valid, column_norms(x, valid))
+    assert ratio[0, 0].tolist() == pytest.approx([1.0, 0.0, 4 / (4**0.5 * 10**0.5)])
+    assert ratio[1, 0].tolist() == pytest.approx([1.0, 0.0, 2 / 5**0.5])

@@ -22,11 +22,13 @@ from qk_ablate.engines.hf.attachment import Attachment
 
 @dataclass
 class MassiveStats:
-    """Per (layer, tensor, where): summed M matrices, summed massive masks, and the sample count."""
+    """Per (layer, tensor, where): summed M matrices, summed massive masks, summed mean-fill norm
+    ratios, and the sample count."""
 
     lam: float = 5.0
     norms: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
     massive: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
+    kept: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
     samples: dict[tuple[int, str, str], int] = field(default_factory=dict)
 
     def __call__(self, site: TensorSite, x: torch.Tensor, prompt: torch.Tensor | None) -> None:
@@ -36,6 +38,7 @@ class MassiveStats:
         # Sums stay on the model's device: no host copy (and sync) per layer during the forward.
         self.norms[key] = self.norms.get(key, 0) + norms.sum(0, dtype=torch.float32)
         self.massive[key] = self.massive.get(key, 0) + mask.sum(0)
+        self.kept[key] = self.kept.get(key, 0) + mean_fill_norm_ratio(x, prompt, norms).sum(0)
         self.samples[key] = self.samples.get(key, 0) + x.shape[0]
 
     def mean_norms(self, layer: int, name: str, where: str) -> torch.Tensor:
@@ -48,12 +51,31 @@ class MassiveStats:
         key = (layer, name, where)
         return self.massive[key].cpu().float() / self.samples[key]
 
+    def mean_kept(self, layer: int, name: str, where: str) -> torch.Tensor:
+        """The mean-fill norm ratio averaged over samples: `[H, D]` on the CPU."""
+        key = (layer, name, where)
+        return self.kept[key].cpu() / self.samples[key]
+
     def massive_count(self, layer: int, name: str, where: str) -> float:
         """Mean number of massive (head, dim) columns per sample in this layer and tensor."""
         return float(self.massive_fraction(layer, name, where).sum())
 
     def layers(self) -> list[int]:
         return sorted({layer for layer, _, _ in self.samples})
+
+
+def mean_fill_norm_ratio(x: torch.Tensor, valid: torch.Tensor | None, norms: torch.Tensor) -> torch.Tensor:
+    """What `fill=mean` keeps of each column's norm over the prompt: |mean| / root mean square,
+    `[B, H, D]` in [0, 1] (1: a constant column, whose mean fill changes nothing; 0: a column
+    that averages to zero). `norms` is `column_norms(x, valid)`."""
+    x = x.float()
+    if valid is not None:
+        x = x * valid[:, None, :, None].to(x.dtype)
+        count = valid.sum(dim=1).to(x.dtype).clamp(min=1)[:, None, None]
+    else:
+        count = torch.full((x.shape[0], 1, 1), float(x.shape[2]), dtype=x.dtype, device=x.device)
+    total = x.sum(dim=2).abs()  # |n * mean|
+    return (total / (count.sqrt() * norms.clamp(min=1e-30))).clamp(max=1.0)
 
 
 @torch.no_grad()

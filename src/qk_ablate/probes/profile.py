@@ -2,8 +2,8 @@
 
 `profile_model` reduces the statistics observer (`massive_stats`) at several context lengths
 into a `Profile` of `[layers, H, D]` arrays; `summarize` turns it into the JSON summary of
-`qk-ablate profile` (massive dims per layer and head, counts, concentration, and each dim's RoPE
-pair, frequency, wavelength and band); `save_profile` / `load_profile` write and read it.
+`qk-ablate profile` (massive dims per layer and head, counts, concentration, each dim's RoPE
+pair, frequency, wavelength and band, and how much of the massive columns' norm `fill=mean` keeps); `save_profile` / `load_profile` write and read it.
 The pictures are `figures.py`'s.
 """
 
@@ -35,7 +35,7 @@ class Profile:
     """`[layers, H, D]` arrays per (length, where, tensor, kind), plus what they were taken on.
 
     kind `M`: mean column norms; kind `massive`: the fraction of samples in which a (head, dim)
-    was massive. The same arrays are saved to profile.npz, so `load_profile` restores a Profile
+    was massive; kind `kept`: the share of each column's norm that `fill=mean` keeps (|mean| / rms). The same arrays are saved to profile.npz, so `load_profile` restores a Profile
     (and its pictures) from a saved folder.
     """
 
@@ -65,7 +65,8 @@ def _arrays(stats: MassiveStats, length: int, where: tuple[str, ...]) -> dict[st
     out = {}
     for w in where:
         for name in "qkv":
-            for kind, get in (("M", stats.mean_norms), ("massive", stats.massive_fraction)):
+            kinds = (("M", stats.mean_norms), ("massive", stats.massive_fraction), ("kept", stats.mean_kept))
+            for kind, get in kinds:
                 out[Profile.key(length, w, name, kind)] = np.stack(
                     [get(layer, name, w).numpy() for layer in stats.layers()]
                 )
@@ -294,6 +295,14 @@ def summarize(profile: Profile) -> dict:
                     entry["mean_top_pair_heads"] = round(float(np.mean(shares)), 3)
                 if rope is not None:
                     entry["pairs"] = _pair_agreement(massive, rope)
+                kept = profile.arrays.get(profile.key(length, where, name, "kept"))  # absent in older profiles
+                if kept is not None and (massive >= MOSTLY).any():
+                    ratios = kept[massive >= MOSTLY]
+                    entry["mean_fill_keeps"] = {
+                        "median": round(float(np.median(ratios)), 4),
+                        "min": round(float(ratios.min()), 4),
+                        "columns": int(ratios.size),
+                    }
                 per_where[name] = entry
             per_length[where] = per_where
         out["results"][str(length)] = per_length
@@ -313,9 +322,11 @@ def headline(profile: Profile) -> str:
                 )
                 agree = entry.get("mean_top_pair_heads")
                 same = "" if agree is None else f"; within a layer {100 * agree:.0f}% of heads share the top pair"
+                kept = entry.get("mean_fill_keeps")
+                norm = "" if kept is None else f"; fill=mean keeps {100 * kept['median']:.1f}% of their norm (median)"
                 lines.append(
                     f"{length:>6} {where:>4}-RoPE {name.upper()}: massive in {entry['layers_with_massive']} layers{same}; "
-                    f"overall {pairs}"
+                    f"overall {pairs}{norm}"
                 )
     return "\n".join(lines)
 
