@@ -67,3 +67,36 @@ def test_a_mixed_step_packs_its_fresh_prompts_with_their_registered_lengths():
     edited = tokens.clone()
     part.packing.scatter(edited, -grid)
     assert torch.equal(edited[1:], -tokens[1:]) and torch.equal(edited[0], tokens[0])  # the decode row untouched
+
+
+def test_loglikelihood_inputs_are_tallied_once_per_input_minus_its_last_token():
+    """HF runs one forward for the continuations that share context + continuation[:-1] (lm-eval's
+    logits cache), vLLM one per input: registered `once`, the repeats are edited but not tallied,
+    in the same step or a later one, so the run record's `heads` is the same on both engines."""
+    planner = StepPlanner(stage_all=False, counts=EditCounts())
+    # two one-token continuations of context (1, 2, 3), and a two-token one whose input differs
+    planner.register({(1, 2, 3, 8): 3, (1, 2, 3, 9): 3, (1, 2, 3, 8, 9): 3}, once=True)
+    (part,) = planner.plan(metadata([4, 4], [4, 4]), torch.tensor([1, 2, 3, 8, 1, 2, 3, 9]))
+    assert part.step.counted.tolist() == [True, False] and part.step.counted_rows == 1
+    (part,) = planner.plan(metadata([5, 4], [5, 4]), torch.tensor([1, 2, 3, 8, 9, 1, 2, 3, 8]))
+    assert part.step.counted.tolist() == [True, False]  # a new input; the first one's repeat
+    planner.register({(1, 2, 3, 8): 3, (1, 2, 3, 9): 3})  # generation prompts: every one is tallied
+    (part,) = planner.plan(metadata([4, 4], [4, 4]), torch.tensor([1, 2, 3, 8, 1, 2, 3, 9]))
+    assert part.step.counted is None
+
+
+def test_the_editor_tallies_only_the_counted_rows():
+    from qk_ablate.core.edits import Editor
+    from qk_ablate.core.spec import InterventionSpec
+    from qk_ablate.core.step import Step, TensorSite
+
+    x = torch.ones(2, 3, 5, 8)  # [B, H, S, D]
+    x[..., 2] = 50.0  # one massive column in every head
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    site = TensorSite(0, "q", "post")
+    once = Editor(InterventionSpec(ablate="massive"), frozenset({0}))
+    once.edit(site, x.clone(), Step(valid, valid, True, counted=torch.tensor([True, False]), counted_rows=1))
+    every = Editor(InterventionSpec(ablate="massive"), frozenset({0}))
+    every.edit(site, x.clone(), Step(valid, valid, True))
+    assert once.tally().summary() == {"q": {"dims_per_head": 1.0, "heads": 3}}
+    assert every.tally().summary() == {"q": {"dims_per_head": 1.0, "heads": 6}}

@@ -82,6 +82,9 @@ def test_loglikelihoods_agree(engines, args):
         assert chosen[hf].keys() == chosen[vllm].keys()
         for name in chosen[hf]:
             assert chosen[vllm][name]["dims_per_head"] == pytest.approx(chosen[hf][name]["dims_per_head"], abs=1e-3)
+            # HF runs each context once for both labels (lm-eval's logits cache), vLLM once per label:
+            # vLLM tallies the repeat's heads once, so the counts agree (12 prompts x 30 layers x heads)
+            assert chosen[vllm][name]["heads"] == chosen[hf][name]["heads"] == 12 * 30 * (9 if name == "q" else 3)
 
 
 def _passkey_requests(tokenizer, count: int = 12):

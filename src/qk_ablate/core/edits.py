@@ -158,7 +158,7 @@ class Editor:
             fill = fill_from_means(column_mean, spec.fill, x, columns) if fill is None else fill
             x = fused.run(destroy_columns, x, columns, edited, fill, into=plan.into)
         protect = _widen(massive, lo, x.shape[-1]) if spec.protect == "massive" else None
-        self._count(site.name, columns if plan.destroy else protect)
+        self._count(site.name, columns if plan.destroy else protect, step)
         if plan.quantize:  # after destroy, x is already a new tensor
             x = self._quantize(x, edited, protect, into=plan.into or plan.destroy)
         if plan.keep:
@@ -194,13 +194,17 @@ class Editor:
             self._bands_moved[key] = self.band[name].to(device)
         return self._bands_moved[key]
 
-    def _count(self, name: TensorName, columns: torch.Tensor | None) -> None:
-        """Tally what was selected, on the tensor's device (read once, after the run: no sync per layer)."""
+    def _count(self, name: TensorName, columns: torch.Tensor | None, step: Step) -> None:
+        """Tally what was selected in the step's counted rows, on the tensor's device (read once, after
+        the run: no sync per layer)."""
         if columns is None:
             return
+        rows = columns.shape[0]
+        if step.counted is not None:
+            columns, rows = columns & step.counted.to(columns.device)[:, None, None], step.counted_rows
         key, total = (name, columns.device), columns.sum(dtype=torch.int64)  # a split model's layers tally apart
         self._selected[key] = self._selected[key] + total if key in self._selected else total
-        self._heads[name] = self._heads.get(name, 0) + columns.shape[0] * columns.shape[1]
+        self._heads[name] = self._heads.get(name, 0) + rows * columns.shape[1]
 
     def tally(self) -> SelectionTally:
         """What the selection chose so far, summed over devices (reads device counters: call after the run)."""

@@ -37,7 +37,11 @@ class Step:
     slots: [B] each sample's place in a store of decisions that outlives the batch (vLLM's
     continuous batching, where a later step's decode rows are other samples than this prefill's),
     below `slot_count`; None: the decisions are kept for this batch as a whole (HF generation);
-    idle: a decode step that the intervention leaves alone (`IDLE_DECODE`), so callers skip it at once.
+    idle: a decode step that the intervention leaves alone (`IDLE_DECODE`), so callers skip it at once;
+    counted: [B] the rows the run record tallies, on the input's device (None: every row). An engine
+    that runs one prompt several times (vLLM: once per loglikelihood continuation, where HF runs the
+    shared context once) leaves the repeats out, so `heads` means the same on every engine;
+    counted_rows: how many of them are True (known on the host, so tallying makes no sync).
     Both masks are on the input's device; `masks(device)` gives them where a layer runs.
     """
 
@@ -47,6 +51,8 @@ class Step:
     slots: torch.Tensor | None = None
     slot_count: int = 0
     idle: bool = False
+    counted: torch.Tensor | None = None
+    counted_rows: int = 0
     _moved: dict[torch.device, tuple[torch.Tensor | None, torch.Tensor | None]] = field(
         default_factory=dict, repr=False
     )

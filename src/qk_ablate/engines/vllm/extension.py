@@ -55,11 +55,12 @@ class QKAblateWorkerExtension:
             attachment.remove()
             self._qk_ablate_attachment = None
 
-    def qk_ablate_set_prompts(self, prompts_wire: Sequence[Sequence[Any]]) -> None:
-        """Register the inputs about to be sent (`wire.prompts_to_wire`; empty: forget them)."""
+    def qk_ablate_set_prompts(self, prompts_wire: Sequence[Sequence[Any]], once: bool = False) -> None:
+        """Register the inputs about to be sent (`wire.prompts_to_wire`; empty: forget them; `once`:
+        loglikelihood inputs, tallied as the HF engine runs them)."""
         attachment = self._qk_ablate_current()
         if attachment is not None:
-            attachment.register(prompts_from_wire(prompts_wire))
+            attachment.register(prompts_from_wire(prompts_wire), once)
 
     def qk_ablate_tally(self) -> dict[str, dict[str, int]]:
         """What this worker's selection chose, on its own heads (`SelectionTally.to_wire`)."""

@@ -139,7 +139,7 @@ class QKAblatedVLLM(VLLM):
         for _, context, continuation in requests:
             tokens = tuple((context + continuation)[-window:])
             lengths[tokens] = len(context) - max(0, len(context) + len(continuation) - window)
-        with self._registered(lengths):
+        with self._registered(lengths, once=True):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
 
     def _model_generate(self, requests, generate: bool = False, sampling_params=None):
@@ -150,12 +150,13 @@ class QKAblatedVLLM(VLLM):
             return super()._model_generate(requests, generate, sampling_params)
 
     @contextmanager
-    def _registered(self, lengths: PromptLengths) -> Iterator[None]:
-        """Within this block the workers know `lengths` (an input's tokens -> its prompt length)."""
+    def _registered(self, lengths: PromptLengths, once: bool = False) -> Iterator[None]:
+        """Within this block the workers know `lengths` (an input's tokens -> its prompt length);
+        `once`: loglikelihood inputs, whose tally counts each input minus its last token once."""
         if self.spec.is_noop:
             yield
             return
-        self.model.collective_rpc("qk_ablate_set_prompts", args=(prompts_to_wire(lengths),))
+        self.model.collective_rpc("qk_ablate_set_prompts", args=(prompts_to_wire(lengths), once))
         try:
             yield
         finally:

@@ -10,6 +10,9 @@ Registered inputs: the driver tells the worker every input it sends, with the le
 prompt. A loglikelihood input's continuation is then not part of its prompt, and a generation
 that vLLM preempted and later recomputes (its prompt and the tokens it had generated, prefilled
 again) keeps its prompt's selection and leaves the generated tokens as the first run did.
+The run record's tally counts each prompt as the HF engine does: a recomputed sequence is not
+counted again, and loglikelihood inputs (registered `once`) count once per distinct input minus
+its last token, the forward that HF runs once for all the continuations it serves.
 
 `stage=all`: each sequence's decisions are stored at a slot of its own, found again at every
 decode step by the sequence's first KV-cache block (with prefix caching off, no two live
@@ -19,7 +22,7 @@ sequences share one).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -67,12 +70,16 @@ class StepPlanner:
         self.stage_all = stage_all
         self.counts = counts
         self.prompt_lengths: dict[tuple[int, ...], int] = {}
+        self.once = False  # loglikelihood inputs: tally each distinct input-minus-its-last-token once
+        self._tallied: set[tuple[int, ...]] = set()
         self._shortest = 1  # the shortest registered input (1: none registered, any query may be fresh)
         self._slot_of: dict[int, int] = {}  # stage=all: a live sequence's first KV block -> its slot
 
-    def register(self, lengths: PromptLengths) -> None:
-        """The inputs about to be sent, by their tokens, with their prompt lengths (empty: forget them)."""
+    def register(self, lengths: PromptLengths, once: bool = False) -> None:
+        """The inputs about to be sent, by their tokens, with their prompt lengths (empty: forget them);
+        `once`: they are loglikelihood inputs, tallied once per input minus its last token."""
         self.prompt_lengths = dict(lengths)
+        self.once, self._tallied = once, set()
         self._shortest = min(map(len, self.prompt_lengths), default=1)
 
     def clear(self) -> None:
@@ -100,9 +107,11 @@ class StepPlanner:
         if fresh:
             lengths = [query[i] for i in fresh]
             self.counts.prefills += len(fresh)
-            prompts = self._prompt_lengths(input_ids, fresh, starts, lengths)
+            prompts, tallied = self._prompt_lengths(input_ids, fresh, starts, lengths)
             packing = pack([starts[i] for i in fresh], lengths, prompts, last, device)
             step = Step(packing.prompt, packing.valid, True, _slot_tensor(slots, 0, device), self._slot_count())
+            if tallied is not None and not all(tallied):
+                step = replace(step, counted=torch.tensor(tallied, device=device), counted_rows=sum(tallied))
             parts.append(Part("prefill", packing, step, sum(lengths)))
         if decode:
             lengths = [query[i] for i in decode]
@@ -113,26 +122,32 @@ class StepPlanner:
 
     def _prompt_lengths(
         self, input_ids: torch.Tensor | None, rows: list[int], starts: list[int], lengths: list[int]
-    ) -> list[int] | None:
-        """Each fresh sequence's prompt length, from the registered inputs (None: all of it is prompt)."""
+    ) -> tuple[list[int] | None, list[bool] | None]:
+        """Each fresh sequence's prompt length, from the registered inputs, and whether the tally counts
+        it (None, None: nothing registered, all of each is prompt and every one counts)."""
         if not self.prompt_lengths:
-            return None
+            return None, None
         if input_ids is None:
             raise QKAblateError("qk_ablated_vllm could not see the step's input ids, so it cannot tell prompts apart")
         ids = input_ids.tolist()
-        return [self._prompt_length(tuple(ids[starts[i] : starts[i] + n])) for i, n in zip(rows, lengths)]
+        found = [self._prompt_length(tuple(ids[starts[i] : starts[i] + n])) for i, n in zip(rows, lengths)]
+        return [length for length, _ in found], [tallied for _, tallied in found]
 
-    def _prompt_length(self, tokens: tuple[int, ...]) -> int:
+    def _prompt_length(self, tokens: tuple[int, ...]) -> tuple[int, bool]:
         found = self.prompt_lengths.get(tokens)
         if found is not None:
-            return found
+            if not self.once:
+                return found, True
+            first = tokens[:-1] not in self._tallied
+            self._tallied.add(tokens[:-1])
+            return found, first
         # Not an input we sent: a preempted generation prefilled again with its generated tokens?
         for length in sorted({len(t) for t in self.prompt_lengths if len(t) < len(tokens)}, reverse=True):
             found = self.prompt_lengths.get(tokens[:length])
             if found is not None:
                 self.counts.recomputed += 1
-                return found
-        return len(tokens)  # not one of ours: all of it is prompt
+                return found, False  # tallied when it first ran
+        return len(tokens), True  # not one of ours: all of it is prompt
 
     def _slots(
         self, metadata: Any, query: list[int], fresh: list[int], decode: list[int]

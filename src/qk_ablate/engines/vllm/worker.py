@@ -90,9 +90,10 @@ class VllmAttachment:
         """What the selection has chosen so far, on this worker's heads."""
         return self.editor.tally()
 
-    def register(self, lengths: PromptLengths) -> None:
-        """Register the inputs about to be sent, by their tokens, with their prompt lengths (empty: forget)."""
-        self.planner.register(lengths)
+    def register(self, lengths: PromptLengths, once: bool = False) -> None:
+        """Register the inputs about to be sent, by their tokens, with their prompt lengths (empty: forget;
+        `once`: loglikelihood inputs, see `StepPlanner.register`)."""
+        self.planner.register(lengths, once)
         self._planned = False
 
     # ------------------------------------------------------------ per step
