@@ -72,6 +72,15 @@ def _lm_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([LM_EVAL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+def test_the_headline_command_runs_offline_with_no_model_args(tmp_path):
+    """`lm_eval --model qk_ablated --tasks passkey_1k,qk_gsm8k`: the embedded model, its tokenizer
+    sizing the passkey prompts, and the packaged GSM8K test split; no Hub, no --model_args."""
+    done = _lm_eval("--model", "qk_ablated", "--tasks", "passkey_1k,qk_gsm8k", "--limit", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("|passkey_1k") or line.startswith("|qk_gsm8k")]
+    assert len(rows) == 2 and "|acc " in rows[0] and "|exact_match|" in rows[1]
+
+
 def test_stock_lm_eval_cli_finds_model_and_tasks_and_records_the_spec(tmp_path):
     done = _lm_eval(
         "--model",

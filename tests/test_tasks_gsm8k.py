@@ -86,6 +86,17 @@ def test_offline_task_runs_from_a_local_file(gsm8k_file):
         assert context.count("Question:") == 4
 
 
+def test_without_a_path_the_packaged_test_split_is_read_offline(monkeypatch):
+    """The wheel ships all 1,319 test problems: no Hub, no metadata needed."""
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setattr(gsm8k, "load_hub", lambda: pytest.fail("the Hub was asked"))
+    task = TaskManager(include_path=str(TASKS_DIR), include_defaults=False).load(["qk_gsm8k"])["tasks"]["qk_gsm8k"]
+    docs = list(task.test_docs())
+    assert len(docs) == 1319 and docs[0]["question"].startswith("Janet’s ducks lay 16 eggs per day.")
+    assert docs[0]["answer"].endswith("#### 18")
+
+
 @pytest.mark.slow
 def test_lm_evals_own_gsm8k_runs_with_qk_ablated(gsm8k_file):
     """lm-eval's `gsm8k` config (its prompt, stop strings, filters) with the embedded model, ablated.

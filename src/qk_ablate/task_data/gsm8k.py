@@ -1,9 +1,10 @@
 """GSM8K that runs offline (`qk_gsm8k`): lm-eval's gsm8k prompt, filters and metric on local data.
 
-Data: `--metadata '{"gsm8k_path": "..."}'` names a JSON-lines file in the format of
-tests/data/gsm8k_test_20.jsonl (one object a line: `question`, `answer` = reasoning then
-`#### <number>`), or a folder holding `test.jsonl`; without it, the Hub dataset `openai/gsm8k`
-(config `main`, split `test`). Every problem of the file is evaluated, in file order.
+Data: without `gsm8k_path`, the test split that ships with the package (`gsm8k_test.jsonl`: all
+1,319 problems of `openai/gsm8k`, config `main`, MIT licence), so it runs offline as installed.
+`--metadata '{"gsm8k_path": "..."}'` names another JSON-lines file in the same format (one object
+a line: `question`, `answer` = reasoning then `#### <number>`), or a folder holding `test.jsonl`;
+`"gsm8k_path": "hub"` loads the Hub's copy instead. Every problem of the file is evaluated, in file order.
 
 Differences from lm-eval's `gsm8k` (which needs the Hub): the 5 few-shot examples are drawn from
 the *other* test problems (lm-eval excludes the evaluated problem when the few-shot split is the
@@ -21,6 +22,7 @@ from typing import Any
 from qk_ablate.errors import QKAblateError
 
 HUB_DATASET = ("openai/gsm8k", "main")
+PACKAGED = Path(__file__).with_name("gsm8k_test.jsonl")
 FIELDS = ("question", "answer")
 
 
@@ -64,15 +66,17 @@ def load_hub() -> list[dict[str, str]]:
         data = datasets.load_dataset(*HUB_DATASET, split="test")
     except Exception as exc:
         raise QKAblateError(
-            f"could not load {HUB_DATASET[0]} from the Hub ({type(exc).__name__}); to run offline pass "
-            '--metadata \'{"gsm8k_path": "<test.jsonl>"}\''
+            f"could not load {HUB_DATASET[0]} from the Hub ({type(exc).__name__}); to run offline leave "
+            "gsm8k_path out (the packaged test split) or name a local test.jsonl"
         ) from None
     return [{"question": row["question"], "answer": row["answer"]} for row in data]
 
 
 def gsm8k_dataset(**metadata):
-    """custom_dataset for `qk_gsm8k`: the local file `gsm8k_path`, else the Hub's test split."""
+    """custom_dataset for `qk_gsm8k`: the packaged test split, or the file `gsm8k_path` ("hub": the Hub's)."""
     from qk_ablate.task_data.settings import as_dataset
 
     path = metadata.get("gsm8k_path")
-    return as_dataset(load_jsonl(path) if path not in (None, "") else load_hub())
+    if path == "hub":
+        return as_dataset(load_hub())
+    return as_dataset(load_jsonl(PACKAGED if path in (None, "") else path))

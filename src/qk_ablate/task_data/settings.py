@@ -56,11 +56,22 @@ def num_docs(metadata: dict[str, Any], default: int) -> int:
     return value
 
 
+_EVALUATED: list[Any] = []  # the tokenizer of the qk_ablated model this process built last
+
+
+def evaluating(tokenizer: Any) -> None:
+    """Our lm-eval models call this once loaded: lm-eval builds tasks after the model, and
+    `--model qk_ablated` with no `--model_args` (the embedded model) gives the tasks no name to load
+    a tokenizer by, so they size their prompts in this one."""
+    _EVALUATED[:] = [tokenizer]
+
+
 def resolve_tokenizer(metadata: dict[str, Any]) -> Any:
     """The evaluated model's tokenizer, found the way lm-eval's HFLM finds it.
 
     An explicit `tokenizer` wins (a name, a path, or a tokenizer object); otherwise `pretrained`
-    with its `gguf_file` (the embedded alias `smollm2-135m` works); `model` (API backends) last.
+    with its `gguf_file` (the embedded alias `smollm2-135m` works); `model` (API backends); last,
+    the tokenizer of the qk_ablated model loaded in this process (`evaluating`).
     """
     for key in TOKENIZER_KEYS:
         value = metadata.get(key)
@@ -84,6 +95,8 @@ def resolve_tokenizer(metadata: dict[str, Any]) -> Any:
                 f"could not load the tokenizer of '{value}' to size the prompts ({type(exc).__name__}: {exc}); "
                 'pass one that loads offline with --metadata \'{"tokenizer": "<name or path>"}\''
             ) from exc
+    if _EVALUATED:
+        return _EVALUATED[0]
     raise QKAblateError(
         "this task sizes its prompts in the evaluated model's tokens but no tokenizer was given; "
         'pass --model_args pretrained=<model> or --metadata \'{"tokenizer": "<name or path>"}\''

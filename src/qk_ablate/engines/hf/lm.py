@@ -24,6 +24,7 @@ from qk_ablate.engines.hf.attachment import Attachment
 from qk_ablate.errors import QKAblateError
 from qk_ablate.models.embedded import resolve_pretrained
 from qk_ablate.models.loading import is_load_failure, load_error
+from qk_ablate.task_data.settings import evaluating
 
 
 @register_model("qk_ablated")
@@ -48,6 +49,7 @@ class QKAblatedLM(HFLM):
         kv_cache.check_model(self.model, self.spec)
         self.attachment = Attachment(self.model, self.spec).attach()
         self.spec = self.attachment.spec  # its preset resolved for this model
+        evaluating(self.tokenizer)  # tasks built after us size their prompts in our tokens
         self._requests: dict[tuple[int, ...], tuple[int, int]] | None = None
         self._warned_kv_cache = False
         accepted = inspect.signature(self.model.forward).parameters

@@ -43,6 +43,7 @@ from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension  # noqa: E4
 from qk_ablate.engines.vllm.wire import EditCounts, PromptLengths, prompts_to_wire  # noqa: E402
 from qk_ablate.errors import QKAblateError  # noqa: E402
 from qk_ablate.models.embedded import hf_folder, is_embedded  # noqa: E402
+from qk_ablate.task_data.settings import evaluating  # noqa: E402
 
 # On a CPU host `gpu_memory_utilization` is the share of the NUMA node's memory vLLM takes (and
 # refuses to start when that much is not free); lm-eval's default of 0.9 rarely is.
@@ -114,6 +115,7 @@ class QKAblatedVLLM(VLLM):
                 "gpu_memory_utilization, which there is the share of the NUMA node's memory, or max_model_len)"
             ) from None
         self.use(self.spec)
+        evaluating(self.tokenizer)  # tasks built after us size their prompts in our tokens
 
     @classmethod
     def engine_settings(cls, specs: Iterable[InterventionSpec]) -> dict[str, Any]:
