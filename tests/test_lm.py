@@ -118,6 +118,28 @@ def test_other_models_pass_through_unchanged():
     assert resolve_pretrained("/models/x", "x.Q4.gguf") == ("/models/x", "x.Q4.gguf")
 
 
+@pytest.mark.parametrize(
+    ("key", "near"), [("ablat", "ablate"), ("fil", "fill"), ("quant_target", "quant_targets"), ("layer", "layers")]
+)
+def test_a_misspelled_key_is_one_line_before_the_model_loads(key, near):
+    """A typo of one of our keys would reach `from_pretrained` after HFLM loaded the model (a
+    transformers TypeError); it is refused first, with the nearest key. Engine keys pass through."""
+    from qk_ablate.core.spec import split_model_args
+    from qk_ablate.engines.hf.lm import QKAblatedLM
+
+    with pytest.raises(QKAblateError, match=f"model argument '{key}' is not a key .* did you mean '{near}'") as info:
+        QKAblatedLM(pretrained="/no/such/model", **{key: "x"})
+    assert "\n" not in str(info.value)
+    from qk_ablate.engines.hf.lm import _engine_keys
+
+    keys = _engine_keys()
+    assert split_model_args({"torch_dtype": "float32", "dtype": "auto", "max_length": 64}, keys)[1] == {
+        "torch_dtype": "float32",
+        "dtype": "auto",
+        "max_length": 64,
+    }
+
+
 def test_cli_rejects_bad_model_args_before_loading_anything(tmp_path, capsys):
     from qk_ablate.cli import main
 

@@ -39,6 +39,10 @@ def test_lm_evals_vllm_model_imports_under_the_cpu_build():
         ({"speculative_config": "{}"}, "speculative_config"),
         ({"worker_extension_cls": "my.Extension"}, "sets worker_extension_cls itself"),
         ({"ablate": "massiv"}, "ablate='massiv' is not valid"),
+        (
+            {"ablat": "massive"},
+            "model argument 'ablat' is not a key of qk-ablate or of the engine; did you mean 'ablate'",
+        ),
         ({"ablate": "massive", "select": "band", "band": "low"}, "select=band runs on the HF engine only"),
         ({"kv_cache": "quanto:int4"}, "kv_cache=quanto:int4 is transformers' QuantizedCache, HF engine only"),
     ],

@@ -10,6 +10,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from typing import Any, get_args, get_origin, get_type_hints
 
 from qk_ablate.core.vocabulary import (
@@ -240,11 +241,15 @@ def _tensor_names(targets: str) -> frozenset[TensorName]:
     return frozenset(name for name in TENSOR_NAMES if name in targets)
 
 
-def split_model_args(model_args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate our keys from HFLM's, so HFLM never passes ours on to `from_pretrained`.
+def split_model_args(
+    model_args: Mapping[str, Any], engine_keys: Iterable[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate our keys from the engine's, so it never passes ours on to `from_pretrained`.
 
     lm-eval splits model_args strings on every comma, so `layers=0,3,5` arrives as `layers=0`
-    plus bare keys `3` and `5`; that case gets a message saying how to write it instead.
+    plus bare keys `3` and `5`; that case gets a message saying how to write it instead. A key that
+    is neither ours nor one of `engine_keys` but close to one of ours (`ablat`) is a typo, refused
+    before any weight loads (the engine would pass it on to the model's loader, which fails late).
     """
     ours = {k: v for k, v in model_args.items() if k in CHOICES}
     rest = {k: v for k, v in model_args.items() if k not in CHOICES}
@@ -254,6 +259,14 @@ def split_model_args(model_args: Mapping[str, Any]) -> tuple[dict[str, Any], dic
             f"model_args has a bare '{stray[0]}': lm-eval splits model_args on commas, "
             "so list layers with ';' instead, e.g. layers=0;3;5 or layers=0-7"
         )
+    known = set(engine_keys)
+    for key in rest:
+        near = get_close_matches(str(key), [*CHOICES, *known], n=1, cutoff=0.75) if key not in known else []
+        if near and near[0] in CHOICES:
+            raise QKAblateError(
+                f"model argument '{key}' is not a key of qk-ablate or of the engine; did you mean '{near[0]}'? "
+                "(docs/model-arguments.md lists them)"
+            )
     return ours, rest
 
 

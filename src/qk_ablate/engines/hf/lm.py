@@ -27,12 +27,24 @@ from qk_ablate.models.loading import is_load_failure, load_error
 from qk_ablate.task_data.settings import evaluating
 
 
+def _engine_keys() -> set[str]:
+    """What HFLM and `from_pretrained` take by name (`torch_dtype`: transformers' older `dtype`), so a
+    typo of one of our keys is told apart from them."""
+    from transformers import PreTrainedModel
+
+    named = {
+        *inspect.signature(HFLM.__init__).parameters,
+        *inspect.signature(PreTrainedModel.from_pretrained).parameters,
+    }
+    return named | {"torch_dtype"}
+
+
 @register_model("qk_ablated")
 class QKAblatedLM(HFLM):
     """HFLM whose attention destroys or quantizes Q/K/V dims as its `InterventionSpec` says."""
 
     def __init__(self, pretrained: Any = "smollm2-135m", gguf_file: str | None = None, **kwargs: Any) -> None:
-        ours, rest = split_model_args(kwargs)
+        ours, rest = split_model_args(kwargs, _engine_keys())
         self.spec = InterventionSpec.from_args(ours)
         if isinstance(pretrained, str):
             self._requested_model = pretrained

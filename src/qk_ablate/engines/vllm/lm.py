@@ -21,6 +21,7 @@ vLLM from its prompt and generated tokens, is edited as it was the first time.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -74,6 +75,15 @@ def graph_settings(specs: Iterable[InterventionSpec]) -> dict[str, Any]:
     return {}
 
 
+def _engine_keys() -> set[str]:
+    """What lm-eval's VLLM and vLLM's EngineArgs take by name, so a typo of one of our keys is told apart."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return {*inspect.signature(VLLM.__init__).parameters, *(f.name for f in dataclasses.fields(EngineArgs))}
+
+
 @register_model("qk_ablated_vllm")
 class QKAblatedVLLM(VLLM):
     """lm-eval's VLLM whose attention destroys or quantizes Q/K/V dims as its `InterventionSpec` says."""
@@ -82,7 +92,7 @@ class QKAblatedVLLM(VLLM):
     worker_extension: type[QKAblateWorkerExtension] = QKAblateWorkerExtension
 
     def __init__(self, pretrained: str = "smollm2-135m", **kwargs: Any) -> None:
-        ours, rest = split_model_args(kwargs)
+        ours, rest = split_model_args(kwargs, _engine_keys())
         self.spec = InterventionSpec.from_args(ours)
         if self.spec.select == "band":
             raise QKAblateError(
