@@ -47,6 +47,21 @@ def test_plugin_hands_the_chat_template_flags_to_the_tasks(monkeypatch):
     assert seen["metadata"] == {"apply_chat_template": True, "system_instruction": "Be brief.", "num_docs": 3}
 
 
+def test_an_unknown_task_name_is_one_line_with_the_nearest_names():
+    """lm-eval's 'Tasks not found' traceback becomes one line naming the nearest tasks, raised while
+    the CLI matches names, before any model loads."""
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    import qk_ablate.plugin  # noqa: F401
+
+    with pytest.raises(QKAblateError) as info:
+        EvaluatorConfig(tasks=["niah_32", "passkey_1k", "xyzzy"]).process_tasks()
+    assert str(info.value) == (
+        "unknown task 'niah_32' (did you mean niah_32k, niah_2k, niah_128k?); 'xyzzy'; "
+        "`lm_eval --tasks list` lists every task"
+    )
+
+
 def test_start_up_hook_is_inert_outside_lm_eval():
     import subprocess
     import sys

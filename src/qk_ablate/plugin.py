@@ -56,7 +56,8 @@ if not getattr(TaskManager.__init__, _MARK, False):
 
 
 def _with_prompt_frame(process_tasks):
-    """Hand `--apply_chat_template` / `--system_instruction` to the tasks, which size prompts inside them."""
+    """Hand `--apply_chat_template` / `--system_instruction` to the tasks, which size prompts inside them;
+    a task name lm-eval does not know is one line with the nearest names (before the model loads)."""
 
     @functools.wraps(process_tasks)
     def wrapper(self, metadata=None):
@@ -67,9 +68,27 @@ def _with_prompt_frame(process_tasks):
             extra["system_instruction"] = self.system_instruction
         if extra:
             metadata = {**extra, **(metadata or self.metadata or {})}
-        return process_tasks(self, metadata)
+        try:
+            return process_tasks(self, metadata)
+        except ValueError as error:
+            missing = str(error).partition("Tasks not found: ")[2]
+            if not missing:
+                raise
+            raise QKAblateError(unknown_tasks(missing.split(", "))) from None
 
     return _marked(wrapper)
+
+
+def unknown_tasks(names: list[str]) -> str:
+    """One line for task names no task index holds: each with its nearest known names."""
+    from difflib import get_close_matches
+
+    known = TaskManager().all_tasks
+    parts = []
+    for name in names:
+        near = get_close_matches(name, known, n=3, cutoff=0.6)
+        parts.append(f"'{name}'" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    return f"unknown task {'; '.join(parts)}; `lm_eval --tasks list` lists every task"
 
 
 try:
