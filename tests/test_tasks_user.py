@@ -157,7 +157,15 @@ def test_unknown_template_is_a_readable_error(tmp_path, capsys):
     ("content", "options", "match"),
     [
         (None, {}, r"facts_csv '.*missing.csv' does not exist"),
-        ("q,a\nx,y\n", {}, r"has no column 'question', 'answer' \(found \['q', 'a'\]\); expected a CSV with columns"),
+        (
+            "q,a\nx,y\n",
+            {},
+            r"has no column 'question', 'answer' \(its first line reads \['q', 'a'\]: is its header line missing\?\); "
+            "expected a CSV with columns",
+        ),
+        ("", {}, r"facts_csv '.*' is empty \(no header line\); expected a CSV with columns"),
+        ("\n\n", {}, r"is empty \(no header line\)"),
+        ("Paris,France\nLima,Peru\n", {}, r"its first line reads \['Paris', 'France'\]: is its header line missing"),
         ("question,answer\nx,y\n,z\n", {}, "empty question or answer on line 3"),
         (b"question,answer\n\xff\xfe,x\n", {}, "is not UTF-8 text"),
         ("question,answer\n", {}, "has no rows below its header"),
@@ -291,7 +299,7 @@ def test_statements_scored_by_likelihood(tmp_path):
     ("content", "options", "match"),
     [
         (None, {}, r"statements_csv '.*missing.csv' does not exist"),
-        ("statement,truth\nA,true\n", {}, r"has no column 'label' \(found \['statement', 'truth'\]\)"),
+        ("statement,truth\nA,true\n", {}, r"has no column 'label' \(its first line reads \['statement', 'truth'\]\)"),
         (
             "statement,label\nA,true\nB,maybe\n",
             {},

@@ -31,10 +31,13 @@ def read_rows(
         with file.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             found = list(reader.fieldnames or ())
+            if not found or not any(name.strip() for name in found):
+                raise bad_file(option, path, "is empty (no header line)", expected)
             missing = [c for c in columns if c not in found]
             if missing:
                 names = ", ".join(repr(c) for c in missing)
-                raise bad_file(option, path, f"has no column {names} (found {found})", expected)
+                hint = ": is its header line missing?" if len(missing) == len(columns) else ""
+                raise bad_file(option, path, f"has no column {names} (its first line reads {found}{hint})", expected)
             rows = [
                 (reader.line_num, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)})
                 for row in reader
