@@ -58,7 +58,7 @@ def test_an_unknown_task_name_is_one_line_with_the_nearest_names():
         EvaluatorConfig(tasks=["niah_32", "passkey_1k", "xyzzy"]).process_tasks()
     assert str(info.value) == (
         "unknown task 'niah_32' (did you mean niah_32k, niah_2k, niah_128k?); 'xyzzy'; "
-        "`lm_eval --tasks list` lists every task"
+        "`lm_eval ls tasks` lists every task"
     )
 
 

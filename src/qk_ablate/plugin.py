@@ -88,7 +88,7 @@ def unknown_tasks(names: list[str]) -> str:
     for name in names:
         near = get_close_matches(name, known, n=3, cutoff=0.6)
         parts.append(f"'{name}'" + (f" (did you mean {', '.join(near)}?)" if near else ""))
-    return f"unknown task {'; '.join(parts)}; `lm_eval --tasks list` lists every task"
+    return f"unknown task {'; '.join(parts)}; `lm_eval ls tasks` lists every task"
 
 
 try:
