@@ -224,3 +224,23 @@ def test_prompts_longer_than_the_window_are_refused_not_truncated():
         match=r"task passkey_2k: a prompt of 38 tokens plus 4 to generate exceeds the model's window of 40",
     ):
         lm.generate_until([short, long])
+
+
+def test_a_task_longer_than_the_configured_window_is_refused_before_the_model_loads(monkeypatch):
+    """The embedded model's config says 8,192 tokens: niah_32k is one line while lm-eval matches task
+    names, before any weight loads; max_length (HFLM's) overrides the config; short tasks read nothing."""
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    import qk_ablate.plugin  # noqa: F401
+    from qk_ablate.models import window
+
+    with pytest.raises(QKAblateError) as info:
+        EvaluatorConfig(model="qk_ablated", tasks=["passkey_1k", "niah_32k"]).process_tasks()
+    assert str(info.value) == (
+        "task niah_32k sizes its prompts to 32768 tokens, more than the model's window of 8192 (from its config; "
+        "max_length overrides it); run a shorter length of the task (niah_8k fits) or a model with a longer context"
+    )
+    EvaluatorConfig(model="qk_ablated", model_args="max_length=40000", tasks=["niah_32k"]).process_tasks()
+    EvaluatorConfig(model="hf", model_args={"pretrained": "x"}, tasks=["niah_32k"]).process_tasks()  # not ours
+    monkeypatch.setattr(window, "configured_window", lambda _: pytest.fail("a config was read for 1k tasks"))
+    EvaluatorConfig(model="qk_ablated", tasks=["passkey_1k", "niah_2k"]).process_tasks()

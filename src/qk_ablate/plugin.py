@@ -69,14 +69,47 @@ def _with_prompt_frame(process_tasks):
         if extra:
             metadata = {**extra, **(metadata or self.metadata or {})}
         try:
-            return process_tasks(self, metadata)
+            manager = process_tasks(self, metadata)
         except ValueError as error:
             missing = str(error).partition("Tasks not found: ")[2]
             if not missing:
                 raise
             raise QKAblateError(unknown_tasks(missing.split(", "))) from None
+        if getattr(self, "model", None) in {engine.model for engine in ENGINES.values()}:
+            check_windows(list(getattr(self, "tasks", None) or []), getattr(self, "model_args", None) or {})
+        return manager
 
     return _marked(wrapper)
+
+
+def check_windows(names: list[str], model_args: Any) -> None:
+    """Refuse, before the model loads, a length task longer than the window its config gives (the
+    engine's check after the load stays for what a config does not tell: a Hub id not cached)."""
+    from qk_ablate.models.window import configured_window
+    from qk_ablate.task_data.catalogue import task_length
+    from qk_ablate.task_data.lengths import LENGTHS, parse_length
+
+    lengths = {name: task_length(name) for name in names}
+    longest = max((n for n in lengths.values() if n), default=0)
+    if longest <= 2048:  # every window we know of serves 2k; reading a GGUF's config costs seconds
+        return
+    if isinstance(model_args, str):
+        from lm_eval.utils import simple_parse_args_string
+
+        model_args = simple_parse_args_string(model_args)
+    window = configured_window(model_args)
+    if window is None:
+        return
+    for name, length in lengths.items():
+        if length and length > window:
+            family = name.rsplit("_", 1)[0]
+            fits = [f"{family}_{n}" for n in LENGTHS if parse_length(n) <= window]
+            raise QKAblateError(
+                f"task {name} sizes its prompts to {length} tokens, more than the model's window of {window} "
+                "(from its config; max_length overrides it); run a shorter length of the task"
+                + (f" ({fits[-1]} fits)" if fits else "")
+                + " or a model with a longer context"
+            )
 
 
 def unknown_tasks(names: list[str]) -> str:

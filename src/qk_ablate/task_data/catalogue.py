@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from qk_ablate.errors import QKAblateError
-from qk_ablate.task_data.lengths import LENGTHS
+from qk_ablate.task_data.lengths import LENGTHS, parse_length
 
 KINDS: tuple[str, ...] = ("contextual", "parametric")
 
@@ -81,6 +81,14 @@ GROUPS: dict[str, list[str]] = {
 
 # The length families whose prompts `qk-ablate profile` can read.
 PROFILE_SOURCES: tuple[str, ...] = ("ctxqa", "passkey", "niah")
+
+
+def task_length(task: str) -> int | None:
+    """The prompt size in tokens of one of our exact-length tasks (`niah_16k` -> 16384); None otherwise."""
+    for family in FAMILIES:
+        if family.lengths and task.startswith(f"{family.name}_") and task in family.tasks():
+            return parse_length(task[len(family.name) + 1 :])
+    return None
 
 
 def tasks(shipped_only: bool = False) -> list[str]:
