@@ -565,3 +565,22 @@ def test_a_true_false_task_at_chance_and_a_constant_flip_are_footnoted_and_left_
     assert "| 30.0 ‡ (-40.0" in cells
     rows = list(__import__("csv").DictReader(to_csv(report).splitlines()))
     assert [r["row_no_signal"] for r in rows] == ["", "art_qa;my_tf"]
+
+
+def test_version_and_the_help_a_newcomer_reads(capsys):
+    """--version; gate's exit codes and sweep's YAML keys in their --help; profile's threshold as the code has it."""
+    from qk_ablate import __version__
+
+    for argv, expected in (
+        (["--version"], [f"qk-ablate {__version__}"]),
+        (["gate", "--help"], ["exit status: 0 every budget holds; 1 a budget is exceeded; 2 the runs could"]),
+        (["sweep", "--help"], ["Config (YAML)::", "interventions:", "baseline_model:", "include_path:"]),
+        (["profile", "--help"], ["M > lam x the head's mean"]),
+        (["--help"], ["depth"]),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        for text in expected:
+            assert " ".join(text.split()) in out, (argv, text)

@@ -1,4 +1,4 @@
-"""The `qk-ablate` command line: every command's entry point (sweep, report, gate, profile, fingerprint, quantize).
+"""The `qk-ablate` command line: every command's entry point (sweep, report, gate, profile, fingerprint, depth, quantize).
 
 Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with exit status 2.
 """
@@ -17,6 +17,7 @@ from qk_ablate.task_data.catalogue import PROFILE_SOURCES, parse_kinds
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qk-ablate", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"qk-ablate {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     profile = commands.add_parser(
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     profile.add_argument("--samples", type=int, default=10, help="prompts per length (default: 10)")
     profile.add_argument("--source", default="ctxqa", choices=PROFILE_SOURCES, help="which task's prompts to read")
-    profile.add_argument("--lam", type=float, default=5.0, help="massive threshold: M >= lam x the head's mean")
+    profile.add_argument("--lam", type=float, default=5.0, help="massive threshold: M > lam x the head's mean")
     profile.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
     profile.add_argument(
         "--dtype",
@@ -81,11 +82,24 @@ def main(argv: list[str] | None = None) -> int:
         "shown, named in a footnote, left out of the means)",
     )
 
-    sweep = commands.add_parser("sweep", help="run a grid of models x interventions x tasks (resumable), then report")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of models x interventions x tasks (resumable), then report",
+        description="Run a grid of models x interventions x tasks (resumable), then report.",
+        epilog=_sweep_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sweep.add_argument("config", help="sweep YAML, e.g. configs/demo.yaml")
     sweep.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="bootstrap resamples of the report")
 
-    gate = commands.add_parser("gate", help="exit 1 when the candidate loses more than its budget against the baseline")
+    gate = commands.add_parser(
+        "gate",
+        help="exit 1 when the candidate loses more than its budget against the baseline",
+        description="Judge a candidate run against a baseline run, budget by budget.",
+        epilog="exit status: 0 every budget holds; 1 a budget is exceeded; 2 the runs could not be compared "
+        "(missing, empty or corrupt files, a task missing from the candidate, unpaired documents, a budget "
+        "naming something the baseline does not have). It never passes what it could not compare.",
+    )
     gate.add_argument(
         "--baseline",
         required=True,
@@ -397,3 +411,19 @@ def _warn_unclassified(tasks: list[str]) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _version() -> str:
+    from qk_ablate import __version__
+
+    return str(__version__)
+
+
+def _sweep_keys() -> str:
+    """The YAML keys, as the sweep module documents them (its docstring's example config)."""
+    from qk_ablate import sweep
+
+    doc = sweep.__doc__ or ""
+    start = doc.find("Config (YAML)::")
+    end = doc.find("With `profile`")
+    return doc[start:end].rstrip() if start >= 0 else ""
