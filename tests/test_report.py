@@ -151,6 +151,12 @@ def test_gzipped_samples_read_as_the_plain_file_and_a_broken_one_is_one_error(tm
 def test_describe_names_only_what_matters():
     assert describe({"ablate": "none", "quant": "none", "seed": 3}) == "baseline"
     assert describe({"ablate": "nonmassive", "seed": 2, "quant": "none", "group": 32}) == "ablate=nonmassive,seed=2"
+    assert describe({"ablate": "nonmassive", "seed": 0, "quant": "none"}) == "ablate=nonmassive,seed=0"  # a draw
+    assert describe({"ablate": "massive", "seed": 0, "quant": "none"}) == "ablate=massive"  # no draw
+    assert (
+        describe({"ablate": "massive", "fill": "shuffle", "seed": 0, "quant": "none"})
+        == "ablate=massive,fill=shuffle,seed=0"
+    )
     assert (
         describe({"ablate": "none", "quant": "int4", "protect": "massive", "seed": 0}) == "quant=int4,protect=massive"
     )

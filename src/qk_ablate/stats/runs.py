@@ -74,9 +74,15 @@ _DEFAULTS = InterventionSpec().to_dict()
 
 
 def describe(spec: dict[str, Any]) -> str:
-    """A short name for an intervention: its arguments that differ from the defaults and matter."""
+    """A short name for an intervention: its arguments that differ from the defaults and matter, and
+    the seed of a random draw even at its default (so seed 0's row reads like seeds 1 and 2's)."""
     if is_noop(spec):
         return "baseline"
+    drawn = (
+        (spec.get("ablate") == "nonmassive" and spec.get("control", "random") == "random")
+        or spec.get("select") == "band"
+        or spec.get("fill") == "shuffle"
+    )
     switched = {"ablation": "ablate", "quant": "quant", "kv": "kv_cache"}  # a part's keys count while it is on
     keys = [
         key
@@ -84,7 +90,7 @@ def describe(spec: dict[str, Any]) -> str:
         if part == "place" or spec.get(switched[part], NONE) != NONE
         for key in names
     ]
-    parts = [f"{k}={spec[k]}" for k in keys if k in spec and spec[k] != _DEFAULTS.get(k)]
+    parts = [f"{k}={spec[k]}" for k in keys if k in spec and (spec[k] != _DEFAULTS.get(k) or (k == "seed" and drawn))]
     return ",".join(parts)
 
 
