@@ -244,3 +244,16 @@ def test_a_task_longer_than_the_configured_window_is_refused_before_the_model_lo
     EvaluatorConfig(model="hf", model_args={"pretrained": "x"}, tasks=["niah_32k"]).process_tasks()  # not ours
     monkeypatch.setattr(window, "configured_window", lambda _: pytest.fail("a config was read for 1k tasks"))
     EvaluatorConfig(model="qk_ablated", tasks=["passkey_1k", "niah_2k"]).process_tasks()
+
+
+def test_lm_evals_metadata_hint_is_silenced_for_our_tasks_only(caplog):
+    import logging
+
+    import qk_ablate.plugin  # noqa: F401
+
+    logger = logging.getLogger("lm_eval.api.task")
+    with caplog.at_level(logging.WARNING, logger="lm_eval.api.task"):
+        for task in ("passkey_1k", "city_facts", "ruler_niah"):
+            logger.warning(f"{task}: Custom kwargs can be passed to `--metadata` in console (as json string)")
+        logger.warning("passkey_1k: something else")
+    assert [r.getMessage().partition(":")[0] for r in caplog.records] == ["ruler_niah", "passkey_1k"]

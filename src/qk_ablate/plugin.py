@@ -9,6 +9,7 @@ test fails if an lm-eval release changes it.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from qk_ablate.engines import ENGINES
 from qk_ablate.errors import QKAblateError
 from qk_ablate.paths import TEMPLATE_PREFIX, tasks_dir, template_path
 from qk_ablate.startup import ModelUnavailable, named_models
+from qk_ablate.task_data.catalogue import tasks as catalogue_tasks
 
 _MARK = "__qk_ablate__"  # set on each wrapper, so that importing this module again wraps nothing twice
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -173,6 +175,25 @@ def _one_line_errors(hook):
 # Pinned by: tests/test_embedded.py::test_bad_model_args_give_one_line_through_lm_eval.
 if not getattr(sys.excepthook, _MARK, False):
     sys.excepthook = _one_line_errors(sys.excepthook)
+
+
+class _OurTasksNeedNoHint(logging.Filter):
+    """lm-eval tells every task built by a custom_dataset how to pass --metadata ('max_seq_lengths'),
+    once per task and run: a hint about its own RULER tasks, not ours (docs/tasks.md lists our keys)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Custom kwargs can be passed to `--metadata`" not in message:
+            return True
+        return message.partition(":")[0] not in _OUR_TASKS
+
+
+_OUR_TASKS = frozenset(catalogue_tasks(shipped_only=True))
+# Replaces: lm-eval's warning about --metadata for each of our tasks (lm_eval.api.task's logger).
+# Pinned by: tests/test_lm.py::test_lm_evals_metadata_hint_is_silenced_for_our_tasks_only.
+_task_logger = logging.getLogger("lm_eval.api.task")
+if not any(isinstance(f, _OurTasksNeedNoHint) for f in _task_logger.filters):
+    _task_logger.addFilter(_OurTasksNeedNoHint())
 
 
 def _register_models(argv: list[str]) -> None:
