@@ -311,11 +311,15 @@ def plot_deltas(report: Report, path: str | Path) -> Path:
             [100 * (e.value - e.low) if e else 0 for e in est],
             [100 * (e.high - e.value) if e else 0 for e in est],
         ]
-        ax.bar(x + offset, values, 0.4, yerr=errors, capsize=4, color=colour, label=f"Δ {kind}")
+        bars = ax.bar(x + offset, values, 0.4, yerr=errors, capsize=4, color=colour, label=f"Δ {kind}")
+        # every bar gets its value, so a zero-height bar (no change) is still seen and read
+        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:+.1f}" for v in values], fontsize=7, padding=3)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("change vs baseline (points)")
-    ax.set_title("Δ accuracy with 95% paired bootstrap intervals")
+    models = ", ".join(sorted({run.model for run, _ in rows}))
+    documents = ", ".join(f"{task} {n}" for task, n in report.rows[0][1].docs.items())
+    ax.set_title(f"Δ accuracy vs baseline, 95% paired bootstrap intervals\n{models}; documents: {documents}", fontsize=9)
     ax.legend()
     fig.tight_layout()
     out = Path(path)
