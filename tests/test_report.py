@@ -175,8 +175,9 @@ def test_report_formats(pair, tmp_path):
     assert sorted(p.name for p in written) == ["report.csv", "report.html", "report.md", "report_deltas.png"]
     assert (tmp_path / "out" / "report_deltas.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "out" / "report.html").read_text()
-    assert '<img src="report_deltas.png"' in page and "95% paired bootstrap interval" in page
-    assert "<td>ablate=massive</td>" in page
+    assert '<img src="data:image/png;base64,' in page and "95% paired bootstrap interval" in page
+    assert '<td data-value="">ablate=massive</td>' in page and "<h1>qk-ablate report: smollm2-135m</h1>" in page
+    assert "Made by <code>" in page and "qk-ablate " in page  # provenance: command, versions, date
 
 
 def test_report_on_a_subset_of_tasks(pair):
@@ -468,7 +469,8 @@ def test_a_planted_constant_answer_run_is_flagged_and_a_good_one_is_not(planted)
     assert [row["no_signal"] for row in rows] == ["city_facts_tf", "city_facts_tf"]
     assert [row["parametric"] for row in rows] == ["", ""]  # its only parametric task carries no signal
     assert all(cmp.left_out == ("city_facts_tf",) and cmp.interaction is None for _, cmp in report.rows)
-    assert "<th>city_facts_tf †</th>" in to_html(report) and "<p>† city_facts_tf" in to_html(report)
+    page = to_html(report)
+    assert 'data-name="city_facts_tf">city_facts_tf †</th>' in page and "<p>† city_facts_tf" in page
     kept = build_report([run, load_run(planted[1])], iterations=200, keep_no_signal=True)
     assert "counted in the parametric mean all the same (--keep-no-signal)" in to_markdown(kept)
     assert all(cmp.left_out == () and "parametric" in cmp.means for _, cmp in kept.rows)

@@ -29,6 +29,8 @@ from typing import Any
 from qk_ablate.task_data.scoring import answer_candidates, normalize_name
 
 ALPHA = 0.05
+MARK = "†"  # in a report: a task whose baseline carries no signal
+ROW_MARK = "‡"  # in a report: a task an intervention's row answers at chance or with one answer
 
 Answer = tuple[str, tuple[str, ...]]  # (what the model answered, the answers its document accepts)
 

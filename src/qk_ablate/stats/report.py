@@ -14,7 +14,6 @@ each kind's loss is specific to the massive dims (`stats/specificity.py`).
 from __future__ import annotations
 
 import csv
-import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,14 @@ from qk_ablate.errors import QKAblateError
 from qk_ablate.stats.answer_prior import AnswerPrior, answer_priors
 from qk_ablate.stats.answer_prior import to_csv_rows as answer_rows
 from qk_ablate.stats.answer_prior import to_markdown as answer_markdown
-from qk_ablate.stats.baseline_signal import Signal, assess
+from qk_ablate.stats.baseline_signal import MARK, ROW_MARK, Signal, assess
 from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
+from qk_ablate.stats.page import Provenance, to_page
 from qk_ablate.stats.runs import Run, merge_runs
 from qk_ablate.stats.seeds import pooled_run, seed_groups
 from qk_ablate.stats.specificity import Specificity, find_specificity
 from qk_ablate.stats.specificity import to_markdown as specificity_markdown
 from qk_ablate.task_data.catalogue import KINDS, task_chance, task_kind
-
-MARK = "†"  # a task whose baseline carries no signal
-ROW_MARK = "‡"  # a task an intervention's row answers at chance or with one answer
 
 
 @dataclass(frozen=True)
@@ -239,25 +236,37 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
-def to_html(report: Report, image: str | None = None) -> str:
-    """A standalone page: the table, its footnote and (when given) the delta chart beside it."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header(_names(report)))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(report, run, cmp)) + "</tr>\n"
-        for run, cmp in report.rows
+def to_html(
+    report: Report, chart: Path | None = None, heatmaps: list[Path] | None = None, provenance: Provenance | None = None
+) -> str:
+    """The page a team can publish (`stats/page.py`): the sortable table, its footnotes, the chart and
+    heatmaps inline, the documents behind every changed cell, and what made it."""
+    models = ", ".join(sorted({run.model for run, _ in report.rows}))
+    notes = [_footnote(report), *_signal_note(report).splitlines()]
+    sections = [specificity_markdown(list(report.specificity))] if report.specificity else []
+    if answer_markdown(list(report.answers)):
+        sections.append(answer_markdown(list(report.answers)))
+    return to_page(
+        report,
+        flagged=set(_no_signal(report)),
+        title=f"qk-ablate report: {models}",
+        chart=chart,
+        heatmaps=heatmaps,
+        provenance=provenance,
+        notes=[line for line in notes if line],
+        preformatted="\n\n".join(sections) or None,
     )
-    chart = f'<p><img src="{html.escape(image)}" alt="deltas with 95% intervals"></p>\n' if image else ""
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>qk-ablate report</title>\n'
-        "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
-        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} td:nth-child(-n+2),th{text-align:left}</style>"
-        "</head><body>\n"
-        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-        f"<p>{html.escape(_footnote(report))}</p>\n"
-        + "".join(f"<p>{html.escape(line)}</p>\n" for line in _signal_note(report).splitlines())
-        + (f"<pre>{html.escape(specificity_markdown(list(report.specificity)))}</pre>\n" if report.specificity else "")
-        + f"{chart}</body></html>\n"
-    )
+
+
+def heatmaps_beside(report: Report) -> list[Path]:
+    """The post-RoPE Q and K heatmaps of each model's profile, where a sweep saved one beside its cells."""
+    found: dict[Path, None] = {}
+    for run, _ in report.rows:
+        for name in ("heatmap_post_q.png", "heatmap_post_k.png"):
+            path = Path(run.path).parent / "profile" / name
+            if path.is_file():
+                found[path] = None
+    return list(found)
 
 
 def to_csv(report: Report) -> str:
@@ -319,7 +328,9 @@ def plot_deltas(report: Report, path: str | Path) -> Path:
     ax.set_ylabel("change vs baseline (points)")
     models = ", ".join(sorted({run.model for run, _ in rows}))
     documents = ", ".join(f"{task} {n}" for task, n in report.rows[0][1].docs.items())
-    ax.set_title(f"Δ accuracy vs baseline, 95% paired bootstrap intervals\n{models}; documents: {documents}", fontsize=9)
+    ax.set_title(
+        f"Δ accuracy vs baseline, 95% paired bootstrap intervals\n{models}; documents: {documents}", fontsize=9
+    )
     ax.legend()
     fig.tight_layout()
     out = Path(path)
@@ -329,7 +340,9 @@ def plot_deltas(report: Report, path: str | Path) -> Path:
     return out
 
 
-def write_report(report: Report, folder: str | Path, name: str = "report") -> list[Path]:
+def write_report(
+    report: Report, folder: str | Path, name: str = "report", provenance: Provenance | None = None
+) -> list[Path]:
     """report.md, report.csv, report.html, report_deltas.png (when there are deltas) and report_answers.csv
     (when the samples hold answers) in `folder`."""
     out = Path(folder)
@@ -338,11 +351,8 @@ def write_report(report: Report, folder: str | Path, name: str = "report") -> li
     chart = None
     if any(not _is_reference(run, cmp) for run, cmp in report.rows):
         chart = plot_deltas(report, out / f"{name}_deltas.png")
-    pages = (
-        ("md", to_markdown(report) + "\n"),
-        ("csv", to_csv(report)),
-        ("html", to_html(report, chart.name if chart else None)),
-    )
+    page = to_html(report, chart, heatmaps_beside(report), provenance or Provenance.here())
+    pages = (("md", to_markdown(report) + "\n"), ("csv", to_csv(report)), ("html", page))
     for suffix, text in pages:
         path = out / f"{name}.{suffix}"
         path.write_text(text, encoding="utf-8")
