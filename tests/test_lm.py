@@ -257,3 +257,17 @@ def test_lm_evals_metadata_hint_is_silenced_for_our_tasks_only(caplog):
             logger.warning(f"{task}: Custom kwargs can be passed to `--metadata` in console (as json string)")
         logger.warning("passkey_1k: something else")
     assert [r.getMessage().partition(":")[0] for r in caplog.records] == ["ruler_niah", "passkey_1k"]
+
+
+def test_lm_evals_gsm8k_offline_is_one_line_naming_qk_gsm8k():
+    from qk_ablate.plugin import offline_dataset_line
+
+    error = ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (OfflineModeIsEnabled)")
+    assert offline_dataset_line(error) == (
+        "a task's dataset 'openai/gsm8k' could not be loaded from the Hub (OfflineModeIsEnabled); run qk_gsm8k "
+        "instead: lm-eval's gsm8k prompt, filters and metric on the packaged test split"
+    )
+    other = offline_dataset_line(ConnectionError("Couldn't reach 'stanfordnlp/imdb' on the Hub (ConnectError)"))
+    assert other is not None and other.startswith("a task's dataset 'stanfordnlp/imdb' could not be loaded")
+    assert offline_dataset_line(ValueError("Couldn't reach 'x' on the Hub (y)")) is None
+    assert offline_dataset_line(ConnectionError("refused")) is None

@@ -161,17 +161,35 @@ if not getattr(_yaml_loader.load_yaml, _MARK, False):
     _yaml_loader.load_yaml = _with_our_templates(_yaml_loader.load_yaml)
 
 
+def offline_dataset_line(error: BaseException) -> str | None:
+    """One line for a task whose dataset the Hub could not give (offline, say); None for other errors.
+    lm-eval's gsm8k is pointed at qk_gsm8k, the same config on the test split that ships with us."""
+    text = str(error)
+    if not isinstance(error, ConnectionError) or "on the Hub" not in text or "Couldn't reach '" not in text:
+        return None
+    dataset = text.split("Couldn't reach '", 1)[1].split("'", 1)[0]
+    line = f"a task's dataset '{dataset}' could not be loaded from the Hub ({text.rsplit('(', 1)[-1].rstrip(')')})"
+    if dataset == "openai/gsm8k":
+        return line + "; run qk_gsm8k instead: lm-eval's gsm8k prompt, filters and metric on the packaged test split"
+    return line + "; run where the Hub is reachable once (datasets caches it), or give the task a local copy"
+
+
 def _one_line_errors(hook):
     def excepthook(kind, value, traceback):
         if isinstance(value, QKAblateError):
             print(f"qk-ablate: error: {value}", file=sys.stderr)
+            return
+        line = offline_dataset_line(value)
+        if line is not None:
+            print(f"qk-ablate: error: {line}", file=sys.stderr)
             return
         hook(kind, value, traceback)
 
     return _marked(excepthook)
 
 
-# Replaces: the traceback lm_eval prints for any exception, for our QKAblateError only.
+# Replaces: the traceback lm_eval prints for any exception, for our QKAblateError and a dataset the Hub
+# could not give (lm-eval's gsm8k offline: pointed at qk_gsm8k).
 # Pinned by: tests/test_embedded.py::test_bad_model_args_give_one_line_through_lm_eval.
 if not getattr(sys.excepthook, _MARK, False):
     sys.excepthook = _one_line_errors(sys.excepthook)
