@@ -418,3 +418,18 @@ def test_oceania_aliases():
     doc = next(d for d in continent.build_docs() if d["country_code"] == "AU")
     for answer in (" Oceania", " Australia and Oceania", " Australia/Oceania"):
         assert alias_process_results(doc, [answer]) == {"acc": 1.0}
+
+
+@pytest.mark.parametrize(("content", "match"), [("", "is empty"), ("Paris,France\n", "is its header line missing")])
+def test_a_bad_csv_is_one_line_while_lm_eval_matches_task_names(tmp_path, content, match):
+    """The CSV of a task on our facts template is read when lm-eval matches task names, before the
+    model loads (lm-eval builds the tasks after it)."""
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    (tmp_path / "data.csv").write_text(content)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "my_facts.yaml").write_text(
+        f"include: qk_ablate:facts_csv\ntask: my_facts\ndataset_kwargs:\n  facts_csv: {tmp_path / 'data.csv'}\n"
+    )
+    with pytest.raises(QKAblateError, match=match):
+        EvaluatorConfig(tasks=["my_facts"], include_path=str(tmp_path / "tasks")).process_tasks()

@@ -1,7 +1,7 @@
 """lm-eval integration: the `qk_ablated` model, our tasks on the default search path, one-line errors.
 
 Imported by the start-up hook when the `lm_eval` CLI runs; importing it by hand does the same.
-lm-eval 0.4.13 has no plugin hooks for these, so four of its behaviours are wrapped (each wrapper
+lm-eval 0.4.13 has no plugin hooks for these, so five of its behaviours are wrapped or filtered (each
 is idempotent and marked `__qk_ablate__`); the line above each says what it replaces and which
 test fails if an lm-eval release changes it.
 """
@@ -77,11 +77,39 @@ def _with_prompt_frame(process_tasks):
             if not missing:
                 raise
             raise QKAblateError(unknown_tasks(missing.split(", "))) from None
+        names = list(getattr(self, "tasks", None) or [])
         if getattr(self, "model", None) in {engine.model for engine in ENGINES.values()}:
-            check_windows(list(getattr(self, "tasks", None) or []), getattr(self, "model_args", None) or {})
+            check_windows(names, getattr(self, "model_args", None) or {})
+        check_csv_tasks(manager, names)
         return manager
 
     return _marked(wrapper)
+
+
+_CSV_TEMPLATES = {"qk_ablate:facts_csv": "facts_dataset", "qk_ablate:statements_csv": "statements_dataset"}
+
+
+def check_csv_tasks(manager: Any, names: list[str]) -> None:
+    """Read the CSV of each named task built on our facts/statements templates now, so an empty,
+    headerless or malformed file is one line before the model loads, not after."""
+    from qk_ablate.task_data import user_facts, user_statements
+
+    index = getattr(manager, "task_index", None) or {}
+    for name in names:
+        entry = index.get(name)
+        path = entry.get("yaml_path") if isinstance(entry, dict) else getattr(entry, "yaml_path", None)
+        if not isinstance(path, (str, Path)) or not str(path).endswith((".yaml", ".yml")):
+            continue
+        try:
+            raw = _yaml_loader.load_yaml(path, resolve_func=False, recursive=False)
+        except Exception:  # lm-eval reports its own YAML problems when it builds the task
+            continue
+        include = raw.get("include") if isinstance(raw, dict) else None
+        builder = _CSV_TEMPLATES.get(include) if isinstance(include, str) else None
+        if builder is None:
+            continue
+        module = user_facts if builder == "facts_dataset" else user_statements
+        getattr(module, builder)(**(raw.get("dataset_kwargs") or {}))  # a QKAblateError here is the one line
 
 
 def check_windows(names: list[str], model_args: Any) -> None:
