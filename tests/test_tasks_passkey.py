@@ -150,11 +150,15 @@ def test_group_loads_its_lengths(task_manager):
     assert "qk_passkey" in loaded["groups"]
 
 
-def test_tokenizer_resolution(smol, toy):
+def test_tokenizer_resolution(smol, toy, monkeypatch):
     assert settings.resolve_tokenizer({"pretrained": "smollm2-135m"}) is smol
     assert settings.resolve_tokenizer({"tokenizer": toy, "pretrained": "smollm2-135m"}) is toy
+    monkeypatch.setattr(settings, "_EVALUATED", [])  # no qk_ablated model built in this process
     with pytest.raises(QKAblateError, match="no tokenizer was given"):
         settings.resolve_tokenizer({"version": 1.0})
+    settings.evaluating(toy)  # the model lm-eval built before the tasks: its tokenizer sizes them
+    assert settings.resolve_tokenizer({"version": 1.0}) is toy
+    assert settings.resolve_tokenizer({"pretrained": "smollm2-135m"}) is smol  # a named one still wins
     with pytest.raises(QKAblateError, match="could not load the tokenizer"):
         settings.resolve_tokenizer({"pretrained": "/nonexistent/model/dir"})
     with pytest.raises(QKAblateError, match="num_docs"):
