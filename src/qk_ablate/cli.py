@@ -1,4 +1,5 @@
-"""The `qk-ablate` command line: every command's entry point (sweep, report, gate, profile, fingerprint, depth, quantize).
+"""The `qk-ablate` command line: the entry point of every command (sweep, report, gate, profile,
+fingerprint, depth, quantize).
 
 Every user-fixable problem is printed as one line (`qk-ablate: error: ...`) with exit status 2.
 """
@@ -16,7 +17,7 @@ from qk_ablate.task_data.catalogue import PROFILE_SOURCES, parse_kinds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qk-ablate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qk-ablate", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--version", action="version", version=f"qk-ablate {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 

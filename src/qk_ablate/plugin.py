@@ -86,14 +86,16 @@ def _with_prompt_frame(process_tasks):
     return _marked(wrapper)
 
 
-_CSV_TEMPLATES = {"qk_ablate:facts_csv": "facts_dataset", "qk_ablate:statements_csv": "statements_dataset"}
-
-
 def check_csv_tasks(manager: Any, names: list[str]) -> None:
     """Read the CSV of each named task built on our facts/statements templates now, so an empty,
     headerless or malformed file is one line before the model loads, not after."""
-    from qk_ablate.task_data import user_facts, user_statements
+    from qk_ablate.task_data.user_facts import facts_dataset
+    from qk_ablate.task_data.user_statements import statements_dataset
 
+    builders: dict[str, Callable[..., Any]] = {
+        "qk_ablate:facts_csv": facts_dataset,
+        "qk_ablate:statements_csv": statements_dataset,
+    }
     index = getattr(manager, "task_index", None) or {}
     for name in names:
         entry = index.get(name)
@@ -105,11 +107,9 @@ def check_csv_tasks(manager: Any, names: list[str]) -> None:
         except Exception:  # lm-eval reports its own YAML problems when it builds the task
             continue
         include = raw.get("include") if isinstance(raw, dict) else None
-        builder = _CSV_TEMPLATES.get(include) if isinstance(include, str) else None
-        if builder is None:
-            continue
-        module = user_facts if builder == "facts_dataset" else user_statements
-        getattr(module, builder)(**(raw.get("dataset_kwargs") or {}))  # a QKAblateError here is the one line
+        builder = builders.get(include) if isinstance(include, str) else None
+        if builder is not None:
+            builder(**(raw.get("dataset_kwargs") or {}))  # a QKAblateError here is the one line
 
 
 def check_windows(names: list[str], model_args: Any) -> None:

@@ -3,7 +3,8 @@
 `profile_model` reduces the statistics observer (`massive_stats`) at several context lengths
 into a `Profile` of `[layers, H, D]` arrays; `summarize` turns it into the JSON summary of
 `qk-ablate profile` (massive dims per layer and head, counts, concentration, each dim's RoPE
-pair, frequency, wavelength and band, and how much of the massive columns' norm `fill=mean` keeps); `save_profile` / `load_profile` write and read it.
+pair, frequency, wavelength and band, and how much of the massive columns' norm `fill=mean`
+keeps); `save_profile` / `load_profile` write and read it.
 The pictures are `figures.py`'s.
 """
 
@@ -35,7 +36,8 @@ class Profile:
     """`[layers, H, D]` arrays per (length, where, tensor, kind), plus what they were taken on.
 
     kind `M`: mean column norms; kind `massive`: the fraction of samples in which a (head, dim)
-    was massive; kind `kept`: the share of each column's norm that `fill=mean` keeps (|mean| / rms). The same arrays are saved to profile.npz, so `load_profile` restores a Profile
+    was massive; kind `kept`: the share of each column's norm that `fill=mean` keeps (|mean| / rms).
+    The same arrays are saved to profile.npz, so `load_profile` restores a Profile
     (and its pictures) from a saved folder.
     """
 
@@ -296,8 +298,9 @@ def summarize(profile: Profile) -> dict:
                 if rope is not None:
                     entry["pairs"] = _pair_agreement(massive, rope)
                 kept = profile.arrays.get(profile.key(length, where, name, "kept"))  # absent in older profiles
-                if kept is not None and (massive >= MOSTLY).any():
-                    ratios = kept[massive >= MOSTLY]
+                chosen = massive >= MOSTLY
+                if kept is not None and chosen.any():
+                    ratios = kept[chosen]
                     entry["mean_fill_keeps"] = {
                         "median": round(float(np.median(ratios)), 4),
                         "min": round(float(ratios.min()), 4),

@@ -12,10 +12,11 @@
 A task whose baseline is not better than chance, or not better than its own most common answer
 (p >= `ALPHA` in either test), is flagged: its deltas measure nothing. The same two tests run on
 every intervention's row too (`assess` with the row's label), where a flag says the intervention
-brought the task down to chance or to one answer: its delta stands, and the report says so beside it. Answers are read from
-lm-eval's sample records (`read_answer`): a generation's first line, normalised as the fact tasks
-normalise names; a multiple-choice answer is the choice of highest log-likelihood (what `acc`
-scores). Records without a readable answer (old or foreign formats) skip the second test only.
+brought the task down to chance or to one answer: its delta stands, and the report says so beside
+it. Answers are read from lm-eval's sample records (`read_answer`): a generation's first line,
+normalised as the fact tasks normalise names; a multiple-choice answer is the choice of highest
+log-likelihood (what `acc` scores). Records without a readable answer (old or foreign formats) skip the
+second test only.
 """
 
 from __future__ import annotations

@@ -79,6 +79,17 @@ def changed_documents(base: TaskScores, run: TaskScores) -> list[tuple[int, floa
     return out
 
 
+def heatmaps_beside(report: Any) -> list[Path]:
+    """The post-RoPE Q and K heatmaps of each model's profile, where a sweep saved one beside its cells."""
+    found: dict[Path, None] = {}
+    for run, _ in report.rows:
+        for name in ("heatmap_post_q.png", "heatmap_post_k.png"):
+            path = Path(run.path).parent / "profile" / name
+            if path.is_file():
+                found[path] = None
+    return list(found)
+
+
 def _image(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
@@ -240,7 +251,9 @@ def _row(
 
 def _changed(anchor: str, run: Run, task: str, changed: list[tuple[int, float, float, str, str]]) -> str:
     lines = "".join(
-        f"<tr><td>{doc}</td><td>{before:.2f}</td><td>{after:.2f}</td><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (doc, f"{before:.2f}", f"{after:.2f}", a, b))
+        + "</tr>"
         for doc, before, after, a, b in changed[:CHANGED_SHOWN]
     )
     more = f" (first {CHANGED_SHOWN} shown)" if len(changed) > CHANGED_SHOWN else ""

@@ -24,7 +24,7 @@ from qk_ablate.stats.answer_prior import to_csv_rows as answer_rows
 from qk_ablate.stats.answer_prior import to_markdown as answer_markdown
 from qk_ablate.stats.baseline_signal import MARK, ROW_MARK, Signal, assess
 from qk_ablate.stats.compare import DEFAULT_ITERATIONS, Comparison, Estimate, compare
-from qk_ablate.stats.page import Provenance, to_page
+from qk_ablate.stats.page import Provenance, heatmaps_beside, to_page
 from qk_ablate.stats.runs import Run, merge_runs
 from qk_ablate.stats.seeds import pooled_run, seed_groups
 from qk_ablate.stats.specificity import Specificity, find_specificity
@@ -99,7 +99,7 @@ def build_report(
             b.model,
             b.tasks[t].scores,
             b.tasks[t].answers,
-            task_chance(t, b.chances, b.tasks[t].choice_chance),
+            _chance(b, t),
             task_kind(t, kinds, declared),
             counted=keep_no_signal,
         )
@@ -256,17 +256,6 @@ def to_html(
         notes=[line for line in notes if line],
         preformatted="\n\n".join(sections) or None,
     )
-
-
-def heatmaps_beside(report: Report) -> list[Path]:
-    """The post-RoPE Q and K heatmaps of each model's profile, where a sweep saved one beside its cells."""
-    found: dict[Path, None] = {}
-    for run, _ in report.rows:
-        for name in ("heatmap_post_q.png", "heatmap_post_k.png"):
-            path = Path(run.path).parent / "profile" / name
-            if path.is_file():
-                found[path] = None
-    return list(found)
 
 
 def to_csv(report: Report) -> str:
