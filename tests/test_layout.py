@@ -169,3 +169,15 @@ def test_no_module_outgrows_its_role():
     packing lines; one past SPLIT_AT formatted lines holds more than one idea and is split by role."""
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > SPLIT_AT}
     assert not long, long
+
+
+def test_committed_samples_are_gzipped():
+    """The GPU machine takes the working tree and a wheel part in one 64 MiB call, so committed
+    per-document samples stay gzipped (`stats.runs` reads either form)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "results"], cwd=SRC.parent, capture_output=True, text=True, check=False
+    ).stdout.split()
+    if not listed:
+        pytest.skip("not a git checkout")
+    plain = [name for name in listed if name.endswith(".jsonl")]
+    assert not plain, f"gzip these (gzip -9 -n): {plain[:3]}"
