@@ -1,59 +1,21 @@
 """`preset=jin2025` and `fill=shared_mean` against faithful re-implementations of the authors' code.
 
-The reference below is written the way their modified attention is (MingyuJ666/Rope_with_LLM,
-`modeling_llama.py` / `modeling_qwen2.py`): batch 1, their flash-attention layout `[B, S, H, D]`,
-a Python loop over heads, `torch.topk` of the column norms over the sequence, the scalar
-`mean(stack([column.mean() ...]))` written into every chosen column of that head, in place,
-prefill only, Q per query head and K per KV head, post-RoPE, every layer. It runs as an attention
-function in front of SDPA, as ours does, so any difference is in what is selected and written.
+The reference (tests/authors_reference.py) is their modified attention as they wrote it: a loop over
+heads, `torch.topk` of the column norms in the tensor's dtype, one shared mean written in place,
+prefill only. It runs as an attention function in front of the same kernel as ours, so any
+difference is in what is selected and written.
 """
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from conftest import HEAD_DIM, build, prompts
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from authors_reference import register_reference, their_top
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.engines.hf.attachment import Attachment
 from qk_ablate.errors import QKAblateError
-
-
-def _authors_edit(states: torch.Tensor, k: int, fill: str) -> None:
-    """Their per-head loop on `states: [1, S, H, D]` (edited in place, as theirs is)."""
-    matrix = states.norm(dim=1).squeeze(0)
-    for head_idx in range(states.size(2)):
-        _, indices = torch.topk(matrix[head_idx, :], k)
-        top_indices = indices.tolist()
-        target_vectors = [states[:, :, head_idx, idx] for idx in top_indices]
-        mean_value = torch.mean(torch.stack([vector.mean() for vector in target_vectors]))
-        for idx in top_indices:
-            states[:, :, head_idx, idx] = 0 if fill == "zero" else mean_value
-
-
-def _register_reference(k: int, fill: str, kernel: str = "sdpa") -> str:
-    name = f"jin2025_reference_{k}_{fill}_{kernel}"
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        if query.shape[2] != 1:  # their `if q_len != 1`: the prefill only
-            query = query.transpose(1, 2).contiguous()
-            _authors_edit(query, k, fill)
-            query = query.transpose(1, 2)
-            _authors_edit(key.transpose(1, 2), k, fill)  # a view of the cache's tensor: edited in place
-        if kernel == "eager":  # each modeling file has its own eager function (Gemma2's softcapping)
-            return sys.modules[type(module).__module__].eager_attention_forward(
-                module, query, key, value, attention_mask, **kwargs
-            )
-        return ALL_ATTENTION_FUNCTIONS[kernel](module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register(name, attention)
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[kernel])  # the kernel's own mask format
-    return name
 
 
 @torch.no_grad()
@@ -94,7 +56,7 @@ def test_llama_preset_is_bit_identical_to_the_authors_code_in_bf16(monkeypatch, 
     model = _model("llama", torch.bfloat16, (30.0,))
     ids = prompts(batch=1, length=40)
     ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
-    theirs = _logits(model, ids, reference=_register_reference(1, "mean"))
+    theirs = _logits(model, ids, reference=register_reference(1, "mean"))
     plain = model(ids).logits
     assert not torch.equal(theirs, plain)  # the reference does change the model
     assert torch.equal(ours, theirs)
@@ -114,7 +76,7 @@ def test_qwen2_preset_fills_its_top_three_with_one_shared_scalar_per_head():
     model = _model("qwen2", torch.float32, (30.0, 20.0, 12.0))
     ids = prompts(batch=1, length=40)
     ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
-    theirs = _logits(model, ids, reference=_register_reference(3, "mean"))
+    theirs = _logits(model, ids, reference=register_reference(3, "mean"))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     # With Q and K both filled at the same dims any constants cancel in the scores; on Q alone the
     # shared scalar and each column's own mean give different answers.
@@ -127,7 +89,7 @@ def test_qwen2_preset_with_zero_fill_is_the_stored_file_literally_in_bf16():
     model = _model("qwen2", torch.bfloat16, (30.0, 20.0, 12.0))
     ids = prompts(batch=1, length=40)
     ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025", "fill": "zero"}))
-    assert torch.equal(ours, _logits(model, ids, reference=_register_reference(3, "zero")))
+    assert torch.equal(ours, _logits(model, ids, reference=register_reference(3, "zero")))
 
 
 def test_gemma2_preset_zeroes_the_top_22():
@@ -136,7 +98,7 @@ def test_gemma2_preset_zeroes_the_top_22():
     spec = Attachment(model, InterventionSpec.from_args({"preset": "jin2025"})).spec
     assert (spec.select, spec.topk, spec.fill, spec.preset_for) == ("topk", 22, "zero", "gemma2")
     ours = _logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"}))
-    theirs = _logits(model, ids, reference=_register_reference(22, "zero", kernel="eager"))
+    theirs = _logits(model, ids, reference=register_reference(22, "zero", kernel="eager"))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
@@ -172,16 +134,6 @@ def test_shared_mean_fill_of_one_column_is_that_columns_mean():
     torch.testing.assert_close(fill_values(x, valid, "shared_mean", two)[..., 0], (means[..., 4] + means[..., 6]) / 2)
 
 
-def _their_top(states: torch.Tensor, k: int) -> torch.Tensor:
-    """Their ranking on `states: [1, S, H, D]`: `torch.topk` of `states.norm(dim=1)` (the tensor's dtype),
-    as a `[1, H, D]` mask."""
-    matrix = states.norm(dim=1).squeeze(0)
-    mask = torch.zeros(matrix.shape, dtype=torch.bool)
-    for head_idx in range(states.size(2)):
-        mask[head_idx, torch.topk(matrix[head_idx, :], k).indices] = True
-    return mask[None]
-
-
 def test_a_bf16_tie_is_broken_as_the_authors_code_breaks_it():
     """Dims 3 and 5 of head 0 tie in bf16 (both norms round to 8.0), and `torch.topk` picks one of
     them; the other is nudged to the larger float32 norm. `norm_dtype=native` (the preset's) picks
@@ -190,12 +142,12 @@ def test_a_bf16_tie_is_broken_as_the_authors_code_breaks_it():
 
     x = torch.full((1, 2, 4, 8), 0.25, dtype=torch.bfloat16)  # [B, H, S, D]
     x[0, 0, :, [3, 5]] = 4.0  # both norms 8.0 exactly
-    picked = int(_their_top(x.transpose(1, 2), 1)[0, 0].nonzero())
+    picked = int(their_top(x.transpose(1, 2), 1)[0, 0].nonzero())
     other = 8 - picked  # the dim of {3, 5} that torch.topk left
     x[0, 0, -1, other] = 4.03125  # norm 8.0156 in float32, still 8.0 in bf16
     assert x[0, 0, :, other].norm() == x[0, 0, :, picked].norm()  # tied in the tensor's dtype
     native = massive_mask_topk(column_norms(x, native=True), 1)
-    assert torch.equal(native, _their_top(x.transpose(1, 2), 1))
+    assert torch.equal(native, their_top(x.transpose(1, 2), 1))
     assert native[0, 0].nonzero().flatten().tolist() == [picked]
     assert massive_mask_topk(column_norms(x), 1)[0, 0].nonzero().flatten().tolist() == [other]
     assert InterventionSpec.from_args({"preset": "jin2025"}).for_architecture("llama").norm_dtype == "native"
@@ -206,7 +158,7 @@ def test_in_a_bf16_model_whose_top_dims_tie_the_preset_still_equals_the_authors_
     float32 ranking (`select=topk,topk=1`) edits other dims than their code; the preset does not."""
     model = _model("llama", torch.bfloat16, (10.0, 10.0, 10.0))
     ids = prompts(batch=1, length=600)
-    theirs = _logits(model, ids, reference=_register_reference(1, "mean"))
+    theirs = _logits(model, ids, reference=register_reference(1, "mean"))
     assert torch.equal(_logits(model, ids, InterventionSpec.from_args({"preset": "jin2025"})), theirs)
     assert not torch.equal(_logits(model, ids, InterventionSpec(ablate="massive", select="topk", topk=1)), theirs)
 
@@ -222,7 +174,7 @@ def test_native_norms_rank_dims_as_the_authors_code_on_real_bf16_ties(k):
     scale = torch.ones(64)
     scale[[10, 11, 42, 43]] = 8.0  # several large dims of similar size, so ties between them are common
     x = (torch.randn(8, 16, 1500, 64, generator=generator) * scale).to(torch.bfloat16)
-    theirs = torch.cat([_their_top(sample.transpose(0, 1)[None], k) for sample in x])
+    theirs = torch.cat([their_top(sample.transpose(0, 1)[None], k) for sample in x])
     assert torch.equal(massive_mask_topk(column_norms(x, native=True), k), theirs)
     assert not torch.equal(massive_mask_topk(column_norms(x), k), theirs)
 
@@ -242,7 +194,7 @@ def test_the_preset_equals_the_authors_code_on_the_embedded_model_in_bf16():
     model = model.to(torch.bfloat16).eval()
     tokenizer = load_tokenizer("smollm2-135m")
     docs = [d for length in (512, 1024, 2048, 3072) for d in build_passkey_docs(tokenizer, length, num_docs=3)]
-    reference = _register_reference(1, "mean")
+    reference = register_reference(1, "mean")
     preset = InterventionSpec.from_args({"preset": "jin2025"})
     float32_norms = InterventionSpec.from_args({"preset": "jin2025", "norm_dtype": "float32"})
     departed = 0
