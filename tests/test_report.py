@@ -331,6 +331,21 @@ def test_own_tasks_count_alike_in_report_and_gate_with_kinds(own, capsys):
     assert "qk-ablate: warning: my_niah counted in neither" in capsys.readouterr().err
 
 
+def test_the_page_groups_own_tasks_by_the_kind_the_report_counts_them_under(own):
+    """The HTML page's column groups follow --kinds and YAML kinds, as the means do."""
+    from qk_ablate.stats.page import to_page
+
+    base, cand = own("page")
+    runs = [load_run(base), load_run(cand)]
+    other = to_page(build_report(runs, iterations=200), set())
+    assert '<th class="group" colspan="1">other tasks</th>' in other
+    grouped = to_page(build_report(runs, kinds={"my_niah": "contextual"}, iterations=200), set())
+    assert '<th class="group" colspan="2">contextual tasks</th>' in grouped and "other tasks" not in grouped
+    declared, cand = own("page_declared", declared={"my_niah": "parametric"})
+    page = to_page(build_report([load_run(declared), load_run(cand)], iterations=200), set())
+    assert '<th class="group" colspan="2">parametric tasks</th>' in page and "other tasks" not in page
+
+
 def test_kind_declared_in_the_task_yaml_needs_no_flag(own):
     base, cand = own("declared", declared={"my_niah": "contextual"})
     assert load_run(base).kinds == {"my_niah": "contextual"}

@@ -160,7 +160,7 @@ def to_page(
 ) -> str:
     """The whole page as a string (see the module docstring); `flagged`: the tasks whose baseline
     carries no signal."""
-    kinds = {t: task_kind(t) for t in report.tasks}
+    kinds = {t: report.kinds.get(t, task_kind(t)) for t in report.tasks}  # --kinds and YAML kinds included
     order = [t for k in (*KINDS, None) for t in report.tasks if kinds[t] == k]
     groups = [(k, [t for t in order if kinds[t] == k]) for k in (*KINDS, None)]
     head1 = '<th class="name" rowspan="2" data-col="0" data-name="model">model</th>'

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qk_ablate.errors import QKAblateError
@@ -40,6 +40,7 @@ class Report:
     specificity: tuple[Specificity, ...] = ()  # each massive run against its random control
     answers: tuple[AnswerPrior, ...] = ()  # each run's answer prior per task (where answers are readable)
     row_signals: tuple[Signal, ...] = ()  # each intervention row's tasks against chance and a constant answer
+    kinds: dict[str, str | None] = field(default_factory=dict)  # each task's kind (--kinds, catalogue, YAML)
 
     def row_flags(self, run: Run) -> list[Signal]:
         """The flagged tasks of one intervention's row, in table order."""
@@ -141,7 +142,16 @@ def build_report(
         for t in tasks
         if t in run.tasks
     )
-    return Report(tasks=tasks, rows=rows, signals=signals, specificity=specific, answers=priors, row_signals=tested)
+    resolved = {t: task_kind(t, kinds, declared) for t in tasks}
+    return Report(
+        tasks=tasks,
+        rows=rows,
+        signals=signals,
+        specificity=specific,
+        answers=priors,
+        row_signals=tested,
+        kinds=resolved,
+    )
 
 
 def _chance(run: Run, task: str) -> float | None:
