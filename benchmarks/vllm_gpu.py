@@ -19,6 +19,9 @@ repeated rounds of the same prompts skip their prefill (a cache hit the first ev
 never gets; prefixes shared within one run, like few-shot examples, still hit).
 
     python3 benchmarks/vllm_gpu.py --tokenizer .gpu/tokenizer | tee results/benchmarks/vllm_h200.log
+
+It needs a card of about 120 GiB (an H200): on an 80 GiB H100, 0.2 of the card leaves an engine 0.04 GiB
+of KV cache beside the 14 GiB of weights (measured), and no share fits all four engines.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NEVER = "<never stop here>"
+NEEDS_GIB = 120  # 3 engines x 0.2 of an H200 (28 GiB each) + the HF engine's 8B model and 32k prefill (19 GiB)
 
 
 def save_model(tokenizer_dir: str, layers: int, folder: Path) -> None:
@@ -77,6 +81,14 @@ def main() -> None:
     from qk_ablate.engines.hf.lm import QKAblatedLM
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
+    total = torch.cuda.mem_get_info()[1] / 2**30
+    if (
+        total < NEEDS_GIB and args.layers >= 32
+    ):  # an engine's share must hold 14 GiB of weights, 4 GiB of KV cache at 33k tokens, graphs
+        sys.exit(
+            f"vllm_gpu.py: three vLLM engines and the HF engine sit side by side and need a card of about "
+            f"{NEEDS_GIB} GiB (an H200); this {torch.cuda.get_device_name()} has {total:.0f} GiB"
+        )
     folder = Path(args.folder)
     started = time.perf_counter()
     if not (folder / "config.json").exists():
