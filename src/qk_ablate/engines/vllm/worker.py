@@ -12,7 +12,8 @@ computed per sequence from its own tokens, so a prompt's result never depends on
 
 Tensor parallelism: each rank holds a slice of the heads (`sites.local_heads`, vLLM's rule, KV
 heads replicated when there are fewer than ranks); selection is per head, so it needs nothing
-from other ranks, and the random control is drawn for all heads and sliced.
+from other ranks, and the random control is drawn for all heads and sliced. A replicated KV head
+is edited on every rank that holds it and tallied on the first.
 
 `VllmAttachment` keeps the HF `Attachment` contract (`attach() -> self`, `remove()`, `tally()`,
 `spec`, `editor`); the driver reaches it through `extension.QKAblateWorkerExtension`.
@@ -46,6 +47,7 @@ class VllmAttachment:
         self.spec = spec
         self.sites = find_sites(model)
         shard = None if spec.is_noop else _shard(self.sites[0])
+        self._kv_copy = shard is not None and _holds_a_kv_copy(self.sites[0])
         self.editor = Editor(spec, spec.layer_indices(len(self.sites)), shard=shard)
         self.counts = EditCounts()  # sequences and tokens edited so far
         self.planner = StepPlanner(spec.stage == "all", self.counts)
@@ -87,8 +89,14 @@ class VllmAttachment:
         self.planner.clear()
 
     def tally(self) -> SelectionTally:
-        """What the selection has chosen so far, on this worker's heads."""
-        return self.editor.tally()
+        """What the selection has chosen so far, on this worker's heads; K and V left out on a rank whose
+        KV heads are copies of another rank's, so the sum over ranks counts each head once."""
+        tally = self.editor.tally()
+        if not self._kv_copy:
+            return tally
+        return SelectionTally(
+            {n: c for n, c in tally.selected.items() if n == "q"}, {n: c for n, c in tally.heads.items() if n == "q"}
+        )
 
     def register(self, lengths: PromptLengths, once: bool = False) -> None:
         """Register the inputs about to be sent, by their tokens, with their prompt lengths (empty: forget;
@@ -166,3 +174,14 @@ def _shard(site: VllmSite) -> dict[TensorName, tuple[int, tuple[int, ...]]] | No
     rank = get_tensor_model_parallel_rank()
     kv = (site.total_kv_heads, local_heads(site.total_kv_heads, world, rank))
     return {"q": (site.total_heads, local_heads(site.total_heads, world, rank)), "k": kv, "v": kv}
+
+
+def _holds_a_kv_copy(site: VllmSite) -> bool:
+    """With fewer KV heads than ranks each KV head sits on several ranks (`local_heads`); every rank of
+    such a group but its first holds a copy."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    world = get_tensor_model_parallel_world_size()
+    if site.total_kv_heads >= world:
+        return False
+    return get_tensor_model_parallel_rank() % (world // site.total_kv_heads) != 0
