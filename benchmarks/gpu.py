@@ -57,15 +57,18 @@ DEVICE = "cuda"
 WIDTH = 4096  # --smoke shrinks the model and runs on the CPU: a check of this script, not a measurement
 
 
-def build(vocab: int, layers: int, tokenizer: transformers.PreTrainedTokenizerBase) -> torch.nn.Module:
-    """A random Llama-3.1-8B-shaped bf16 model on the GPU with one massive rotary pair per Q/K head."""
+def build(
+    vocab: int, layers: int, tokenizer: transformers.PreTrainedTokenizerBase, kv_heads: int = 8
+) -> torch.nn.Module:
+    """A random Llama-3.1-8B-shaped bf16 model on the GPU with one massive rotary pair per Q/K head
+    (`kv_heads` other than 8 for tensor-parallel checks)."""
     config = transformers.LlamaConfig(
         vocab_size=vocab,
         hidden_size=WIDTH,
         intermediate_size=WIDTH * 7 // 2,
         num_hidden_layers=layers,
         num_attention_heads=32,
-        num_key_value_heads=8,
+        num_key_value_heads=kv_heads,
         head_dim=128,
         max_position_embeddings=131072 + 256,
         bos_token_id=tokenizer.bos_token_id,
@@ -84,7 +87,7 @@ def build(vocab: int, layers: int, tokenizer: transformers.PreTrainedTokenizerBa
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     with torch.no_grad():  # a planted massive pair (dims 60 and 124 of every head), as real models have
         for layer in model.model.layers:
-            for proj, heads in ((layer.self_attn.q_proj, 32), (layer.self_attn.k_proj, 8)):
+            for proj, heads in ((layer.self_attn.q_proj, 32), (layer.self_attn.k_proj, kv_heads)):
                 weight = proj.weight.view(heads, 128, -1)
                 weight[:, [60, 124]] *= 30
     return model.eval()
