@@ -20,8 +20,10 @@ never gets; prefixes shared within one run, like few-shot examples, still hit).
 
     python3 benchmarks/vllm_gpu.py --tokenizer .gpu/tokenizer | tee results/benchmarks/vllm_h200.log
 
-It needs a card of about 120 GiB (an H200): on an 80 GiB H100, 0.2 of the card leaves an engine 0.04 GiB
-of KV cache beside the 14 GiB of weights (measured), and no share fits all four engines.
+On a card of about 120 GiB or more (an H200) every engine sits on the card at once and the variants
+run round robin. On a smaller card (an 80 GiB H100: 0.2 of it left an engine 0.04 GiB of KV cache
+beside the 14 GiB of weights, measured, and no share fits all four engines) the HF engine runs its
+variants first, alone, and is released; then the three vLLM engines load at 0.29 of the card each.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 NEVER = "<never stop here>"
 NEEDS_GIB = 120  # 3 engines x 0.2 of an H200 (28 GiB each) + the HF engine's 8B model and 32k prefill (19 GiB)
+VLLM_VARIANTS = (
+    "vllm (defaults)",
+    "vllm enforce_eager",
+    "qk_ablated_vllm none",
+    "qk_ablated_vllm ablate=massive",
+    "qk_ablated_vllm quant=int4",
+)
+HF_VARIANTS = ("qk_ablated (HF) none", "qk_ablated (HF) ablate=massive")
 
 
 def save_model(tokenizer_dir: str, layers: int, folder: Path) -> None:
@@ -65,7 +75,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hf-repeats", type=int, default=1)
-    parser.add_argument("--memory", type=float, default=0.2, help="gpu_memory_utilization of each vLLM engine")
+    parser.add_argument(
+        "--memory",
+        type=float,
+        default=0.0,
+        help="gpu_memory_utilization of each vLLM engine (default 0.2, 0.29 under 120 GiB)",
+    )
     parser.add_argument("--skip", default="", help="comma-separated workloads to leave out")
     args = parser.parse_args()
 
@@ -82,20 +97,15 @@ def main() -> None:
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     total = torch.cuda.mem_get_info()[1] / 2**30
-    if (
-        total < NEEDS_GIB and args.layers >= 32
-    ):  # an engine's share must hold 14 GiB of weights, 4 GiB of KV cache at 33k tokens, graphs
-        sys.exit(
-            f"vllm_gpu.py: three vLLM engines and the HF engine sit side by side and need a card of about "
-            f"{NEEDS_GIB} GiB (an H200); this {torch.cuda.get_device_name()} has {total:.0f} GiB"
-        )
+    side_by_side = total >= NEEDS_GIB or args.layers < 32
+    memory = args.memory or (0.2 if side_by_side else 0.29)
     folder = Path(args.folder)
     started = time.perf_counter()
     if not (folder / "config.json").exists():
         save_model(args.tokenizer, args.layers, folder)
     print(f"model folder ready in {time.perf_counter() - started:.0f}s", flush=True)
     window = 32768 + 1024
-    engine: dict[str, Any] = {"max_model_len": window, "gpu_memory_utilization": args.memory, "seed": 0}
+    engine: dict[str, Any] = {"max_model_len": window, "gpu_memory_utilization": memory, "seed": 0}
     engine |= {"batch_size": "auto", "dtype": "bfloat16"}
     loads: dict[str, float] = {}
 
@@ -106,22 +116,39 @@ def main() -> None:
         print(f"loaded {name} in {loads[name]:.0f}s", flush=True)
         return lm
 
-    plain = load("vllm (defaults)", lambda: VLLM(pretrained=str(folder), **engine))
-    eager = load("vllm enforce_eager", lambda: VLLM(pretrained=str(folder), enforce_eager=True, **engine))
-    ours = load("qk_ablated_vllm", lambda: QKAblatedVLLM(pretrained=str(folder), **engine))
-    hf = load(
-        "qk_ablated (HF)",
-        lambda: QKAblatedLM(pretrained=str(folder), dtype="bfloat16", device="cuda", batch_size=32, max_length=window),
+    def vllm_variants() -> dict[str, tuple[Any, InterventionSpec | None]]:
+        plain = load("vllm (defaults)", lambda: VLLM(pretrained=str(folder), **engine))
+        eager = load("vllm enforce_eager", lambda: VLLM(pretrained=str(folder), enforce_eager=True, **engine))
+        ours = load("qk_ablated_vllm", lambda: QKAblatedVLLM(pretrained=str(folder), **engine))
+        return {
+            "vllm (defaults)": (plain, None),
+            "vllm enforce_eager": (eager, None),
+            "qk_ablated_vllm none": (ours, InterventionSpec()),
+            "qk_ablated_vllm ablate=massive": (ours, InterventionSpec(ablate="massive")),
+            "qk_ablated_vllm quant=int4": (ours, InterventionSpec(quant="int4")),
+        }
+
+    def hf_variants() -> dict[str, tuple[Any, InterventionSpec | None]]:
+        hf = load(
+            "qk_ablated (HF)",
+            lambda: QKAblatedLM(
+                pretrained=str(folder), dtype="bfloat16", device="cuda", batch_size=32, max_length=window
+            ),
+        )
+        return {
+            "qk_ablated (HF) none": (hf, InterventionSpec()),
+            "qk_ablated (HF) ablate=massive": (hf, InterventionSpec(ablate="massive")),
+        }
+
+    names = [*VLLM_VARIANTS, *HF_VARIANTS]
+    # one phase with every engine on the card; on a smaller card the HF engine runs first, alone, and
+    # is released before the three vLLM engines load (each then takes 0.29 of the card)
+    phases = [lambda: {**vllm_variants(), **hf_variants()}] if side_by_side else [hf_variants, vllm_variants]
+    print(
+        f"{torch.cuda.get_device_name()}, {total:.0f} GiB: "
+        + ("engines side by side" if side_by_side else "HF engine first, then the vLLM engines"),
+        flush=True,
     )
-    variants: dict[str, tuple[Any, InterventionSpec | None]] = {
-        "vllm (defaults)": (plain, None),
-        "vllm enforce_eager": (eager, None),
-        "qk_ablated_vllm none": (ours, InterventionSpec()),
-        "qk_ablated_vllm ablate=massive": (ours, InterventionSpec(ablate="massive")),
-        "qk_ablated_vllm quant=int4": (ours, InterventionSpec(quant="int4")),
-        "qk_ablated (HF) none": (hf, InterventionSpec()),
-        "qk_ablated (HF) ablate=massive": (hf, InterventionSpec(ablate="massive")),
-    }
     packaged = Path(task_data.__file__).parent / "gsm8k_test.jsonl"
     metadata = {"pretrained": str(folder), "gsm8k_path": str(packaged)}
     metadata["imdb_path"] = str(ROOT / "tests" / "data" / "imdb_test_200.csv")
@@ -136,16 +163,16 @@ def main() -> None:
         "passkey_32k": dict(tasks=["passkey_32k"], limit=1),
     }
     skipped = set(filter(None, args.skip.split(",")))
-    seconds: dict[str, dict[str, list[float]]] = {work: {name: [] for name in variants} for work in workloads}
+    seconds: dict[str, dict[str, list[float]]] = {work: {name: [] for name in names} for work in workloads}
     scores: dict[str, dict[str, Any]] = {work: {} for work in workloads}
 
-    def run(work: str, lm: Any, spec: InterventionSpec | None, limit: int | None) -> dict:
+    def run(work: str, name: str, lm: Any, spec: InterventionSpec | None, limit: int | None) -> dict:
         if spec is not None:
             lm.use(spec)
-        if lm is plain or lm is eager:  # every run prefills afresh, as a first evaluation does (not the
+        if spec is None:  # plain vLLM: every run prefills afresh, as a first evaluation does (not the
             lm.model.reset_prefix_cache()  # blocks cached by the warm-up and earlier rounds of the same prompts)
         kwargs = {**workloads[work], "limit": limit}
-        if lm is hf and work == "generate":  # HF generation stops at EOS unless told a minimum
+        if name in HF_VARIANTS and work == "generate":  # HF generation stops at EOS unless told a minimum
             kwargs["gen_kwargs"] = {"max_gen_toks": args.tokens, "min_new_tokens": args.tokens, "until": [NEVER]}
         return simple_evaluate(model=lm, task_manager=manager, verbosity="ERROR", **kwargs)
 
@@ -158,34 +185,43 @@ def main() -> None:
         print("load seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in loads.items()))
         print(f"\n| variant | {' | '.join(done)} |")
         print("|---|" + "---:|" * len(done))
-        for name in variants:
+        for name in names:
             cells = []
             for work in done:
                 base = statistics.median(seconds[work]["vllm (defaults)"])
-                mine = statistics.median(seconds[work][name])
+                mine = statistics.median(seconds[work][name]) if seconds[work][name] else float("nan")
                 extra = f", {args.problems * args.tokens / mine:,.0f} tok/s" if work == "generate" else ""
                 cells.append(f"{mine:.2f} s ({mine / base:.2f}x{extra})")
             print(f"| {name} | {' | '.join(cells)} |")
         print("\nscores: " + repr(scores), flush=True)
 
-    for work, options in workloads.items():
-        if work in skipped:
-            continue
-        for lm, spec in variants.values():  # untimed: vLLM's and our first-use compilations
-            run(work, lm, spec, 1 if work == "passkey_32k" else 4)
-        for round_ in range(max(args.repeats, args.hf_repeats)):
-            for name, (lm, spec) in variants.items():
-                if round_ >= (args.hf_repeats if lm is hf else args.repeats):
-                    continue
-                torch.cuda.synchronize()
-                began = time.perf_counter()
-                results = run(work, lm, spec, options["limit"])
-                torch.cuda.synchronize()
-                seconds[work][name].append(time.perf_counter() - began)
-                task = options["tasks"][0]
-                scores[work][name] = {k: v for k, v in results["results"][task].items() if k != "alias"}
-                print(f"{work} round {round_} {name}: {seconds[work][name][-1]:.1f}s {scores[work][name]}", flush=True)
-        table()
+    for phase in phases:
+        variants = phase()
+        for work, options in workloads.items():
+            if work in skipped:
+                continue
+            for name, (lm, spec) in variants.items():  # untimed: vLLM's and our first-use compilations
+                run(work, name, lm, spec, 1 if work == "passkey_32k" else 4)
+            for round_ in range(max(args.repeats, args.hf_repeats)):
+                for name, (lm, spec) in variants.items():
+                    if round_ >= (args.hf_repeats if name in HF_VARIANTS else args.repeats):
+                        continue
+                    torch.cuda.synchronize()
+                    began = time.perf_counter()
+                    results = run(work, name, lm, spec, options["limit"])
+                    torch.cuda.synchronize()
+                    seconds[work][name].append(time.perf_counter() - began)
+                    task = options["tasks"][0]
+                    scores[work][name] = {k: v for k, v in results["results"][task].items() if k != "alias"}
+                    print(
+                        f"{work} round {round_} {name}: {seconds[work][name][-1]:.1f}s {scores[work][name]}", flush=True
+                    )
+            table()
+        if len(phases) > 1:  # the HF engine's memory goes back before the vLLM engines load
+            variants.clear()
+            lm = spec = None  # the loops' last engine
+            gc.collect()
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
