@@ -5,6 +5,8 @@ engine) leaves room for the HF model that the equivalence tests load beside it.
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # On a GPU vLLM runs float32 attention in Triton, whose dots use TF32 unless told otherwise.
@@ -33,6 +35,23 @@ def engine_mode() -> dict[str, bool]:
     """How the tests that check step planning rather than graphs start vLLM: eager on a CPU (compiling
     there adds minutes), vLLM's own default on a GPU (compiled, with CUDA graphs: what users run)."""
     return {} if on_gpu() else {"enforce_eager": True}
+
+
+@contextmanager
+def cores_for_ranks(ranks: int) -> Iterator[None]:
+    """vllm-cpu binds each tensor-parallel rank to the cores `VLLM_CPU_OMP_THREADS_BIND` names, one
+    list per rank, read when the engine starts; set for `ranks` here and restored after (a value
+    left behind fails the next engine with another rank count)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    before = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(cpus[rank % len(cpus)]) for rank in range(ranks))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["VLLM_CPU_OMP_THREADS_BIND"]
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = before
 
 
 def vllm_engine(cls: type | None = None, **overrides):

