@@ -21,7 +21,6 @@ none / `ablate=massive` / `ablate=massive,stage=all` / `quant=int4`:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -31,6 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from vllm_gpu_agreement import requests as loglikelihood_requests  # noqa: E402  (the same IMDB requests)
+
 NEVER = "<never stop here>"
 SPECS = {
     "none": {},
@@ -42,11 +44,9 @@ SPECS = {
 
 def save_model(tokenizer_dir: str, folder: Path, kv_heads: int, smoke: bool) -> None:
     """The 8B-shaped model of `gpu.build` with `kv_heads` KV heads (a tiny float32 one with `smoke`)."""
+    import gpu
     import torch
     import transformers
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import gpu
 
     if smoke:
         gpu.DEVICE, gpu.WIDTH = "cpu", 256
@@ -58,15 +58,6 @@ def save_model(tokenizer_dir: str, folder: Path, kv_heads: int, smoke: bool) -> 
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _loglikelihood_requests(count: int = 48) -> list:
-    from lm_eval.api.instance import Instance
-
-    with open(ROOT / "tests" / "data" / "imdb_test_200.csv", newline="", encoding="utf-8") as handle:
-        reviews = [row["review"][: 200 + 97 * i % 1400] for i, row in zip(range(count // 2), csv.DictReader(handle))]
-    pairs = [(f"Review: {r}\nSentiment:", label) for r in reviews for label in (" positive", " negative")]
-    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
 
 
 def _generate_requests(tokenizer, passkeys: int, problems: int, tokens: int) -> tuple[list, list]:
@@ -98,7 +89,7 @@ def run_size(folder: str, tp: int, smoke: bool, problems: int, tokens: int) -> d
     out: dict = {"settings": ours.settings()}
     for name, args in SPECS.items():
         ours.use(InterventionSpec.from_args(args))
-        cell = {"loglikelihoods": [v for v, _ in ours.loglikelihood(_loglikelihood_requests(), disable_tqdm=True)]}
+        cell = {"loglikelihoods": [v for v, _ in ours.loglikelihood(loglikelihood_requests(48), disable_tqdm=True)]}
         cell["passkeys"] = ours.generate_until(keys, disable_tqdm=True)
         cell["selected"] = ours.get_model_info().get("qk_ablate_selected", {})
         if name in ("none", "ablate=massive"):

@@ -68,3 +68,20 @@ def hf_engine():
     from qk_ablate.engines.hf.lm import QKAblatedLM
 
     return QKAblatedLM(pretrained="smollm2-135m", dtype="float32", device="cpu", batch_size=8)
+
+
+def loglikelihood_requests(contexts: list[str], endings: tuple[str, ...] = (" Paris", " 41872")) -> list:
+    """lm-eval loglikelihood requests: every context with every ending."""
+    from lm_eval.api.instance import Instance
+
+    pairs = [(c, ending) for c in contexts for ending in endings]
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def loglikelihood_gaps(hf, vllm, spec, requests: list) -> list[float]:
+    """|vLLM - HF| per request under `spec` (attached to both engines), smallest first."""
+    hf.use(spec)
+    vllm.use(spec)
+    ours = [value for value, _ in vllm.loglikelihood(requests, disable_tqdm=True)]
+    theirs = [value for value, _ in hf.loglikelihood(requests, disable_tqdm=True)]
+    return sorted(abs(a - b) for a, b in zip(ours, theirs))

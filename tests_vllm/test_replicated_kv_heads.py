@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cores_for_ranks, on_gpu, vllm_engine
+from conftest import cores_for_ranks, loglikelihood_gaps, loglikelihood_requests, on_gpu, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 
@@ -62,12 +62,7 @@ def engines(folder):
     return hf, vllm
 
 
-def _requests():
-    from lm_eval.api.instance import Instance
-
-    contexts = ["The capital of France is", "The pass key is 41872. Remember it. The pass key is"]
-    pairs = [(c, ending) for c in contexts for ending in (" Paris", " 41872")]
-    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+CONTEXTS = ["The capital of France is", "The pass key is 41872. Remember it. The pass key is"]
 
 
 @pytest.mark.parametrize(
@@ -77,12 +72,8 @@ def _requests():
 )
 def test_two_ranks_sharing_one_kv_head_give_one_process_results_and_counts(engines, args):
     hf, vllm = engines
-    spec = InterventionSpec.from_args(args)
-    hf.use(spec)
-    vllm.use(spec)
-    ours = [value for value, _ in vllm.loglikelihood(_requests(), disable_tqdm=True)]
-    theirs = [value for value, _ in hf.loglikelihood(_requests(), disable_tqdm=True)]
-    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 1e-4
+    gaps = loglikelihood_gaps(hf, vllm, InterventionSpec.from_args(args), loglikelihood_requests(CONTEXTS))
+    assert gaps[-1] <= 1e-4
     chosen = {engine: engine.get_model_info()["qk_ablate_selected"] for engine in (hf, vllm)}
     assert chosen[vllm] == chosen[hf]
     # 4 inputs (no two share a context and a continuation length) x 2 layers x heads: the replicated KV

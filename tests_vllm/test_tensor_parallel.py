@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cores_for_ranks, hf_engine, on_gpu, vllm_engine
+from conftest import cores_for_ranks, hf_engine, loglikelihood_gaps, loglikelihood_requests, on_gpu, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 
@@ -34,27 +34,21 @@ def engines():
 
 
 def _requests():
-    from lm_eval.api.instance import Instance
-
-    contexts = [
-        "The capital of France is",
-        "Paris is a city in",
-        "Review: a dull, joyless film.\nSentiment:",
-        "The pass key is 41872. Remember it. The pass key is",
-    ]
-    pairs = [(c, ending) for c in contexts for ending in (" Paris", " 41872")]
-    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    return loglikelihood_requests(
+        [
+            "The capital of France is",
+            "Paris is a city in",
+            "Review: a dull, joyless film.\nSentiment:",
+            "The pass key is 41872. Remember it. The pass key is",
+        ]
+    )
 
 
 @pytest.mark.parametrize("args", VARIANTS, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
 def test_three_ranks_give_the_single_process_loglikelihoods(engines, args):
     hf, vllm = engines
     spec = InterventionSpec.from_args(args)
-    hf.use(spec)
-    vllm.use(spec)
-    ours = [value for value, _ in vllm.loglikelihood(_requests(), disable_tqdm=True)]
-    theirs = [value for value, _ in hf.loglikelihood(_requests(), disable_tqdm=True)]
-    gaps = sorted(abs(a - b) for a, b in zip(ours, theirs))
+    gaps = loglikelihood_gaps(hf, vllm, spec, _requests())
     if spec.quant == "none":
         assert gaps[-1] <= 1e-4
     else:  # float32 differences between the engines' kernels can move a key across an int4 step:

@@ -86,9 +86,8 @@ def build_report(
             f"no baseline (ablate=none, quant=none) run for {', '.join(missing)}; add one, or name it with --baseline"
         )
     declared = {t: k for b in baselines.values() for t, k in b.kinds.items()}
-    tasks = sorted(
-        {t for b in baselines.values() for t in b.tasks}, key=lambda t: (_kind_order(task_kind(t, kinds, declared)), t)
-    )
+    resolved = {t: task_kind(t, kinds, declared) for b in baselines.values() for t in b.tasks}
+    tasks = sorted(resolved, key=lambda t: (_kind_order(resolved[t]), t))
     if only is not None:
         unknown = sorted(set(only) - set(tasks))
         if unknown:
@@ -101,7 +100,7 @@ def build_report(
             b.tasks[t].scores,
             b.tasks[t].answers,
             _chance(b, t),
-            task_kind(t, kinds, declared),
+            resolved[t],
             counted=keep_no_signal,
         )
         for b in {id(b): b for b in baselines.values()}.values()
@@ -142,7 +141,6 @@ def build_report(
         for t in tasks
         if t in run.tasks
     )
-    resolved = {t: task_kind(t, kinds, declared) for t in tasks}
     return Report(
         tasks=tasks,
         rows=rows,
@@ -150,7 +148,7 @@ def build_report(
         specificity=specific,
         answers=priors,
         row_signals=tested,
-        kinds=resolved,
+        kinds={t: resolved[t] for t in tasks},
     )
 
 
