@@ -222,6 +222,9 @@ def main() -> None:
             lm = spec = None  # the loops' last engine
             gc.collect()
             torch.cuda.empty_cache()
+            print(
+                f"released: {torch.cuda.memory_allocated() / 2**30:.2f} GiB still allocated by this process", flush=True
+            )
 
 
 if __name__ == "__main__":
