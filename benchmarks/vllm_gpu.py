@@ -24,12 +24,19 @@ On a card of about 120 GiB or more (an H200) every engine sits on the card at on
 run round robin. On a smaller card (an 80 GiB H100: 0.2 of it left an engine 0.04 GiB of KV cache
 beside the 14 GiB of weights, measured, and no share fits all four engines) the HF engine runs its
 variants first, alone, and is released; then the three vLLM engines load at 0.29 of the card each.
+
+A run longer than one sitting allows (a lent GPU's calls end at 10 minutes) is split in two on the same
+card, one engine family each, the second merging the first's record and printing the whole table:
+
+    python3 benchmarks/vllm_gpu.py --tokenizer T --engines hf --record /tmp/hf.json
+    python3 benchmarks/vllm_gpu.py --tokenizer T --engines vllm --merge /tmp/hf.json
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import sys
 import time
@@ -82,6 +89,9 @@ def main() -> None:
         help="gpu_memory_utilization of each vLLM engine (default 0.2, 0.29 under 120 GiB)",
     )
     parser.add_argument("--skip", default="", help="comma-separated workloads to leave out")
+    parser.add_argument("--engines", choices=("all", "hf", "vllm"), default="all", help="which engines run")
+    parser.add_argument("--record", help="a JSON file the timings so far are written to after every run")
+    parser.add_argument("--merge", help="an earlier --record of the same card whose rows join the table")
     args = parser.parse_args()
 
     import torch
@@ -97,7 +107,7 @@ def main() -> None:
     from qk_ablate.engines.vllm.lm import QKAblatedVLLM
 
     total = torch.cuda.mem_get_info()[1] / 2**30
-    side_by_side = total >= NEEDS_GIB or args.layers < 32
+    side_by_side = (total >= NEEDS_GIB or args.layers < 32) and args.engines == "all"
     memory = args.memory or (0.2 if side_by_side else 0.29)
     folder = Path(args.folder)
     started = time.perf_counter()
@@ -143,12 +153,14 @@ def main() -> None:
     names = [*VLLM_VARIANTS, *HF_VARIANTS]
     # one phase with every engine on the card; on a smaller card the HF engine runs first, alone, and
     # is released before the three vLLM engines load (each then takes 0.29 of the card)
-    phases = [lambda: {**vllm_variants(), **hf_variants()}] if side_by_side else [hf_variants, vllm_variants]
-    print(
-        f"{torch.cuda.get_device_name()}, {total:.0f} GiB: "
-        + ("engines side by side" if side_by_side else "HF engine first, then the vLLM engines"),
-        flush=True,
-    )
+    if side_by_side:
+        phases = [lambda: {**vllm_variants(), **hf_variants()}]
+        plan = "engines side by side"
+    else:
+        phases = {"all": [hf_variants, vllm_variants], "hf": [hf_variants], "vllm": [vllm_variants]}[args.engines]
+        plan = {"all": "HF engine first, then the vLLM engines", "hf": "HF engine only", "vllm": "vLLM engines only"}
+        plan = plan[args.engines]
+    print(f"{torch.cuda.get_device_name()}, {total:.0f} GiB: {plan}", flush=True)
     packaged = Path(task_data.__file__).parent / "gsm8k_test.jsonl"
     metadata = {"pretrained": str(folder), "gsm8k_path": str(packaged)}
     metadata["imdb_path"] = str(ROOT / "tests" / "data" / "imdb_test_200.csv")
@@ -165,6 +177,23 @@ def main() -> None:
     skipped = set(filter(None, args.skip.split(",")))
     seconds: dict[str, dict[str, list[float]]] = {work: {name: [] for name in names} for work in workloads}
     scores: dict[str, dict[str, Any]] = {work: {} for work in workloads}
+    card = torch.cuda.get_device_name()
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        if earlier["card"] != card:
+            sys.exit(f"--merge {args.merge} was measured on {earlier['card']}, this card is {card}")
+        loads |= earlier["loads"]
+        for work, by_name in earlier["seconds"].items():
+            for name, values in by_name.items():
+                seconds[work][name] = seconds[work][name] or values
+                if name in earlier["scores"][work]:
+                    scores[work].setdefault(name, earlier["scores"][work][name])
+        print(f"merged the rows measured earlier on this card: {args.merge}", flush=True)
+
+    def record() -> None:
+        if args.record:
+            state = {"card": card, "loads": loads, "seconds": seconds, "scores": scores, "args": vars(args)}
+            Path(args.record).write_text(json.dumps(state, indent=1, default=str))
 
     def run(work: str, name: str, lm: Any, spec: InterventionSpec | None, limit: int | None) -> dict:
         if spec is not None:
@@ -176,11 +205,9 @@ def main() -> None:
             kwargs["gen_kwargs"] = {"max_gen_toks": args.tokens, "min_new_tokens": args.tokens, "until": [NEVER]}
         return simple_evaluate(model=lm, task_manager=manager, verbosity="ERROR", **kwargs)
 
-    card = torch.cuda.get_device_name()
-
     def table() -> None:
         """The table so far (printed after each workload, so a run cut short keeps what it measured)."""
-        done = [work for work in workloads if work not in skipped and seconds[work]["vllm (defaults)"]]
+        done = [work for work in workloads if work not in skipped and any(seconds[work].values())]
         print(f"\n{card}, torch {torch.__version__}, vllm {vllm.__version__}, {args.layers} layers, bf16")
         print("load seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in loads.items()))
         print(f"\n| variant | {' | '.join(done)} |")
@@ -188,7 +215,7 @@ def main() -> None:
         for name in names:
             cells = []
             for work in done:
-                base = statistics.median(seconds[work]["vllm (defaults)"])
+                base = statistics.median(seconds[work]["vllm (defaults)"] or [float("nan")])
                 mine = statistics.median(seconds[work][name]) if seconds[work][name] else float("nan")
                 extra = f", {args.problems * args.tokens / mine:,.0f} tok/s" if work == "generate" else ""
                 cells.append(f"{mine:.2f} s ({mine / base:.2f}x{extra})")
@@ -216,6 +243,7 @@ def main() -> None:
                     print(
                         f"{work} round {round_} {name}: {seconds[work][name][-1]:.1f}s {scores[work][name]}", flush=True
                     )
+                    record()
             table()
         if len(phases) > 1:  # the HF engine's memory goes back before the vLLM engines load
             variants.clear()
