@@ -153,14 +153,16 @@ def main() -> None:
     names = [*VLLM_VARIANTS, *HF_VARIANTS]
     # one phase with every engine on the card; on a smaller card the HF engine runs first, alone, and
     # is released before the three vLLM engines load (each then takes 0.29 of the card)
+    plans = {
+        "all": ("HF engine first, then the vLLM engines", [hf_variants, vllm_variants]),
+        "hf": ("HF engine only", [hf_variants]),
+        "vllm": ("vLLM engines only", [vllm_variants]),
+    }
+    plan, phases = plans[args.engines]
     if side_by_side:
-        phases = [lambda: {**vllm_variants(), **hf_variants()}]
-        plan = "engines side by side"
-    else:
-        phases = {"all": [hf_variants, vllm_variants], "hf": [hf_variants], "vllm": [vllm_variants]}[args.engines]
-        plan = {"all": "HF engine first, then the vLLM engines", "hf": "HF engine only", "vllm": "vLLM engines only"}
-        plan = plan[args.engines]
-    print(f"{torch.cuda.get_device_name()}, {total:.0f} GiB: {plan}", flush=True)
+        plan, phases = "engines side by side", [lambda: {**vllm_variants(), **hf_variants()}]
+    card = torch.cuda.get_device_name()
+    print(f"{card}, {total:.0f} GiB: {plan}", flush=True)
     packaged = Path(task_data.__file__).parent / "gsm8k_test.jsonl"
     metadata = {"pretrained": str(folder), "gsm8k_path": str(packaged)}
     metadata["imdb_path"] = str(ROOT / "tests" / "data" / "imdb_test_200.csv")
@@ -177,7 +179,6 @@ def main() -> None:
     skipped = set(filter(None, args.skip.split(",")))
     seconds: dict[str, dict[str, list[float]]] = {work: {name: [] for name in names} for work in workloads}
     scores: dict[str, dict[str, Any]] = {work: {} for work in workloads}
-    card = torch.cuda.get_device_name()
     if args.merge:
         earlier = json.loads(Path(args.merge).read_text())
         if earlier["card"] != card:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hf_engine, on_gpu, vllm_engine
+from conftest import hf_engine, loglikelihood_gaps, loglikelihood_requests, on_gpu, vllm_engine
 
 from qk_ablate.core.spec import InterventionSpec
 from qk_ablate.engines.vllm.extension import QKAblateWorkerExtension
@@ -57,25 +57,17 @@ def engines():
 
 def _requests(count: int = 24):
     """Mixed-length loglikelihood requests: real reviews with both labels as continuations."""
-    from lm_eval.api.instance import Instance
-
     with open(ROOT / "tests" / "data" / "imdb_test_200.csv", newline="", encoding="utf-8") as handle:
         reviews = [row["review"][: 200 + 97 * i % 1400] for i, row in zip(range(count // 2), csv.DictReader(handle))]
-    pairs = [(f"Review: {r}\nSentiment:", label) for r in reviews for label in (" positive", " negative")]
-    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    return loglikelihood_requests([f"Review: {r}\nSentiment:" for r in reviews], (" positive", " negative"))
 
 
 @pytest.mark.parametrize("args", VARIANTS, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()) or "none")
 def test_loglikelihoods_agree(engines, args):
     hf, vllm = engines
     spec = InterventionSpec.from_args(args)
-    hf.use(spec)
-    vllm.use(spec)
+    worst = loglikelihood_gaps(hf, vllm, spec, _requests())[-1]
     assert vllm.spec == hf.spec  # a preset resolves to the same rule for the same model
-    requests = _requests()
-    ours = [value for value, _ in vllm.loglikelihood(requests, disable_tqdm=True)]
-    theirs = [value for value, _ in hf.loglikelihood(requests, disable_tqdm=True)]
-    worst = max(abs(a - b) for a, b in zip(ours, theirs))
     assert worst <= tolerance(spec), worst
     if not spec.is_noop:  # both engines record the same selection counts in the results JSON
         chosen = {engine: engine.get_model_info()["qk_ablate_selected"] for engine in (hf, vllm)}

@@ -35,9 +35,8 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
         "--lengths", default="1k,2k,4k,8k", help="context lengths in the model's tokens (default: 1k,2k,4k,8k)"
     )
     profile.add_argument("--samples", type=int, default=10, help="prompts per length (default: 10)")
-    profile.add_argument("--source", default="ctxqa", choices=PROFILE_SOURCES, help="which task's prompts to read")
-    profile.add_argument("--lam", type=float, default=5.0, help="massive threshold: M > lam x the head's mean")
-    profile.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    _add_prompts_and_threshold(profile)
+    _add_device(profile)
     profile.add_argument(
         "--dtype",
         default="auto",
@@ -70,9 +69,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--out", default=None, help="folder for report.md/.csv/.html and report_deltas.png (default: print only)"
     )
-    report.add_argument(
-        "--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual"
-    )
+    _add_kinds(report)
     report.add_argument(
         "--iterations",
         type=int,
@@ -128,9 +125,7 @@ def _add_gate(commands: argparse._SubParsersAction) -> None:
     gate.add_argument("--max-drop", required=True, help="points, e.g. contextual=2,parametric=2,passkey_4k=5")
     gate.add_argument("--junit", default=None, help="write a JUnit XML report here")
     gate.add_argument("--json", default=None, help="write the verdict as JSON here")
-    gate.add_argument(
-        "--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual"
-    )
+    _add_kinds(gate)
 
 
 def _add_fingerprint(commands: argparse._SubParsersAction) -> None:
@@ -144,12 +139,11 @@ def _add_fingerprint(commands: argparse._SubParsersAction) -> None:
     )
     fingerprint.add_argument("--lengths", default="1k", help="prompt lengths in the model's tokens (default: 1k)")
     fingerprint.add_argument("--samples", type=int, default=4, help="prompts per length (default: 4)")
-    fingerprint.add_argument("--source", default="ctxqa", choices=PROFILE_SOURCES, help="which task's prompts to read")
-    fingerprint.add_argument("--lam", type=float, default=5.0, help="massive threshold: M > lam x the head's mean")
+    _add_prompts_and_threshold(fingerprint)
     fingerprint.add_argument(
         "--where", default="post", choices=("post", "pre"), help="Q/K after RoPE (default) or before"
     )
-    fingerprint.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    _add_device(fingerprint)
     fingerprint.add_argument(
         "--out", default=None, help="output folder (default: results/fingerprint/<candidate>__vs__<baseline>)"
     )
@@ -182,7 +176,7 @@ def _add_depth(commands: argparse._SubParsersAction) -> None:
         "--train-lens", action="store_true", help="train the tuned lens on this model and cache it (minutes on CPU)"
     )
     depth.add_argument("--lens-cache", default=None, help="tuned lens file (default: <out>/tuned_lens.pt)")
-    depth.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    _add_device(depth)
     depth.add_argument("--out", default=None, help="output folder (default: results/depth/<model>)")
 
 
@@ -238,3 +232,20 @@ def _sweep_keys() -> str:
     start = doc.find("Config (YAML)::")
     end = doc.find("With `profile`")
     return doc[start:end].rstrip() if start >= 0 else ""
+
+
+def _add_prompts_and_threshold(command: argparse.ArgumentParser) -> None:
+    """Which prompts the Q/K probes read and what counts as massive (profile and fingerprint)."""
+    command.add_argument("--source", default="ctxqa", choices=PROFILE_SOURCES, help="which task's prompts to read")
+    command.add_argument("--lam", type=float, default=5.0, help="massive threshold: M > lam x the head's mean")
+
+
+def _add_device(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+
+
+def _add_kinds(command: argparse.ArgumentParser) -> None:
+    """Kinds of a user's own tasks (report and gate read them the same way)."""
+    command.add_argument(
+        "--kinds", default="", help="kinds of your own tasks, e.g. my_facts=parametric,my_niah=contextual"
+    )
