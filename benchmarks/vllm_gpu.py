@@ -30,6 +30,9 @@ card, one engine family each, the second merging the first's record and printing
 
     python3 benchmarks/vllm_gpu.py --tokenizer T --engines hf --record /tmp/hf.json
     python3 benchmarks/vllm_gpu.py --tokenizer T --engines vllm --merge /tmp/hf.json
+
+`--rows` times some rows only (an engine none of whose rows is named is not loaded); with `--skip`
+it re-times one column without the rest of the run.
 """
 
 from __future__ import annotations
@@ -90,9 +93,18 @@ def main() -> None:
     )
     parser.add_argument("--skip", default="", help="comma-separated workloads to leave out")
     parser.add_argument("--engines", choices=("all", "hf", "vllm"), default="all", help="which engines run")
+    parser.add_argument(
+        "--rows",
+        default="",
+        help="comma-separated rows to time (default: every row); an engine none of whose rows is named is not loaded",
+    )
     parser.add_argument("--record", help="a JSON file the timings so far are written to after every run")
     parser.add_argument("--merge", help="an earlier --record of the same card whose rows join the table")
     args = parser.parse_args()
+    rows = [row.strip() for row in args.rows.split(",") if row.strip()] or [*VLLM_VARIANTS, *HF_VARIANTS]
+    unknown = [row for row in rows if row not in (*VLLM_VARIANTS, *HF_VARIANTS)]
+    if unknown:
+        parser.error(f"--rows: unknown {unknown}; choose from {', '.join((*VLLM_VARIANTS, *HF_VARIANTS))}")
 
     import torch
     import vllm
@@ -127,30 +139,41 @@ def main() -> None:
         return lm
 
     def vllm_variants() -> dict[str, tuple[Any, InterventionSpec | None]]:
-        plain = load("vllm (defaults)", lambda: VLLM(pretrained=str(folder), **engine))
-        eager = load("vllm enforce_eager", lambda: VLLM(pretrained=str(folder), enforce_eager=True, **engine))
-        ours = load("qk_ablated_vllm", lambda: QKAblatedVLLM(pretrained=str(folder), **engine))
-        return {
-            "vllm (defaults)": (plain, None),
-            "vllm enforce_eager": (eager, None),
-            "qk_ablated_vllm none": (ours, InterventionSpec()),
-            "qk_ablated_vllm ablate=massive": (ours, InterventionSpec(ablate="massive")),
-            "qk_ablated_vllm quant=int4": (ours, InterventionSpec(quant="int4")),
+        variants: dict[str, tuple[Any, InterventionSpec | None]] = {}
+        if "vllm (defaults)" in rows:
+            variants["vllm (defaults)"] = (
+                load("vllm (defaults)", lambda: VLLM(pretrained=str(folder), **engine)),
+                None,
+            )
+        if "vllm enforce_eager" in rows:
+            eager = load("vllm enforce_eager", lambda: VLLM(pretrained=str(folder), enforce_eager=True, **engine))
+            variants["vllm enforce_eager"] = (eager, None)
+        specs = {
+            "qk_ablated_vllm none": InterventionSpec(),
+            "qk_ablated_vllm ablate=massive": InterventionSpec(ablate="massive"),
+            "qk_ablated_vllm quant=int4": InterventionSpec(quant="int4"),
         }
+        if any(name in rows for name in specs):
+            ours = load("qk_ablated_vllm", lambda: QKAblatedVLLM(pretrained=str(folder), **engine))
+            variants |= {name: (ours, spec) for name, spec in specs.items() if name in rows}
+        return variants
 
     def hf_variants() -> dict[str, tuple[Any, InterventionSpec | None]]:
+        if not any(name in rows for name in HF_VARIANTS):
+            return {}
         hf = load(
             "qk_ablated (HF)",
             lambda: QKAblatedLM(
                 pretrained=str(folder), dtype="bfloat16", device="cuda", batch_size=32, max_length=window
             ),
         )
-        return {
-            "qk_ablated (HF) none": (hf, InterventionSpec()),
-            "qk_ablated (HF) ablate=massive": (hf, InterventionSpec(ablate="massive")),
+        specs = {
+            "qk_ablated (HF) none": InterventionSpec(),
+            "qk_ablated (HF) ablate=massive": InterventionSpec(ablate="massive"),
         }
+        return {name: (hf, spec) for name, spec in specs.items() if name in rows}
 
-    names = [*VLLM_VARIANTS, *HF_VARIANTS]
+    names = [name for name in (*VLLM_VARIANTS, *HF_VARIANTS) if name in rows]
     # one phase with every engine on the card; on a smaller card the HF engine runs first, alone, and
     # is released before the three vLLM engines load (each then takes 0.29 of the card)
     plans = {
@@ -186,7 +209,7 @@ def main() -> None:
         loads |= earlier["loads"]
         for work, by_name in earlier["seconds"].items():
             for name, values in by_name.items():
-                seconds[work][name] = seconds[work][name] or values
+                seconds[work][name] = seconds[work].get(name) or values
                 if name in earlier["scores"][work]:
                     scores[work].setdefault(name, earlier["scores"][work][name])
         print(f"merged the rows measured earlier on this card: {args.merge}", flush=True)
@@ -213,11 +236,13 @@ def main() -> None:
         print("load seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in loads.items()))
         print(f"\n| variant | {' | '.join(done)} |")
         print("|---|" + "---:|" * len(done))
-        for name in names:
+        for name in (*VLLM_VARIANTS, *HF_VARIANTS):  # the rows run here and the rows merged
+            if not any(seconds[work].get(name) for work in done):
+                continue
             cells = []
             for work in done:
-                base = statistics.median(seconds[work]["vllm (defaults)"] or [float("nan")])
-                mine = statistics.median(seconds[work][name]) if seconds[work][name] else float("nan")
+                base = statistics.median(seconds[work].get("vllm (defaults)") or [float("nan")])
+                mine = statistics.median(seconds[work].get(name) or [float("nan")])
                 extra = f", {args.problems * args.tokens / mine:,.0f} tok/s" if work == "generate" else ""
                 cells.append(f"{mine:.2f} s ({mine / base:.2f}x{extra})")
             print(f"| {name} | {' | '.join(cells)} |")
