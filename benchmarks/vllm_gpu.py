@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import statistics
 import sys
 import time
@@ -243,8 +244,10 @@ def main() -> None:
             for work in done:
                 base = statistics.median(seconds[work].get("vllm (defaults)") or [float("nan")])
                 mine = statistics.median(seconds[work].get(name) or [float("nan")])
-                extra = f", {args.problems * args.tokens / mine:,.0f} tok/s" if work == "generate" else ""
-                cells.append(f"{mine:.2f} s ({mine / base:.2f}x{extra})")
+                notes = [] if math.isnan(base) else [f"{mine / base:.2f}x"]  # no baseline run: no ratio
+                if work == "generate":
+                    notes.append(f"{args.problems * args.tokens / mine:,.0f} tok/s")
+                cells.append(f"{mine:.2f} s ({', '.join(notes)})" if notes else f"{mine:.2f} s")
             print(f"| {name} | {' | '.join(cells)} |")
         print("\nscores: " + repr(scores), flush=True)
 
